@@ -1,0 +1,73 @@
+"""Test harness shared by tests/ and compat/: the System V leak guard.
+
+Every test is checked: the message queues, semaphore sets and segments that exist
+after it must be those that existed before it. Under pytest-xdist each worker first
+moves into an IPC namespace of its own (when the kernel lets it: root, as in CI), so
+one worker's live objects can never be mistaken for another's leak; at the end the
+worker's namespace must be empty, which it reports as a failure otherwise.
+"""
+
+import ctypes
+import os
+import time
+
+import pytest
+
+CLONE_NEWIPC = 0x08000000
+_LEAKED_AT_END = []
+
+
+def sysv_objects():
+    """The ids of all queues, semaphore sets and segments visible to this process."""
+    found = set()
+    for kind in ("msg", "sem", "shm"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields:
+                    found.add((kind, int(fields[1]), int(fields[0])))
+    return found
+
+
+def _describe(objs):
+    return ", ".join(f"{kind} id={ident} key={key & 0xffffffff:#010x}"
+                     for kind, ident, key in sorted(objs))
+
+
+def _own_namespace() -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.unshare(CLONE_NEWIPC) == 0
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("MPSYSV_SHARED_NS") != "1":
+        config._mpsysv_private_ns = _own_namespace()
+
+
+@pytest.fixture(autouse=True)
+def sysv_leak_guard(request):
+    """Fail the test that leaves a System V object behind (after a short grace period
+    for children that are still exiting)."""
+    before = sysv_objects()
+    yield
+    deadline = time.monotonic() + 5.0
+    leaked = sysv_objects() - before
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leaked = sysv_objects() - before
+    if leaked:
+        for kind, ident, _ in leaked:
+            flag = {"msg": "-q", "sem": "-s", "shm": "-m"}[kind]
+            os.system(f"ipcrm {flag} {ident} 2>/dev/null")
+        pytest.fail(f"test left System V objects behind: {_describe(leaked)}", pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if getattr(session.config, "_mpsysv_private_ns", False):
+        left = sysv_objects()
+        if left:
+            _LEAKED_AT_END.extend(left)
+            session.exitstatus = 1
+            print(f"\nmpsysv leak guard: objects left in this worker's namespace: "
+                  f"{_describe(left)}")

@@ -1,0 +1,7 @@
+"""mpsysv: multiprocessing's queues and shared memory over System V IPC."""
+
+from ._libc import RemovedError
+from .primitives import Attachment, MessageQueue, SemaphoreSet, Segment, ftok
+
+__version__ = "0.1.0"
+__all__ = ["RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]

@@ -1,0 +1,266 @@
+"""ctypes bindings to the System V IPC calls of glibc: constants, structures, errors.
+
+This is the only module that touches libc. Everything above it calls the thin
+wrappers here, which turn a failed call into the matching ``OSError`` subclass
+with a message naming the call and the object. Nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import time
+
+__all__ = [
+    "IPC_CREAT", "IPC_EXCL", "IPC_NOWAIT", "IPC_PRIVATE", "IPC_RMID", "IPC_SET", "IPC_STAT",
+    "IPC_INFO", "MSG_NOERROR", "MSG_EXCEPT", "MSG_COPY", "SHM_RDONLY", "SHM_RND", "SHM_HUGETLB",
+    "SHM_NORESERVE", "SEM_UNDO", "GETPID", "GETVAL", "GETALL", "GETNCNT", "GETZCNT", "SETVAL",
+    "SETALL", "SEMVMX", "ipc_perm", "msqid_ds", "shmid_ds", "semid_ds", "sembuf", "timespec",
+    "RemovedError", "raise_errno", "limits",
+]
+
+# <sys/ipc.h>
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_NOWAIT = 0o4000
+IPC_PRIVATE = 0
+IPC_RMID = 0
+IPC_SET = 1
+IPC_STAT = 2
+IPC_INFO = 3
+# <sys/msg.h>
+MSG_NOERROR = 0o10000
+MSG_EXCEPT = 0o20000
+MSG_COPY = 0o40000
+MSG_STAT = 11
+# <sys/shm.h>
+SHM_RDONLY = 0o10000
+SHM_RND = 0o20000
+SHM_HUGETLB = 0o4000
+SHM_NORESERVE = 0o10000
+SHM_STAT = 13
+# <sys/sem.h>
+SEM_UNDO = 0x1000
+GETPID = 11
+GETVAL = 12
+GETALL = 13
+GETNCNT = 14
+GETZCNT = 15
+SETVAL = 16
+SETALL = 17
+SEM_STAT = 18
+SEMVMX = 32767
+# <time.h>
+CLOCK_MONOTONIC = 1
+
+_ARCH = platform.machine()
+if _ARCH not in ("x86_64", "aarch64", "arm64"):  # pragma: no cover - checked at import
+    raise ImportError(f"mpsysv supports x86-64 and aarch64 Linux with glibc, not {_ARCH!r}")
+_X86 = _ARCH == "x86_64"
+
+c_long, c_ulong, c_int, c_uint, c_ushort = (ctypes.c_long, ctypes.c_ulong, ctypes.c_int,
+                                             ctypes.c_uint, ctypes.c_ushort)
+
+
+class _ReadOnly(ctypes.Structure):
+    """A kernel structure whose public fields read as plain Python values."""
+
+    _public: tuple = ()
+    _times: tuple = ()
+
+    def as_dict(self) -> dict:
+        out = {}
+        for name in self._public:
+            value = getattr(self, name)
+            if isinstance(value, _ReadOnly):
+                out.update(value.as_dict())
+            else:
+                out[name] = float(value) if name in self._times else value
+        return out
+
+
+class ipc_perm(_ReadOnly):
+    """Owner, creator and mode of an IPC object (glibc ``struct ipc_perm``)."""
+
+    _fields_ = [
+        ("key", c_int), ("uid", c_uint), ("gid", c_uint), ("cuid", c_uint), ("cgid", c_uint),
+        *([("mode", c_ushort), ("_pad1", c_ushort)] if _X86 else [("mode", c_uint)]),
+        ("seq", c_ushort), ("_pad2", c_ushort), ("_res1", c_ulong), ("_res2", c_ulong),
+    ]
+    _public = ("key", "uid", "gid", "cuid", "cgid", "mode")
+
+
+class msqid_ds(_ReadOnly):
+    """Message queue status (glibc ``struct msqid_ds``, 64-bit layout)."""
+
+    _fields_ = [
+        ("msg_perm", ipc_perm), ("msg_stime", c_long), ("msg_rtime", c_long),
+        ("msg_ctime", c_long), ("msg_cbytes", c_ulong), ("msg_qnum", c_ulong),
+        ("msg_qbytes", c_ulong), ("msg_lspid", c_int), ("msg_lrpid", c_int),
+        ("_res4", c_ulong), ("_res5", c_ulong),
+    ]
+    _public = ("msg_perm", "msg_stime", "msg_rtime", "msg_ctime", "msg_cbytes", "msg_qnum",
+               "msg_qbytes", "msg_lspid", "msg_lrpid")
+    _times = ("msg_stime", "msg_rtime", "msg_ctime")
+
+
+class shmid_ds(_ReadOnly):
+    """Shared memory segment status (glibc ``struct shmid_ds``, 64-bit layout)."""
+
+    _fields_ = [
+        ("shm_perm", ipc_perm), ("shm_segsz", ctypes.c_size_t), ("shm_atime", c_long),
+        ("shm_dtime", c_long), ("shm_ctime", c_long), ("shm_cpid", c_int), ("shm_lpid", c_int),
+        ("shm_nattch", c_ulong), ("_res5", c_ulong), ("_res6", c_ulong),
+    ]
+    _public = ("shm_perm", "shm_segsz", "shm_atime", "shm_dtime", "shm_ctime", "shm_cpid",
+               "shm_lpid", "shm_nattch")
+    _times = ("shm_atime", "shm_dtime", "shm_ctime")
+
+
+class semid_ds(_ReadOnly):
+    """Semaphore set status (glibc ``struct semid_ds``; x86 keeps high-time padding)."""
+
+    _fields_ = [
+        ("sem_perm", ipc_perm), ("sem_otime", c_long),
+        *([("_otime_high", c_ulong)] if _X86 else []),
+        ("sem_ctime", c_long),
+        *([("_ctime_high", c_ulong)] if _X86 else []),
+        ("sem_nsems", c_ulong), ("_res3", c_ulong), ("_res4", c_ulong),
+    ]
+    _public = ("sem_perm", "sem_otime", "sem_ctime", "sem_nsems")
+    _times = ("sem_otime", "sem_ctime")
+
+
+class sembuf(ctypes.Structure):
+    """One semaphore operation (``struct sembuf``)."""
+
+    _fields_ = [("sem_num", c_ushort), ("sem_op", ctypes.c_short), ("sem_flg", ctypes.c_short)]
+
+
+class timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", c_long), ("tv_nsec", c_long)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_get_errno = ctypes.get_errno
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(_libc, name)
+    f.restype = restype
+    f.argtypes = argtypes
+    return f
+
+
+_vp, _sz = ctypes.c_void_p, ctypes.c_size_t
+msgget = _fn("msgget", c_int, c_int, c_int)
+msgsnd = _fn("msgsnd", c_int, c_int, _vp, _sz, c_int)
+msgrcv = _fn("msgrcv", ctypes.c_ssize_t, c_int, _vp, _sz, c_long, c_int)
+msgctl = _fn("msgctl", c_int, c_int, c_int, _vp)
+shmget = _fn("shmget", c_int, c_int, _sz, c_int)
+shmat = _fn("shmat", _vp, c_int, _vp, c_int)
+shmdt = _fn("shmdt", c_int, _vp)
+shmctl = _fn("shmctl", c_int, c_int, c_int, _vp)
+semget = _fn("semget", c_int, c_int, c_int, c_int)
+semop = _fn("semop", c_int, c_int, _vp, _sz)
+semtimedop = _fn("semtimedop", c_int, c_int, _vp, _sz, _vp)
+# semctl is variadic; its optional fourth argument (union semun) is passed as one word.
+semctl = _fn("semctl", c_int, c_int, c_int, c_int, c_ulong)
+ftok_ = _fn("ftok", c_int, ctypes.c_char_p, c_int)
+# POSIX unnamed semaphores, placed by mpsysv inside SysV segments: a futex-based counter
+# whose uncontended post/wait never enters the kernel.
+sem_init = _fn("sem_init", c_int, _vp, c_int, c_uint)
+sem_post = _fn("sem_post", c_int, _vp)
+sem_trywait = _fn("sem_trywait", c_int, _vp)
+sem_wait = _fn("sem_wait", c_int, _vp)
+sem_clockwait = _fn("sem_clockwait", c_int, _vp, c_int, _vp)
+sem_getvalue = _fn("sem_getvalue", c_int, _vp, _vp)
+SEM_T_SIZE = 32
+SEM_VALUE_MAX = 2 ** 31 - 1
+
+
+class RemovedError(OSError):
+    """The IPC object was removed (``EIDRM``) while this process was using it."""
+
+
+_WHY_REMOVED = ("it was removed while in use (by its last holder, `ipcrm`, `python -m mpsysv rm`, "
+                "or systemd-logind's RemoveIPC=yes at logout)")
+_EXC = {
+    errno.EEXIST: FileExistsError,
+    errno.ENOENT: FileNotFoundError,
+    errno.EACCES: PermissionError,
+    errno.EPERM: PermissionError,
+    errno.EINTR: InterruptedError,
+    errno.EAGAIN: BlockingIOError,
+    errno.EIDRM: RemovedError,
+}
+
+
+def raise_errno(err: int, call: str, what: str, hint: str = "") -> "NoReturn":  # noqa: F821
+    """Raise the ``OSError`` subclass for *err*, naming the call, the object and a hint."""
+    cls = _EXC.get(err, OSError)
+    if err == errno.EIDRM:
+        message = f"{call}: {what} was removed: {_WHY_REMOVED}"
+    elif err == errno.EINVAL and "invalid identifier" in hint:
+        cls = RemovedError
+        message = f"{call}: {what} does not exist (any more): {_WHY_REMOVED}"
+    else:
+        message = f"{call}({what}): {os.strerror(err)}"
+    if hint and cls is not RemovedError:
+        message += f" ({hint})"
+    raise cls(err, message)
+
+
+def read_limit(name: str, default: int) -> int:
+    """One value of ``/proc/sys/kernel/NAME`` (the first field), or *default*."""
+    try:
+        with open(f"/proc/sys/kernel/{name}") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def limits() -> dict:
+    """The kernel's System V IPC limits, read now from ``/proc/sys/kernel``."""
+    sem = [250, 32000, 32, 128]
+    try:
+        with open("/proc/sys/kernel/sem") as f:
+            sem = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return {
+        "msgmax": read_limit("msgmax", 8192), "msgmnb": read_limit("msgmnb", 16384),
+        "msgmni": read_limit("msgmni", 32000), "shmmax": read_limit("shmmax", 2 ** 63),
+        "shmall": read_limit("shmall", 2 ** 63), "shmmni": read_limit("shmmni", 4096),
+        "semmsl": sem[0], "semmns": sem[1], "semopm": sem[2], "semmni": sem[3],
+    }
+
+
+def ftok(path: str, proj_id: int) -> int:
+    """The key C programs derive from *path* and *proj_id* (``ftok(3)``)."""
+    if not 0 < proj_id <= 255:
+        raise ValueError(f"'proj_id' must be in 1..255, not {proj_id!r}")
+    key = ftok_(os.fsencode(path), proj_id)
+    if key == -1:
+        raise_errno(_get_errno(), "ftok", repr(path))
+    return key
+
+
+def deadline_timespec(deadline: float) -> timespec:
+    """An absolute ``CLOCK_MONOTONIC`` timespec for a ``time.monotonic()`` deadline."""
+    sec = int(deadline)
+    return timespec(sec, int((deadline - sec) * 1e9))
+
+
+def relative_timespec(seconds: float) -> timespec:
+    seconds = max(seconds, 0.0)
+    sec = int(seconds)
+    return timespec(sec, int((seconds - sec) * 1e9))
+
+
+monotonic = time.monotonic
+get_errno = _get_errno
+addressof = ctypes.addressof
+byref = ctypes.byref

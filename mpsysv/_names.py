@@ -1,0 +1,48 @@
+"""Names → System V keys: the deterministic mapping behind named queues and segments.
+
+A name is a short string (like a POSIX shm name, an optional leading '/' is dropped);
+its key is a hash of the kind and the name, so every process finds the same object.
+Pure functions: no kernel access here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+__all__ = ["MAX_NAME_LENGTH", "check_name", "name_key", "random_name"]
+
+MAX_NAME_LENGTH = 200
+_ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@+=")
+
+
+def check_name(name) -> str:
+    """Return *name* without a leading '/', or raise ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"'name' must be a str, not {type(name).__name__}")
+    bare = name[1:] if name.startswith("/") else name
+    if not bare:
+        raise ValueError("'name' must not be empty")
+    if len(bare) > MAX_NAME_LENGTH:
+        raise ValueError(f"'name' is {len(bare)} characters long; at most {MAX_NAME_LENGTH} "
+                         "are allowed")
+    bad = sorted(set(bare) - _ALLOWED)
+    if bad:
+        raise ValueError(f"'name' {name!r} contains {''.join(bad)!r}: use letters, digits and "
+                         "_-.:@+=")
+    return bare
+
+
+def name_key(kind: str, name: str, index: int = 0) -> int:
+    """The 32-bit key of object *index* of the *kind* ("queue", "shm", ...) named *name*.
+
+    Never 0 (IPC_PRIVATE) and always positive, so it reads the same in every tool.
+    """
+    digest = hashlib.blake2b(f"mpsysv\0{kind}\0{name}\0{index}".encode(), digest_size=4).digest()
+    key = int.from_bytes(digest, "little") & 0x7FFFFFFF
+    return key or 1
+
+
+def random_name(prefix: str = "mpsysv_") -> str:
+    """A fresh name that is practically never in use (64 random bits)."""
+    return prefix + secrets.token_hex(8)
