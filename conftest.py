@@ -1,10 +1,11 @@
 """Test harness shared by tests/ and compat/: the System V leak guard.
 
 Every test is checked: the message queues, semaphore sets and segments that exist
-after it must be those that existed before it. Under pytest-xdist each worker first
-moves into an IPC namespace of its own (when the kernel lets it: root, as in CI), so
-one worker's live objects can never be mistaken for another's leak; at the end the
-worker's namespace must be empty, which it reports as a failure otherwise.
+after it must be those that existed before it. Each pytest process (every xdist
+worker) first moves into an IPC namespace of its own when the kernel lets it (root,
+as in CI), so another run's live objects can never be mistaken for this run's leak;
+at the end the namespace must be empty, and the session fails otherwise. Without
+that privilege the guard compares the machine-wide lists (run one suite at a time).
 """
 
 import ctypes
@@ -41,7 +42,7 @@ def _own_namespace() -> bool:
 
 
 def pytest_configure(config):
-    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("MPSYSV_SHARED_NS") != "1":
+    if os.environ.get("MPSYSV_SHARED_NS") != "1":
         config._mpsysv_private_ns = _own_namespace()
 
 
