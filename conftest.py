@@ -9,12 +9,14 @@ that privilege the guard compares the machine-wide lists (run one suite at a tim
 """
 
 import ctypes
+import faulthandler
 import os
 import time
 
 import pytest
 
 CLONE_NEWIPC = 0x08000000
+TEST_TIMEOUT = float(os.environ.get("MPSYSV_TEST_TIMEOUT", "300"))
 _LEAKED_AT_END = []
 
 
@@ -51,7 +53,11 @@ def sysv_leak_guard(request):
     """Fail the test that leaves a System V object behind (after a short grace period
     for children that are still exiting)."""
     before = sysv_objects()
+    # The watchdog of last resort: a hung test dumps every thread's stack and ends its
+    # worker (xdist reports the crash and goes on) instead of hanging the run.
+    faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True)
     yield
+    faulthandler.cancel_dump_traceback_later()
     deadline = time.monotonic() + 5.0
     leaked = sysv_objects() - before
     while leaked and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from ._libc import RemovedError
 from .primitives import Attachment, MessageQueue, SemaphoreSet, Segment, ftok
+from .queues import Empty, Full, JoinableQueue, Queue, SimpleQueue
 
 __version__ = "0.1.0"
-__all__ = ["RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]

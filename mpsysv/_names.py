@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-__all__ = ["MAX_NAME_LENGTH", "check_name", "name_key", "random_name"]
+__all__ = ["MAX_NAME_LENGTH", "SUB_KEY_TAG", "check_name", "name_key", "sub_key", "parse_sub_key",
+           "random_name"]
 
 MAX_NAME_LENGTH = 200
+SUB_KEY_TAG = 0x4D
 _ALLOWED = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:@+=")
 
 
@@ -40,7 +42,30 @@ def name_key(kind: str, name: str, index: int = 0) -> int:
     """
     digest = hashlib.blake2b(f"mpsysv\0{kind}\0{name}\0{index}".encode(), digest_size=4).digest()
     key = int.from_bytes(digest, "little") & 0x7FFFFFFF
+    if key >> 24 == SUB_KEY_TAG:
+        key ^= 1 << 24
     return key or 1
+
+
+def sub_key(owner_id: int, purpose: int) -> int:
+    """The key of the object serving *purpose* (1..3) for the control segment *owner_id*.
+
+    Tagged with ``SUB_KEY_TAG`` in the top byte, then the purpose, 7 bits of the
+    owner id's sequence number and its 15-bit slot index: unique among live owners,
+    and telling a cleaner whose object it is once the owner is gone.
+    """
+    if not 0 < purpose < 4:
+        raise ValueError(f"'purpose' must be 1..3, not {purpose!r}")
+    return ((SUB_KEY_TAG << 24) | (purpose << 22) | (((owner_id >> 15) & 0x7F) << 15)
+            | (owner_id & 0x7FFF))
+
+
+def parse_sub_key(key: int):
+    """``(purpose, owner_slot, owner_seq7)`` of a key made by ``sub_key``, else None."""
+    key &= 0xFFFFFFFF
+    if key >> 24 != SUB_KEY_TAG:
+        return None
+    return (key >> 22) & 3, key & 0x7FFF, (key >> 15) & 0x7F
 
 
 def random_name(prefix: str = "mpsysv_") -> str:

@@ -1,0 +1,652 @@
+"""The kernel side of one mpsysv queue: four SysV objects and the protocol between them.
+
+* a control segment (one page): identity, the other objects' ids, futex counters
+  (timed waiters, bounded slots, unfinished tasks, stream flow) and crash markers;
+  its attach count is the number of processes holding the queue;
+* the main message queue: exactly one message per object (a whole pickle, or the
+  head of a stream), so ``msg_qnum`` is the exact object count and user ``mtype``
+  selection works as msgrcv(2) says;
+* the stream queue: continuation frames of the one large object in flight;
+* a semaphore set: the stream lock and the state lock (both ``SEM_UNDO``, so a
+  killed holder releases them) and the join gate of a JoinableQueue.
+
+This module moves bytes; pickling, buffering and the stdlib API live in queues.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import threading
+import time
+import warnings
+from typing import Callable, Optional
+
+from . import _libc as L
+from . import _names
+from . import _wire
+from ._psem import PosixSemaphore
+
+__all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
+
+KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
+KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
+MTYPE_MAX = 2 ** 62 - 1
+MAGIC = b"MPSYSVQ1"
+CTL_SIZE = 4096
+# Control segment layout.
+_HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flags created
+#                                       main_qid stream_qid semid msgmax
+_NAME_OFF = 64
+_SEM_OFF = 320
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED = range(7)
+_MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
+_READER = struct.Struct("<i")
+_STATE = struct.Struct("<I")
+_MARK_OFF = 576
+_STATE_MARK_OFF = 600  # pid of a process in the middle of a task-count update
+_FLAG_NAMED = 1
+# Semaphore set members.
+SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
+# Stream marker states.
+ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
+_SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
+
+_E = errno
+_getpid = os.getpid
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+class _Buffers:
+    """A pool of message buffers (mtype + msgmax bytes), one per concurrent caller."""
+
+    __slots__ = ("size", "_free")
+
+    def __init__(self, msgmax: int):
+        self.size = msgmax
+        self._free = []
+
+    def take(self):
+        try:
+            return self._free.pop()
+        except IndexError:
+            raw = (ctypes.c_char * (8 + self.size))()
+            return raw, ctypes.c_long.from_buffer(raw), memoryview(raw).cast("B")
+
+    def give(self, item) -> None:
+        self._free.append(item)
+
+
+class Channel:
+    """One queue's kernel objects, attached in this process."""
+
+    def __init__(self, ctl_id: int, address: int, *, owner: bool = False):
+        self.ctl_id = ctl_id
+        self._address = address
+        self._mem = (ctypes.c_char * CTL_SIZE).from_address(address)
+        self._view = memoryview(self._mem).cast("B")
+        (magic, version, kind, maxsize, creator, flags, created, main_qid, stream_qid, semid,
+         msgmax) = _HDR.unpack_from(self._view)
+        if magic != MAGIC:
+            raise ValueError(f"segment id={ctl_id} is not an mpsysv queue (bad magic {magic!r})")
+        self.kind, self.maxsize, self.creator, self.created = kind, maxsize, creator, created
+        self.named = bool(flags & _FLAG_NAMED)
+        self.main_qid, self.stream_qid, self.semid, self.msgmax = (main_qid, stream_qid, semid,
+                                                                   msgmax)
+        n = int.from_bytes(self._view[_NAME_OFF:_NAME_OFF + 2], "little")
+        self.name = bytes(self._view[_NAME_OFF + 2:_NAME_OFF + 2 + n]).decode() if n else None
+        self.sems = [PosixSemaphore(address + _SEM_OFF + 32 * i, f"{self._what()} counter {i}")
+                     for i in range(7)]
+        self._tw_word = self._view[_SEM_OFF + 32 * TW:_SEM_OFF + 32 * TW + 4].cast("I")
+        self._bufs = _Buffers(msgmax)
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self._detached = False
+        self._released = False
+
+    # -- creation and opening -------------------------------------------------------
+
+    @classmethod
+    def create(cls, kind: int, maxsize: int, name: Optional[str] = None,
+               mode: int = 0o600) -> "Channel":
+        """Create the four objects; a named queue's control segment is found by its name."""
+        key = _names.name_key("queue", name) if name else L.IPC_PRIVATE
+        flags = L.IPC_CREAT | L.IPC_EXCL | mode
+        ctl_id = L.shmget(key, CTL_SIZE, flags)
+        if ctl_id == -1:
+            err = L.get_errno()
+            L.raise_errno(err, "shmget", f"queue {name!r}" if name else "queue control segment",
+                          "a queue of that name exists already" if err == _E.EEXIST else "")
+        address = _attach(ctl_id)
+        created = []
+        try:
+            if not name:
+                # Marked for removal at once: the kernel frees it when the last holder detaches,
+                # even if every holder was killed.
+                L.shmctl(ctl_id, L.IPC_RMID, None)
+            msgmax = L.read_limit("msgmax", 8192)
+            main_qid = _create_sub(L.msgget, ctl_id, 1, mode)
+            created.append(("msg", main_qid))
+            stream_qid = _create_sub(L.msgget, ctl_id, 2, mode)
+            created.append(("msg", stream_qid))
+            semid = _create_sub(lambda k, f: L.semget(k, 3, f), ctl_id, 3, mode)
+            created.append(("sem", semid))
+            for num, value in ((SEM_STREAM, 1), (SEM_STATE, 1), (SEM_GATE, 0)):
+                if L.semctl(semid, num, L.SETVAL, value) == -1:
+                    L.raise_errno(L.get_errno(), "semctl(SETVAL)", f"semaphore set id={semid}")
+            view = memoryview((ctypes.c_char * CTL_SIZE).from_address(address)).cast("B")
+            if name:
+                raw = name.encode()
+                view[_NAME_OFF:_NAME_OFF + 2] = len(raw).to_bytes(2, "little")
+                view[_NAME_OFF + 2:_NAME_OFF + 2 + len(raw)] = raw
+            for i in range(7):
+                value = (maxsize if maxsize > 0 else 0) if i == SLOTS else 0
+                PosixSemaphore(address + _SEM_OFF + 32 * i).init(value)
+            # The magic goes in last: openers by name wait for it.
+            _HDR.pack_into(view, 0, MAGIC, 1, kind, maxsize, _getpid(),
+                           _FLAG_NAMED if name else 0, time.time(), main_qid, stream_qid,
+                           semid, msgmax)
+        except BaseException:
+            for what, ident in created:
+                (L.msgctl if what == "msg" else _semrm)(ident, L.IPC_RMID, None)
+            L.shmdt(address)
+            if name:
+                L.shmctl(ctl_id, L.IPC_RMID, None)
+            raise
+        return cls(ctl_id, address, owner=True)
+
+    @classmethod
+    def open_name(cls, name: str) -> "Channel":
+        """Attach the named queue; ``FileNotFoundError`` when there is none."""
+        ctl_id = L.shmget(_names.name_key("queue", name), 0, 0)
+        if ctl_id == -1:
+            err = L.get_errno()
+            L.raise_errno(err, "shmget", f"queue {name!r}",
+                          "no queue of that name" if err == _E.ENOENT else "")
+        address = _attach(ctl_id)
+        view = memoryview((ctypes.c_char * CTL_SIZE).from_address(address)).cast("B")
+        deadline = time.monotonic() + 2.0
+        while bytes(view[:8]) != MAGIC and time.monotonic() < deadline:
+            time.sleep(0.001)  # the creator is still initialising it
+        try:
+            chan = cls(ctl_id, address)
+        except ValueError:
+            L.shmdt(address)
+            raise ValueError(f"the segment for queue name {name!r} is not an mpsysv queue "
+                             "(a key collision or a foreign segment); refusing it") from None
+        if chan.name != name:
+            chan.detach()
+            raise ValueError(f"queue name {name!r} collides with the mpsysv queue "
+                             f"{chan.name!r}; pick another name")
+        return chan
+
+    @classmethod
+    def open_id(cls, ctl_id: int, expect: tuple) -> "Channel":
+        """Attach by control segment id (what a pickled handle carries)."""
+        address = L.shmat(ctl_id, None, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            err = L.get_errno()
+            if err in (_E.EINVAL, _E.EIDRM):
+                raise L.RemovedError(err, f"shmat: mpsysv queue (control segment id={ctl_id}) "
+                                          f"no longer exists: {L._WHY_REMOVED}")
+            L.raise_errno(err, "shmat", f"queue control segment id={ctl_id}")
+        chan = cls(ctl_id, address)
+        if (chan.main_qid, chan.stream_qid, chan.semid) != expect:
+            chan.detach()
+            raise L.RemovedError(_E.EIDRM, f"mpsysv queue (control segment id={ctl_id}) was "
+                                           f"replaced by another queue: {L._WHY_REMOVED}")
+        return chan
+
+    def identity(self) -> tuple:
+        return self.ctl_id, (self.main_qid, self.stream_qid, self.semid)
+
+    def _what(self) -> str:
+        label = f"name={self.name!r}" if getattr(self, "name", None) else f"id={self.ctl_id}"
+        return f"mpsysv queue {label}"
+
+    # -- single messages ------------------------------------------------------------
+
+    def try_send(self, payload, mtype: int) -> bool:
+        """Send a one-message object without blocking; False when the queue is full."""
+        item = self._bufs.take()
+        raw, hdr, view = item
+        n = len(payload)
+        hdr.value = mtype
+        view[8:8 + n] = payload
+        try:
+            while L.msgsnd(self.main_qid, raw, n, L.IPC_NOWAIT) == -1:
+                err = L.get_errno()
+                if err == _E.EAGAIN:
+                    return False
+                if err != _E.EINTR:
+                    self._fail("msgsnd", err)
+        finally:
+            self._bufs.give(item)
+        if self._tw_word[0]:
+            self._wake_timed()
+        return True
+
+    def send(self, payload, mtype: int) -> None:
+        """Send a one-message object, waiting while the queue is full."""
+        self._send_main(payload, mtype)
+        if self._tw_word[0]:
+            self._wake_timed()
+
+    def _send_main(self, data, mtype: int) -> None:
+        item = self._bufs.take()
+        raw, hdr, view = item
+        n = len(data)
+        hdr.value = mtype
+        view[8:8 + n] = data
+        try:
+            while L.msgsnd(self.main_qid, raw, n, 0) == -1:
+                err = L.get_errno()
+                if err != _E.EINTR:
+                    self._fail("msgsnd", err)
+        finally:
+            self._bufs.give(item)
+
+    def _wake_timed(self) -> None:
+        """Give every timed waiter a chance to look again (it re-checks after waking)."""
+        waiters = self.sems[TW].value
+        wake = self.sems[WAKE]
+        for _ in range(max(waiters - wake.value, 0)):
+            wake.post()
+
+    def receive(self, loads: Callable, mtype: int = 0, block: bool = True,
+                deadline: Optional[float] = None):
+        """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
+        while True:
+            item = self._bufs.take()
+            try:
+                n = self._recv_main(item[0], mtype, block and deadline is None)
+                if n < 0:
+                    if not block:
+                        raise _Empty
+                    n = self._wait_main(item[0], mtype, deadline)
+                view = item[2]
+                first = view[8] if n > 0 else -1
+                if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD):
+                    self.sems[SLOTS].post()
+                if first == _wire.PICKLE_MARK:
+                    return loads(view[8:8 + n])
+                head = view[8:8 + n].tobytes()
+            finally:
+                self._bufs.give(item)
+            payload = self._read_stream(head)
+            if payload is not None:
+                return loads(payload)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Empty
+
+    def _recv_main(self, raw, mtype: int, block: bool) -> int:
+        flags = 0 if block else L.IPC_NOWAIT
+        while True:
+            n = L.msgrcv(self.main_qid, raw, self.msgmax, mtype, flags)
+            if n >= 0:
+                return n
+            err = L.get_errno()
+            if err == _E.ENOMSG:
+                return -1
+            if err != _E.EINTR:
+                self._fail("msgrcv", err)
+
+    def _wait_main(self, raw, mtype: int, deadline: float) -> int:
+        """Wait in the kernel (a futex) for a message until *deadline*."""
+        tw, wake = self.sems[TW], self.sems[WAKE]
+        tw.post()
+        try:
+            while True:
+                n = self._recv_main(raw, mtype, False)
+                if n >= 0:
+                    return n
+                if not wake.acquire(deadline):
+                    n = self._recv_main(raw, mtype, False)
+                    if n >= 0:
+                        return n
+                    raise _Empty
+        finally:
+            tw.try_acquire()
+
+    def qsize(self) -> int:
+        return self._stat_main().msg_qnum
+
+    def _stat_main(self) -> L.msqid_ds:
+        ds = L.msqid_ds()
+        if L.msgctl(self.main_qid, L.IPC_STAT, L.byref(ds)) == -1:
+            self._fail("msgctl(IPC_STAT)", L.get_errno())
+        return ds
+
+    # -- streams (objects larger than one message) ---------------------------------
+
+    def send_stream(self, payload, mtype: int) -> None:
+        """Send a multi-frame object: one head in the main queue, frames in the stream queue.
+
+        Streams go one at a time (the stream lock, held until the reader acknowledged
+        the last frame), so the stream queue never holds two objects' frames and small
+        objects can never take the capacity a stream needs.
+        """
+        with self._counter_lock:
+            self._counter += 1
+            counter = self._counter
+        sid = _wire.stream_id_for(_getpid(), counter)
+        head, frames = _wire.split(payload, sid, self.msgmax)
+        self._lock(SEM_STREAM)
+        try:
+            self._repair_stream()
+            for i in (SPACE, AVAIL, DONE):
+                while self.sems[i].try_acquire():
+                    pass
+            self._set_mark(_getpid(), sid, ST_HEAD)
+            self._send_main(head, mtype)
+            if self._tw_word[0]:
+                self._wake_timed()
+            for frame in frames:
+                if not self._send_frame(frame, sid):
+                    return
+                self.sems[AVAIL].post()
+            self._await_reader(sid)
+        finally:
+            self._set_mark(0, 0, ST_IDLE)
+            self._unlock(SEM_STREAM)
+
+    def _send_frame(self, frame: bytes, sid: int) -> bool:
+        """Send one frame; False when the reader died and the stream was dropped."""
+        item = self._bufs.take()
+        raw, hdr, view = item
+        n = len(frame)
+        hdr.value = sid
+        view[8:8 + n] = frame
+        try:
+            while L.msgsnd(self.stream_qid, raw, n, L.IPC_NOWAIT) == -1:
+                err = L.get_errno()
+                if err == _E.EINTR:
+                    continue
+                if err != _E.EAGAIN:
+                    self._fail("msgsnd", err)
+                if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
+                    if self._reader_gone(sid):
+                        return False
+        finally:
+            self._bufs.give(item)
+        return True
+
+    def _await_reader(self, sid: int) -> None:
+        """Wait until the reader has taken the last frame (or died)."""
+        while not self.sems[DONE].acquire(time.monotonic() + _SLICE):
+            if self._reader_gone(sid):
+                return
+
+    def _reader_gone(self, sid: int) -> bool:
+        """True (after dropping the stream's frames) when the reader of *sid* died."""
+        reader = self._mark()[1]
+        if reader == 0 or _alive(reader):
+            return False
+        self._purge(sid)
+        return True
+
+    def _purge(self, sid: int) -> None:
+        raw = (ctypes.c_char * (8 + self.msgmax))()
+        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT | L.MSG_NOERROR) >= 0:
+            pass
+
+    def _repair_stream(self) -> None:
+        """Under the stream lock: clean up after a writer that died holding it."""
+        writer, reader, sid, state = self._mark()
+        if state == ST_IDLE:
+            return
+        self._purge(sid)
+        if state != ST_ABANDONED:
+            # Its head may sit in the main queue or with a reader: tell that reader.
+            abort = _wire.encode_abort(sid)
+            raw = (ctypes.c_char * (8 + len(abort)))()
+            ctypes.c_long.from_buffer(raw).value = sid
+            raw[8:] = abort
+            L.msgsnd(self.stream_qid, raw, len(abort), L.IPC_NOWAIT)
+            self.sems[AVAIL].post()
+        self._set_mark(0, 0, ST_IDLE)
+
+    def _read_stream(self, head: bytes) -> Optional[bytes]:
+        """Collect the frames of the stream *head* starts; None if it was dropped."""
+        try:
+            assembly = _wire.Reassembly(head)
+        except _wire.WireError as exc:
+            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+                          stacklevel=4)
+            return None
+        sid = assembly.stream_id
+        if self._mark()[2] == sid:
+            _READER.pack_into(self._view, _MARK_OFF + 4, _getpid())
+        raw = (ctypes.c_char * (8 + self.msgmax))()
+        view = memoryview(raw).cast("B")
+        avail, space = self.sems[AVAIL], self.sems[SPACE]
+        while not assembly.complete:
+            if not avail.acquire(time.monotonic() + _SLICE):
+                if self._writer_gone(sid):
+                    warnings.warn(f"{self._what()}: dropped an object whose writer (pid "
+                                  f"{_wire.writer_pid(sid)}) died while sending it",
+                                  RuntimeWarning, stacklevel=4)
+                    return None
+                continue
+            n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
+            if n < 0:
+                err = L.get_errno()
+                if err in (_E.ENOMSG, _E.EINTR):
+                    continue
+                self._fail("msgrcv", err)
+            try:
+                assembly.add(view[8:8 + n])
+            except _wire.WireError as exc:
+                self._purge(sid)
+                warnings.warn(f"{self._what()}: dropped an incomplete object ({exc})",
+                              RuntimeWarning, stacklevel=4)
+                return None
+            space.post()
+        self.sems[DONE].post()
+        return assembly.payload()
+
+    def _writer_gone(self, sid: int) -> bool:
+        """True (after dropping its frames) when the writer of *sid* died mid-stream."""
+        writer, _, msid, _ = self._mark()
+        if msid == sid:
+            if _alive(writer):
+                return False
+            _STATE.pack_into(self._view, _MARK_OFF + 16, ST_ABANDONED)
+        self._purge(sid)
+        return True
+
+    def _mark(self) -> tuple:
+        return _MARK.unpack_from(self._view, _MARK_OFF)
+
+    def _set_mark(self, writer: int, sid: int, state: int) -> None:
+        """The writer's fields (and a cleared reader field: only a reader sets it)."""
+        _MARK.pack_into(self._view, _MARK_OFF, writer, 0, sid, state)
+
+    # -- locks and the task count of a JoinableQueue ---------------------------------
+
+    def _lock(self, num: int) -> None:
+        op = L.sembuf(num, -1, L.SEM_UNDO)
+        while L.semop(self.semid, L.byref(op), 1) == -1:
+            err = L.get_errno()
+            if err != _E.EINTR:
+                self._fail("semop", err)
+
+    def _unlock(self, num: int) -> None:
+        op = L.sembuf(num, 1, L.SEM_UNDO)
+        if L.semop(self.semid, L.byref(op), 1) == -1:
+            err = L.get_errno()
+            if err not in (_E.EIDRM, _E.EINVAL):
+                self._fail("semop", err)
+
+    def _state_locked(self):
+        return _StateLock(self)
+
+    def task_added(self) -> None:
+        with self._state_locked():
+            unfinished = self.sems[UNFINISHED]
+            unfinished.post()
+            if unfinished.value == 1:
+                self._set_gate(1)
+
+    def task_done(self) -> None:
+        with self._state_locked():
+            unfinished = self.sems[UNFINISHED]
+            if not unfinished.try_acquire():
+                raise ValueError("task_done() called too many times")
+            if unfinished.value == 0:
+                self._set_gate(0)
+
+    def unfinished(self) -> int:
+        return self.sems[UNFINISHED].value
+
+    def join_tasks(self) -> None:
+        """Wait until every task put on the queue was marked done (the gate is zero)."""
+        op = L.sembuf(SEM_GATE, 0, 0)
+        while L.semop(self.semid, L.byref(op), 1) == -1:
+            err = L.get_errno()
+            if err != _E.EINTR:
+                self._fail("semop", err)
+
+    def _set_gate(self, value: int) -> None:
+        if L.semctl(self.semid, SEM_GATE, L.SETVAL, value) == -1:
+            self._fail("semctl(SETVAL)", L.get_errno())
+
+    def _repair_state(self) -> None:
+        """Under the state lock: a holder died mid-update; recompute the gate."""
+        self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
+
+    # -- lifetime -------------------------------------------------------------------
+
+    def holders(self) -> int:
+        ds = L.shmid_ds()
+        if L.shmctl(self.ctl_id, L.IPC_STAT, L.byref(ds)) == -1:
+            return 0
+        return ds.shm_nattch
+
+    def release(self, detach: bool = True) -> None:
+        """Let go of the queue; the last holder of an anonymous queue removes it all.
+
+        ``detach=False`` keeps the mapping (a thread of this exiting process may still
+        be using it; the kernel unmaps it at exit).
+        """
+        if not self._released and not self._detached:
+            self._released = True
+            self._drop_hold()
+        if detach:
+            self.detach()
+
+    def _drop_hold(self) -> None:
+        if not self.named:
+            try:
+                self._lock(SEM_STATE)
+            except OSError:
+                pass
+            else:
+                if self.holders() <= 1:
+                    self._remove_subs()
+                else:
+                    self._unlock(SEM_STATE)
+
+    def _after_fork(self) -> None:
+        """In a fork child: the inherited mapping counts as a holder of its own."""
+        self._counter_lock = threading.Lock()
+        self._released = False
+
+    def detach(self) -> None:
+        if not self._detached:
+            self._detached = True
+            self._tw_word.release()
+            self._view.release()
+            L.shmdt(self._address)
+
+    def unlink(self) -> None:
+        """Remove the queue's kernel objects now (a named queue's name is free at once)."""
+        self._remove_subs()
+        L.shmctl(self.ctl_id, L.IPC_RMID, None)
+
+    def _remove_subs(self) -> None:
+        L.msgctl(self.main_qid, L.IPC_RMID, None)
+        L.msgctl(self.stream_qid, L.IPC_RMID, None)
+        L.semctl(self.semid, 0, L.IPC_RMID, 0)
+
+    def _fail(self, call: str, err: int) -> "NoReturn":  # noqa: F821
+        if err in (_E.EIDRM, _E.EINVAL):
+            raise L.RemovedError(_E.EIDRM, f"{call}: {self._what()} was removed while in use: "
+                                           f"{L._WHY_REMOVED}")
+        L.raise_errno(err, call, self._what())
+
+
+class _StateLock:
+    """The state lock with a crash marker: the next holder repairs a half-done update."""
+
+    __slots__ = ("chan",)
+
+    def __init__(self, chan: Channel):
+        self.chan = chan
+
+    def __enter__(self):
+        chan = self.chan
+        chan._lock(SEM_STATE)
+        view = chan._view
+        if int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little"):
+            chan._repair_state()
+        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
+        return self
+
+    def __exit__(self, *exc):
+        chan = self.chan
+        chan._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
+        chan._unlock(SEM_STATE)
+
+
+class _Empty(Exception):
+    """Nothing arrived in time (queues.py turns it into ``queue.Empty``)."""
+
+
+def _attach(ctl_id: int) -> int:
+    address = L.shmat(ctl_id, None, 0)
+    if address is None or address == ctypes.c_void_p(-1).value:
+        L.raise_errno(L.get_errno(), "shmat", f"queue control segment id={ctl_id}")
+    return address
+
+
+def _semrm(semid, cmd, _arg):
+    return L.semctl(semid, 0, cmd, 0)
+
+
+def _create_sub(get: Callable, ctl_id: int, purpose: int, mode: int) -> int:
+    """Create the object serving *purpose* under its tagged key, clearing a stale one."""
+    key = _names.sub_key(ctl_id, purpose)
+    for _ in range(2):
+        ident = get(key, L.IPC_CREAT | L.IPC_EXCL | mode)
+        if ident != -1:
+            return ident
+        err = L.get_errno()
+        if err != _E.EEXIST:
+            break
+        # A leftover of a dead queue whose control segment had this slot: garbage.
+        stale = get(key, 0)
+        if stale != -1:
+            if purpose == 3:
+                L.semctl(stale, 0, L.IPC_RMID, 0)
+            else:
+                L.msgctl(stale, L.IPC_RMID, None)
+    L.raise_errno(L.get_errno(), "msgget" if purpose < 3 else "semget",
+                  f"queue object key={key:#010x}")

@@ -1,0 +1,74 @@
+"""Process-shared POSIX semaphores living inside a SysV segment.
+
+A futex-based counter: post and an uncontended wait never enter the kernel, which
+keeps them off the queue's hot path, and values go up to 2**31-1 (a SysV semaphore
+stops at 32767). They have no undo: mpsysv uses them only for counts whose owner
+can be re-derived, never for locks.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Optional
+
+from . import _libc as L
+
+__all__ = ["PosixSemaphore"]
+
+
+class PosixSemaphore:
+    """The ``sem_t`` at *address* (32 bytes inside an attached segment)."""
+
+    __slots__ = ("address", "_name")
+
+    def __init__(self, address: int, name: str = "semaphore"):
+        self.address = address
+        self._name = name
+
+    def init(self, value: int = 0) -> None:
+        if L.sem_init(self.address, 1, value) == -1:
+            L.raise_errno(L.get_errno(), "sem_init", self._name)
+
+    def post(self) -> None:
+        if L.sem_post(self.address) == -1:
+            err = L.get_errno()
+            if err == errno.EOVERFLOW:
+                raise OverflowError(f"{self._name}: count would exceed {L.SEM_VALUE_MAX}")
+            L.raise_errno(err, "sem_post", self._name)
+
+    def try_acquire(self) -> bool:
+        """Decrement if positive, at once; False when the count is zero."""
+        while L.sem_trywait(self.address) == -1:
+            err = L.get_errno()
+            if err == errno.EAGAIN:
+                return False
+            if err != errno.EINTR:
+                L.raise_errno(err, "sem_trywait", self._name)
+        return True
+
+    def acquire(self, deadline: Optional[float] = None) -> bool:
+        """Decrement, waiting until *deadline* (``time.monotonic()`` scale, None: forever).
+
+        Signals do not shorten the wait (PEP 475); False when the deadline passed.
+        """
+        if deadline is None:
+            while L.sem_wait(self.address) == -1:
+                err = L.get_errno()
+                if err != errno.EINTR:
+                    L.raise_errno(err, "sem_wait", self._name)
+            return True
+        ts = L.deadline_timespec(deadline)
+        ref = L.byref(ts)
+        while L.sem_clockwait(self.address, L.CLOCK_MONOTONIC, ref) == -1:
+            err = L.get_errno()
+            if err == errno.ETIMEDOUT:
+                return False
+            if err != errno.EINTR:
+                L.raise_errno(err, "sem_clockwait", self._name)
+        return True
+
+    @property
+    def value(self) -> int:
+        out = L.c_int()
+        L.sem_getvalue(self.address, L.byref(out))
+        return out.value

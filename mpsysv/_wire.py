@@ -1,0 +1,148 @@
+"""The queue wire format: how one pickled object becomes one or more messages.
+
+Pure functions and a small reassembler, no kernel access, so the format can be
+tested (and fuzzed) without IPC. An object that fits one message travels as its bare
+pickle (which starts with the PROTO opcode 0x80). A larger object travels as a
+*head* message in the main queue, which names a stream id, followed by continuation
+frames in the stream queue whose ``mtype`` is that stream id.
+
+    head:   b"H" | stream_id u64 | total_length u64 | nframes u32 | first chunk
+    frame:  b"F" | stream_id u64 | seq u32 | chunk            (seq 1..nframes-1)
+    abort:  b"A" | stream_id u64                             (the writer died)
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator, List, Optional, Tuple
+
+__all__ = [
+    "PICKLE_MARK", "HEAD", "FRAME", "ABORT", "HEAD_SIZE", "FRAME_HEADER", "WireError",
+    "is_single", "stream_id_for", "writer_pid", "split", "parse_head", "parse_frame",
+    "encode_abort", "Reassembly",
+]
+
+PICKLE_MARK = 0x80
+HEAD, FRAME, ABORT = b"H"[0], b"F"[0], b"A"[0]
+_HEAD = struct.Struct("<BQQI")
+_FRAME = struct.Struct("<BQI")
+_ABORT = struct.Struct("<BQ")
+HEAD_SIZE = _HEAD.size
+FRAME_HEADER = _FRAME.size
+# Stream ids are message types far above every user type: bit 62 set, then the
+# writer's pid and a per-writer counter. User mtypes stay below 2**40.
+_STREAM_BASE = 1 << 62
+_PID_SHIFT = 32
+
+
+class WireError(ValueError):
+    """A message that is not a valid mpsysv frame (foreign, truncated or out of order)."""
+
+
+def is_single(msg) -> bool:
+    """True when *msg* is a whole object (a bare pickle)."""
+    return len(msg) > 0 and msg[0] == PICKLE_MARK
+
+
+def stream_id_for(pid: int, counter: int) -> int:
+    """A stream id unique per object: the writer's pid and its own object counter."""
+    return _STREAM_BASE | (pid << _PID_SHIFT) | (counter & 0xFFFFFFFF)
+
+
+def writer_pid(stream_id: int) -> int:
+    """The pid of the process that wrote stream *stream_id*."""
+    return (stream_id & ~_STREAM_BASE) >> _PID_SHIFT
+
+
+def split(payload, stream_id: int, msgmax: int) -> Tuple[bytes, Iterator[bytes]]:
+    """Split *payload* (longer than one message) into a head and continuation frames.
+
+    Frames are built lazily so a huge object is never held twice in memory.
+    """
+    view = memoryview(payload).cast("B")
+    total = len(view)
+    first = msgmax - HEAD_SIZE
+    chunk = msgmax - FRAME_HEADER
+    if first <= 0 or chunk <= 0:
+        raise ValueError(f"msgmax={msgmax} is too small to carry frames")
+    rest = max(total - first, 0)
+    nframes = 1 + (rest + chunk - 1) // chunk
+    head = _HEAD.pack(HEAD, stream_id, total, nframes) + view[:first].tobytes()
+
+    def frames():
+        pack = _FRAME.pack
+        for seq, start in enumerate(range(first, total, chunk), 1):
+            yield pack(FRAME, stream_id, seq) + view[start:start + chunk].tobytes()
+
+    return head, frames()
+
+
+def parse_head(msg) -> Tuple[int, int, int, memoryview]:
+    """``(stream_id, total, nframes, first_chunk)`` of a head message, or ``WireError``."""
+    if len(msg) < HEAD_SIZE or msg[0] != HEAD:
+        raise WireError(f"not a stream head ({len(msg)} bytes)")
+    _, sid, total, nframes = _HEAD.unpack_from(msg)
+    first = memoryview(msg)[HEAD_SIZE:]
+    if not sid & _STREAM_BASE or nframes < 2 or total < len(first) or len(first) == 0:
+        raise WireError("inconsistent stream head")
+    return sid, total, nframes, first
+
+
+def parse_frame(msg, stream_id: int, seq: int) -> memoryview:
+    """The chunk of continuation frame *seq* of *stream_id*, or ``WireError``."""
+    if len(msg) >= _ABORT.size and msg[0] == ABORT:
+        raise WireError(f"stream {stream_id:#x} was aborted by its writer's death")
+    if len(msg) < FRAME_HEADER or msg[0] != FRAME:
+        raise WireError("not a continuation frame")
+    _, sid, got = _FRAME.unpack_from(msg)
+    if sid != stream_id or got != seq:
+        raise WireError(f"frame {got} of stream {sid:#x} where frame {seq} of {stream_id:#x} "
+                        "was expected")
+    return memoryview(msg)[FRAME_HEADER:]
+
+
+def encode_abort(stream_id: int) -> bytes:
+    return _ABORT.pack(ABORT, stream_id)
+
+
+class Reassembly:
+    """Collects one object's chunks; never trusts the head's length to allocate."""
+
+    __slots__ = ("stream_id", "total", "nframes", "next_seq", "_parts", "_size")
+
+    def __init__(self, head):
+        self.stream_id, self.total, self.nframes, first = parse_head(head)
+        self.next_seq = 1
+        self._parts: List[bytes] = [first.tobytes()]
+        self._size = len(first)
+
+    @property
+    def complete(self) -> bool:
+        return self.next_seq == self.nframes
+
+    def add(self, msg) -> None:
+        """Append continuation frame *msg*; ``WireError`` if it does not fit."""
+        if self.complete:
+            raise WireError("frame after the last one")
+        chunk = parse_frame(msg, self.stream_id, self.next_seq)
+        self._size += len(chunk)
+        last = self.next_seq + 1 == self.nframes
+        if self._size > self.total or (last and self._size != self.total) or not chunk:
+            raise WireError(f"stream {self.stream_id:#x}: {self._size} bytes after frame "
+                            f"{self.next_seq} of {self.nframes}, head said {self.total}")
+        self._parts.append(chunk.tobytes())
+        self.next_seq += 1
+
+    def payload(self) -> bytes:
+        if not self.complete:
+            raise WireError("payload of an incomplete stream")
+        return b"".join(self._parts)
+
+
+def frame_count(total: int, msgmax: int) -> Optional[int]:
+    """How many messages an object of *total* bytes takes (1 when it fits one)."""
+    if total <= msgmax:
+        return 1
+    rest = total - (msgmax - HEAD_SIZE)
+    chunk = msgmax - FRAME_HEADER
+    return 1 + (rest + chunk - 1) // chunk

@@ -1,0 +1,384 @@
+"""``Queue``, ``SimpleQueue`` and ``JoinableQueue`` with the API of ``multiprocessing``.
+
+Objects are pickled in the caller and handed to the kernel at once when the queue
+has room (one ``msgsnd``); otherwise they wait in a per-process buffer that a feeder
+thread flushes, so ``put`` on an unbounded queue never blocks, as in the stdlib.
+Large objects always go through the feeder (see ``_channel`` for the stream protocol).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import threading
+import types
+import weakref
+from collections import deque
+from multiprocessing import util
+from multiprocessing.reduction import ForkingPickler
+from queue import Empty, Full
+from time import monotonic
+from typing import Any, Optional
+
+from . import _libc as L
+from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
+    Channel, _Empty
+from ._names import check_name
+
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
+
+_SENTINEL = object()
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
+_loads = pickle.loads
+_dumps = pickle.dumps
+_live: "weakref.WeakSet[_Base]" = weakref.WeakSet()
+
+
+def _check_mtype(mtype, allow_selectors: bool) -> int:
+    if not isinstance(mtype, int) or isinstance(mtype, bool):
+        raise TypeError(f"'mtype' must be an int, not {type(mtype).__name__}")
+    low = -MTYPE_MAX if allow_selectors else 1
+    if not low <= mtype <= MTYPE_MAX:
+        what = f"in -{MTYPE_MAX}..{MTYPE_MAX}" if allow_selectors else f"in 1..{MTYPE_MAX}"
+        raise ValueError(f"'mtype' must be {what}, not {mtype}")
+    return mtype
+
+
+def _check_timeout(timeout) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+
+
+class _Pickler:
+    """Pickles with multiprocessing's reducers; plain scalars take ``pickle.dumps``."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self):
+        self._pool = []
+
+    def dumps(self, obj) -> bytes:
+        if type(obj) in _PLAIN:
+            return _dumps(obj, 5)
+        try:
+            f, p = self._pool.pop()
+        except IndexError:
+            f = io.BytesIO()
+            p = ForkingPickler(f, 5)
+        try:
+            p.dump(obj)
+            return f.getvalue()
+        finally:
+            p.clear_memo()
+            f.seek(0)
+            f.truncate()
+            self._pool.append((f, p))
+
+
+class _Feeder:
+    """The per-process buffer and the thread that flushes it (holds no queue reference,
+    so a forgotten queue can still be collected while its data drains)."""
+
+    def __init__(self, chan: Channel):
+        self.chan = chan
+        self.cond = threading.Condition(threading.Lock())
+        self.buffer: deque = deque()
+        self.pending = 0
+        self.thread: Optional[threading.Thread] = None
+        self.closing = False
+        self.cancelled = False
+        self.released = False
+        self.error_hook = None
+        self.in_flight = False
+
+    def enqueue(self, payload, mtype: int) -> None:
+        with self.cond:
+            self.buffer.append((payload, mtype))
+            self.pending += 1
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="mpsysv.QueueFeederThread",
+                                               daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def _run(self) -> None:
+        chan, cond, buffer = self.chan, self.cond, self.buffer
+        msgmax = chan.msgmax
+        while True:
+            with cond:
+                while not buffer:
+                    cond.wait()
+                payload, mtype = buffer.popleft()
+                self.in_flight = payload is not _SENTINEL and len(payload) <= msgmax
+            if payload is _SENTINEL:
+                break
+            try:
+                if self.in_flight:
+                    chan.send(payload, mtype)
+                    self.in_flight = False
+                else:
+                    chan.send_stream(payload, mtype)
+            except L.RemovedError:
+                with cond:
+                    buffer.clear()
+                    self.pending = 0
+                break
+            except Exception as exc:  # pragma: no cover - reported like the stdlib does
+                if self.error_hook is not None:
+                    self.error_hook(exc, payload)
+            finally:
+                with cond:
+                    self.pending = max(self.pending - 1, 0)
+        self.release()
+
+    def shutdown(self, join: bool) -> None:
+        """Flush and let go of the queue: at close(), collection or exit."""
+        with self.cond:
+            self.closing = True
+            thread = self.thread
+            if thread is not None and thread.is_alive():
+                self.buffer.append((_SENTINEL, 0))
+                self.cond.notify()
+        if thread is None or not thread.is_alive():
+            self.release()
+        elif join and not self.cancelled:
+            thread.join()
+        elif self.cancelled:
+            # The thread may still be blocked; let the last holder remove, keep the mapping.
+            self.chan.release(detach=False)
+
+    def release(self) -> None:
+        with self.cond:
+            if self.released:
+                return
+            self.released = True
+        self.chan.release()
+
+    def unsent(self) -> int:
+        """Objects put in this process that the kernel queue does not show yet."""
+        return len(self.buffer) + self.in_flight
+
+
+class _Base:
+    _kind = KIND_QUEUE
+
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None, name: Optional[str] = None,
+                 create: bool = False, strict: bool = False, mode: int = 0o600):
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+            raise TypeError(f"'maxsize' must be an int, not {type(maxsize).__name__}")
+        if maxsize > L.SEM_VALUE_MAX:
+            raise ValueError(f"'maxsize' must be at most {L.SEM_VALUE_MAX}, not {maxsize}")
+        maxsize = max(maxsize, 0)
+        if name is None:
+            if create:
+                raise ValueError("create=True needs a name (anonymous queues are always new)")
+            chan = Channel.create(self._kind, maxsize, None, mode)
+        else:
+            name = check_name(name)
+            if create:
+                chan = Channel.create(self._kind, maxsize, name, mode)
+            else:
+                chan = Channel.open_name(name)
+                if chan.kind != self._kind:
+                    chan.detach()
+                    raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, "
+                                     f"not a {type(self).__name__}")
+        self._strict = bool(strict)
+        self._setup(chan)
+
+    def _setup(self, chan: Channel) -> None:
+        self._chan = chan
+        self._maxsize = chan.maxsize
+        self._msgmax = chan.msgmax
+        self._closed = False
+        self._pickler = _Pickler()
+        self._feeder = _Feeder(chan)
+        self._feeder.error_hook = self._on_queue_feeder_error
+        self._finalizer = None
+        self._register_finalizer()
+        _live.add(self)
+        util.register_after_fork(self, _Base._register_finalizer)
+
+    def _register_finalizer(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        self._finalizer = util.Finalize(self, self._feeder.shutdown, args=(True,),
+                                        exitpriority=-10)
+
+    def _after_fork(self) -> None:
+        """In a fork child: the parent's buffer and thread are not ours; the mapping is."""
+        self._feeder = _Feeder(self._chan)
+        self._feeder.error_hook = self._on_queue_feeder_error
+        self._chan._after_fork()
+        self._pickler = _Pickler()
+        self._register_finalizer()
+
+    # -- pickling: a handle re-attaches by the control segment's id -------------------
+
+    def __getstate__(self):
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} {self!r} is closed")
+        ctl_id, expect = self._chan.identity()
+        return ctl_id, expect, self._strict
+
+    def __setstate__(self, state) -> None:
+        ctl_id, expect, strict = state
+        self._strict = strict
+        self._setup(Channel.open_id(ctl_id, expect))
+
+    # -- the stdlib API ---------------------------------------------------------------
+
+    def put(self, obj, block: bool = True, timeout: Optional[float] = None, *,
+            mtype: int = 1) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if mtype != 1:
+            _check_mtype(mtype, False)
+        try:
+            payload = self._pickler.dumps(obj)
+        except Exception as exc:
+            if self._strict:
+                raise
+            self._on_queue_feeder_error(exc, obj)
+            return
+        if self._maxsize:
+            self._take_slot(block, timeout)
+        if self._kind == KIND_JOINABLE:
+            self._chan.task_added()
+        if (not self._feeder.pending and len(payload) <= self._msgmax
+                and self._chan.try_send(payload, mtype)):
+            return
+        self._feeder.enqueue(payload, mtype)
+
+    def _take_slot(self, block: bool, timeout: Optional[float]) -> None:
+        slots = self._chan.sems[SLOTS]
+        if not block:
+            if not slots.try_acquire():
+                raise Full
+            return
+        _check_timeout(timeout)
+        if not slots.acquire(None if timeout is None else monotonic() + timeout):
+            raise Full
+
+    def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if mtype:
+            _check_mtype(mtype, True)
+        deadline = None
+        if block and timeout is not None:
+            _check_timeout(timeout)
+            deadline = monotonic() + timeout
+        try:
+            return self._chan.receive(_loads, mtype, block, deadline)
+        except _Empty:
+            raise Empty from None
+
+    def put_nowait(self, obj, *, mtype: int = 1) -> None:
+        self.put(obj, False, mtype=mtype)
+
+    def get_nowait(self, *, mtype: int = 0):
+        return self.get(False, mtype=mtype)
+
+    def qsize(self) -> int:
+        """Objects in the kernel queue plus those still buffered in this process."""
+        return self._chan.qsize() + self._feeder.unsent()
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return bool(self._maxsize) and self._chan.sems[SLOTS].value == 0
+
+    def close(self) -> None:
+        """No more puts or gets from this process; buffered data is still flushed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._feeder.shutdown(False)
+
+    def join_thread(self) -> None:
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
+        thread = self._feeder.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def cancel_join_thread(self) -> None:
+        self._feeder.cancelled = True
+
+    @staticmethod
+    def _on_queue_feeder_error(e, obj) -> None:
+        """Called when an object cannot be pickled; override to handle it (stdlib hook)."""
+        import traceback
+        traceback.print_exception(type(e), e, e.__traceback__)
+
+    # -- mpsysv extensions ------------------------------------------------------------
+
+    @property
+    def name(self) -> Optional[str]:
+        return self._chan.name
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    def unlink(self) -> None:
+        """Remove the queue's kernel objects now; a named queue's name is free at once."""
+        self._chan.unlink()
+
+    def __repr__(self) -> str:
+        c = self._chan
+        label = f"name={c.name!r} " if c.name else ""
+        return (f"<mpsysv.{type(self).__name__} {label}ctl={c.ctl_id} msq=({c.main_qid}, "
+                f"{c.stream_qid}) sem={c.semid} maxsize={self._maxsize}>")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class Queue(_Base):
+    """A process-shared FIFO of pickled objects on System V message queues."""
+
+    _kind = KIND_QUEUE
+
+
+class JoinableQueue(_Base):
+    """A ``Queue`` that counts unfinished tasks: ``task_done()`` and ``join()``."""
+
+    _kind = KIND_JOINABLE
+
+    def task_done(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        self._chan.task_done()
+
+    def join(self) -> None:
+        self._chan.join_tasks()
+
+
+class SimpleQueue(_Base):
+    """The stdlib's minimal queue: put, get, empty, close."""
+
+    _kind = KIND_SIMPLE
+
+    def __init__(self, *, ctx: Any = None, name: Optional[str] = None, create: bool = False,
+                 strict: bool = False, mode: int = 0o600):
+        super().__init__(0, ctx=ctx, name=name, create=create, strict=strict, mode=mode)
+
+    def put(self, obj, *, mtype: int = 1) -> None:
+        super().put(obj, mtype=mtype)
+
+    def get(self, *, mtype: int = 0):
+        return super().get(mtype=mtype)
+
+    def empty(self) -> bool:
+        return self._chan.qsize() == 0 and not self._feeder.unsent()
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_live):
+        q._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
