@@ -29,9 +29,19 @@ def _demo(args) -> int:
     return 0
 
 
+# Modules that contribute subcommands, each with add_subcommands(subparsers).
+_SUBCOMMAND_MODULES = ("_runner", "_admin")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import importlib
+    import importlib.util
+
     parser = argparse.ArgumentParser(prog="python -m mpsysv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the demonstration").set_defaults(func=_demo)
+    for name in _SUBCOMMAND_MODULES:
+        if importlib.util.find_spec(f"mpsysv.{name}") is not None:
+            importlib.import_module(f"mpsysv.{name}").add_subcommands(sub)
     args = parser.parse_args(argv)
     return args.func(args)

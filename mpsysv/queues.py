@@ -208,6 +208,10 @@ class _Base:
 
     def _after_fork(self) -> None:
         """In a fork child: the parent's buffer and thread are not ours; the mapping is."""
+        for attr in ("_reader_part", "_writer_part", "_rlock_part"):
+            part = self.__dict__.pop(attr, None)
+            if part is not None and hasattr(part, "_after_fork"):
+                part._after_fork()
         self._feeder = _Feeder(self._chan)
         self._feeder.error_hook = self._on_queue_feeder_error
         self._chan._after_fork()
@@ -313,6 +317,32 @@ class _Base:
         """Called when an object cannot be pickled; override to handle it (stdlib hook)."""
         import traceback
         traceback.print_exception(type(e), e, e.__traceback__)
+
+    # -- what multiprocessing.Pool and ProcessPoolExecutor reach for ------------------
+
+    def _pool_part(self, attr: str, factory: str):
+        part = self.__dict__.get(attr)
+        if part is None:
+            from . import _poolsupport
+            part = self.__dict__[attr] = getattr(_poolsupport, factory)(self)
+        return part
+
+    @property
+    def _reader(self):
+        """A Connection-like reader (recv, poll, fileno, close) for stdlib internals."""
+        return self._pool_part("_reader_part", "Reader")
+
+    @property
+    def _writer(self):
+        """A Connection-like writer (send, close) for stdlib internals."""
+        return self._pool_part("_writer_part", "Writer")
+
+    @property
+    def _rlock(self):
+        return self._pool_part("_rlock_part", "ReadLock")
+
+    def _poll(self, timeout: float = 0.0) -> bool:
+        return self._reader.poll(timeout)
 
     # -- mpsysv extensions ------------------------------------------------------------
 
