@@ -41,17 +41,21 @@ _HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flag
 #                                       main_qid stream_qid semid msgmax
 _NAME_OFF = 64
 _SEM_OFF = 320
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED = range(7)
+# Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
+# (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
+_NSEMS = 9
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
 _READER = struct.Struct("<i")
 _STATE = struct.Struct("<I")
-_MARK_OFF = 576
-_STATE_MARK_OFF = 600  # pid of a process in the middle of a task-count update
+_MARK_OFF = 640
+_STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
 _FLAG_NAMED = 1
 # Semaphore set members.
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
 # Stream marker states.
 ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
+_ROOM_BATCH = 256  # bytes a getter frees before it wakes a feeder waiting for room
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 
 _E = errno
@@ -113,8 +117,12 @@ class Channel:
         n = int.from_bytes(self._view[_NAME_OFF:_NAME_OFF + 2], "little")
         self.name = bytes(self._view[_NAME_OFF + 2:_NAME_OFF + 2 + n]).decode() if n else None
         self.sems = [PosixSemaphore(address + _SEM_OFF + 32 * i, f"{self._what()} counter {i}")
-                     for i in range(7)]
+                     for i in range(_NSEMS)]
+        # The count word of a glibc sem_t (checked at import): read without a call.
         self._tw_word = self._view[_SEM_OFF + 32 * TW:_SEM_OFF + 32 * TW + 4].cast("I")
+        self._rw_word = self._view[_SEM_OFF + 32 * RW:_SEM_OFF + 32 * RW + 4].cast("I")
+        self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
+        self._freed = 0
         self._bufs = _Buffers(msgmax)
         self._counter = 0
         self._counter_lock = threading.Lock()
@@ -156,7 +164,7 @@ class Channel:
                 raw = name.encode()
                 view[_NAME_OFF:_NAME_OFF + 2] = len(raw).to_bytes(2, "little")
                 view[_NAME_OFF + 2:_NAME_OFF + 2 + len(raw)] = raw
-            for i in range(7):
+            for i in range(_NSEMS):
                 value = (maxsize if maxsize > 0 else 0) if i == SLOTS else 0
                 PosixSemaphore(address + _SEM_OFF + 32 * i).init(value)
             # The magic goes in last: openers by name wait for it.
@@ -270,6 +278,26 @@ class Channel:
         for _ in range(max(waiters - wake.value, 0)):
             wake.post()
 
+    def _wake_room(self) -> None:
+        """A message left the queue: wake the feeders that wait for room."""
+        room = self.sems[ROOM]
+        for _ in range(max(self._rw_word[0] - self._room_word[0], 0)):
+            room.post()
+
+    def wait_room(self, retry: Callable[[], bool]) -> None:
+        """Sleep until *retry()* (a non-blocking send attempt) succeeds.
+
+        The feeder waits here on a futex instead of inside msgsnd, so it holds no
+        lock while asleep and the putting thread can keep flushing in between.
+        """
+        rw, room = self.sems[RW], self.sems[ROOM]
+        rw.post()
+        try:
+            while not retry():
+                room.acquire(time.monotonic() + _SLICE)
+        finally:
+            rw.try_acquire()
+
     def receive(self, loads: Callable, mtype: int = 0, block: bool = True,
                 deadline: Optional[float] = None):
         """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
@@ -281,6 +309,13 @@ class Channel:
                     if not block:
                         raise _Empty
                     n = self._wait_main(item[0], mtype, deadline)
+                if self._rw_word[0]:
+                    # A feeder sleeps until there is room; wake it once enough was freed
+                    # (each wake-up costs both sides a syscall).
+                    self._freed += n if n > 16 else 16
+                    if self._freed >= _ROOM_BATCH:
+                        self._freed = 0
+                        self._wake_room()
                 view = item[2]
                 first = view[8] if n > 0 else -1
                 if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD):
@@ -573,6 +608,8 @@ class Channel:
         if not self._detached:
             self._detached = True
             self._tw_word.release()
+            self._rw_word.release()
+            self._room_word.release()
             self._view.release()
             L.shmdt(self._address)
 

@@ -72,3 +72,18 @@ class PosixSemaphore:
         out = L.c_int()
         L.sem_getvalue(self.address, L.byref(out))
         return out.value
+
+
+def _count_word_is_first() -> bool:
+    """glibc keeps a sem_t's count in its first 32-bit word (64-bit ABIs); mpsysv reads
+    it directly on the hot path, so check that once."""
+    raw = (L.ctypes.c_char * L.SEM_T_SIZE)()
+    sem = PosixSemaphore(L.addressof(raw))
+    sem.init(5)
+    ok = memoryview(raw).cast("B")[:4].cast("I")[0] == 5 == sem.value
+    sem.post()
+    return ok and memoryview(raw).cast("B")[:4].cast("I")[0] == 6
+
+
+if not _count_word_is_first():  # pragma: no cover - other C libraries
+    raise ImportError("mpsysv needs glibc's sem_t layout (count in the first word)")

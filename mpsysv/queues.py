@@ -77,20 +77,26 @@ class _Pickler:
 
 
 class _Feeder:
-    """The per-process buffer and the thread that flushes it (holds no queue reference,
-    so a forgotten queue can still be collected while its data drains)."""
+    """The per-process buffer of objects the kernel queue had no room for, and the
+    thread that flushes it. It holds no queue reference, so a forgotten queue can be
+    collected while its data drains.
 
-    def __init__(self, chan: Channel):
+    Objects leave the buffer strictly in order. The putting thread flushes too (without
+    blocking) whenever it adds to a backlog, and the thread sleeps on a futex, not in
+    msgsnd, while the queue is full: so neither waits for the other or for the GIL.
+    """
+
+    def __init__(self, chan: Channel, error_hook):
         self.chan = chan
         self.cond = threading.Condition(threading.Lock())
+        self.send_lock = threading.Lock()
         self.buffer: deque = deque()
         self.pending = 0
+        self.streaming = False
         self.thread: Optional[threading.Thread] = None
-        self.closing = False
         self.cancelled = False
         self.released = False
-        self.error_hook = None
-        self.in_flight = False
+        self.error_hook = error_hook
 
     def enqueue(self, payload, mtype: int) -> None:
         with self.cond:
@@ -101,46 +107,78 @@ class _Feeder:
                                                daemon=True)
                 self.thread.start()
             self.cond.notify()
+        if self.send_lock.acquire(False):
+            try:
+                self.flush(False)
+            finally:
+                self.send_lock.release()
+
+    def flush(self, block_streams: bool) -> bool:
+        """Send buffered objects while the queue takes them (caller holds send_lock).
+
+        True when nothing sendable is left; False when the queue is full (or the next
+        object is a stream and *block_streams* is false).
+        """
+        chan, cond, buffer, msgmax = self.chan, self.cond, self.buffer, self.chan.msgmax
+        while True:
+            with cond:
+                if not buffer:
+                    return True
+                payload, mtype = buffer[0]
+            if payload is _SENTINEL:
+                return True
+            if len(payload) > msgmax:
+                if not block_streams:
+                    return False
+                self.streaming = True
+                try:
+                    chan.send_stream(payload, mtype)
+                finally:
+                    self.streaming = False
+            elif not chan.try_send(payload, mtype):
+                return False
+            with cond:
+                buffer.popleft()
+                self.pending -= 1
+
+    def _flush_locked(self) -> bool:
+        with self.send_lock:
+            return self.flush(True)
 
     def _run(self) -> None:
-        chan, cond, buffer = self.chan, self.cond, self.buffer
-        msgmax = chan.msgmax
+        cond, buffer = self.cond, self.buffer
         while True:
             with cond:
                 while not buffer:
                     cond.wait()
-                payload, mtype = buffer.popleft()
-                self.in_flight = payload is not _SENTINEL and len(payload) <= msgmax
-            if payload is _SENTINEL:
-                break
+                if buffer[0][0] is _SENTINEL:
+                    buffer.popleft()
+                    break
             try:
-                if self.in_flight:
-                    chan.send(payload, mtype)
-                    self.in_flight = False
-                else:
-                    chan.send_stream(payload, mtype)
+                if not self._flush_locked():
+                    self.chan.wait_room(self._flush_locked)
             except L.RemovedError:
                 with cond:
                     buffer.clear()
                     self.pending = 0
                 break
             except Exception as exc:  # pragma: no cover - reported like the stdlib does
-                if self.error_hook is not None:
-                    self.error_hook(exc, payload)
-            finally:
                 with cond:
-                    self.pending = max(self.pending - 1, 0)
+                    if buffer:
+                        payload = buffer.popleft()[0]
+                        self.pending -= 1
+                self.error_hook(exc, payload)
         self.release()
 
     def shutdown(self, join: bool) -> None:
         """Flush and let go of the queue: at close(), collection or exit."""
         with self.cond:
-            self.closing = True
             thread = self.thread
-            if thread is not None and thread.is_alive():
+            alive = thread is not None and thread.is_alive()
+            if alive:
                 self.buffer.append((_SENTINEL, 0))
                 self.cond.notify()
-        if thread is None or not thread.is_alive():
+        if not alive:
             self.release()
         elif join and not self.cancelled:
             thread.join()
@@ -157,7 +195,7 @@ class _Feeder:
 
     def unsent(self) -> int:
         """Objects put in this process that the kernel queue does not show yet."""
-        return len(self.buffer) + self.in_flight
+        return self.pending - self.streaming
 
 
 class _Base:
@@ -193,8 +231,7 @@ class _Base:
         self._msgmax = chan.msgmax
         self._closed = False
         self._pickler = _Pickler()
-        self._feeder = _Feeder(chan)
-        self._feeder.error_hook = self._on_queue_feeder_error
+        self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer = None
         self._register_finalizer()
         _live.add(self)
@@ -212,8 +249,7 @@ class _Base:
             part = self.__dict__.pop(attr, None)
             if part is not None and hasattr(part, "_after_fork"):
                 part._after_fork()
-        self._feeder = _Feeder(self._chan)
-        self._feeder.error_hook = self._on_queue_feeder_error
+        self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._chan._after_fork()
         self._pickler = _Pickler()
         self._register_finalizer()

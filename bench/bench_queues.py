@@ -1,0 +1,210 @@
+"""Queue benchmark: multiprocessing vs mpsysv (and peers when installed), side by side.
+
+Every case runs for every backend in each round, rounds interleaved, so machine
+noise hits all backends alike; the table shows medians, the spread (min..max) and
+the ratio to ``multiprocessing.Queue`` from the same run.
+
+    python bench/bench_queues.py                 # the full table
+    python bench/bench_queues.py --quick         # fewer objects and rounds
+    python bench/bench_queues.py --json out.json --png chart.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import mpsysv  # noqa: E402
+
+ctx = mp.get_context("fork")
+
+
+def backends():
+    """name -> factory of a queue object with put/get."""
+    found = {
+        "mp.Queue": ctx.Queue,
+        "mp.SimpleQueue": ctx.SimpleQueue,
+        "mpsysv.Queue": mpsysv.Queue,
+    }
+    try:
+        import faster_fifo
+
+        found["faster_fifo"] = lambda: faster_fifo.Queue(max_size_bytes=64 << 20)
+    except ImportError:
+        pass
+    return found
+
+
+def _close(q):
+    for name in ("close",):
+        f = getattr(q, name, None)
+        if f:
+            f()
+
+
+def _produce(q, go, n, payload):
+    go.wait()
+    for _ in range(n):
+        q.put(payload)
+    if hasattr(q, "join_thread"):
+        q.close()
+        q.join_thread()
+
+
+def _consume(q, go, n):
+    go.wait()
+    for _ in range(n):
+        q.get()
+
+
+def throughput(factory, producers: int, consumers: int, n: int, payload) -> float:
+    """Objects per second moved from *producers* to *consumers* processes."""
+    q = factory()
+    go = ctx.Event()
+    per_p = [n // producers + (i < n % producers) for i in range(producers)]
+    per_c = [n // consumers + (i < n % consumers) for i in range(consumers)]
+    procs = [ctx.Process(target=_produce, args=(q, go, k, payload)) for k in per_p]
+    cons = [ctx.Process(target=_consume, args=(q, go, k)) for k in per_c]
+    for p in procs + cons:
+        p.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    go.set()
+    for c in cons:
+        c.join()
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    _close(q)
+    return n / elapsed
+
+
+def _echo(a, b, n, cpu):
+    os.sched_setaffinity(0, {cpu})
+    for _ in range(n):
+        b.put(a.get())
+
+
+def pingpong(factory, n: int) -> float:
+    """Median one-way latency in microseconds, both processes on one CPU."""
+    a, b = factory(), factory()
+    cpu = min(os.sched_getaffinity(0))
+    p = ctx.Process(target=_echo, args=(a, b, n + 100, cpu))
+    p.start()
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        for i in range(100):  # warm-up
+            a.put(i)
+            b.get()
+        samples = []
+        clock = time.perf_counter_ns
+        for i in range(n):
+            t0 = clock()
+            a.put(i)
+            b.get()
+            samples.append(clock() - t0)
+    finally:
+        os.sched_setaffinity(0, old)
+    p.join()
+    _close(a)
+    _close(b)
+    return statistics.median(samples) / 2000.0
+
+
+def cases(quick: bool):
+    small = 40_000 if quick else 200_000
+    return [
+        ("small objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, small, 12345)),
+        ("small objects 4->1", "obj/s", lambda f: throughput(f, 4, 1, small, 12345)),
+        ("small objects 1->4", "obj/s", lambda f: throughput(f, 1, 4, small, 12345)),
+        ("ping-pong latency, one CPU", "us", lambda f: pingpong(f, 2000 if quick else 10_000)),
+        ("1 MiB objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, 40 if quick else 200,
+                                                              b"x" * (1 << 20))),
+        ("16 MiB objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, 4 if quick else 16,
+                                                               b"x" * (16 << 20))),
+    ]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="smaller runs (3 rounds)")
+    ap.add_argument("--only", help="run only cases whose title contains this text")
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--png", help="draw a chart of the ratios (needs matplotlib)")
+    args = ap.parse_args(argv)
+    rounds = 3 if args.quick and args.rounds == 5 else args.rounds
+    impls = backends()
+    todo = [c for c in cases(args.quick) if not args.only or args.only in c[0]]
+    results = {title: {name: [] for name in impls} for title, _, _ in todo}
+    for r in range(rounds):
+        for title, unit, run in todo:
+            for name, factory in impls.items():
+                results[title][name].append(run(factory))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    report(todo, results, impls, rounds)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rounds": rounds, "results": results,
+                       "units": {t: u for t, u, _ in todo}}, f, indent=1)
+    if args.png:
+        chart(todo, results, impls, args.png)
+    return 0
+
+
+def _ratio(unit, value, base):
+    return base / value if unit == "us" else value / base
+
+
+def report(todo, results, impls, rounds):
+    print(f"\nmedians of {rounds} interleaved rounds; ratio = speed relative to mp.Queue "
+          "(higher is better)\n")
+    print(f"| case | {' | '.join(impls)} |")
+    print("| --- |" + " --- |" * len(impls))
+    for title, unit, _ in todo:
+        base = statistics.median(results[title]["mp.Queue"])
+        cells = []
+        for name in impls:
+            vals = results[title][name]
+            med = statistics.median(vals)
+            fmt = (lambda v: f"{v:,.1f}") if unit == "us" else (lambda v: f"{v:,.0f}")
+            cells.append(f"{fmt(med)} {unit} ({fmt(min(vals))}..{fmt(max(vals))}) "
+                         f"**{_ratio(unit, med, base):.2f}x**")
+        print(f"| {title} | {' | '.join(cells)} |")
+
+
+def chart(todo, results, impls, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(impls)
+    for i, name in enumerate(impls):
+        ys = []
+        for title, unit, _ in todo:
+            base = statistics.median(results[title]["mp.Queue"])
+            ys.append(_ratio(unit, statistics.median(results[title][name]), base))
+        ax.bar([x + i * width for x in range(len(todo))], ys, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(todo))])
+    ax.set_xticklabels([t for t, _, _ in todo], rotation=15, fontsize=8)
+    ax.set_ylabel("speed relative to mp.Queue")
+    ax.axhline(1, color="grey", linewidth=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
