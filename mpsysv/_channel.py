@@ -27,6 +27,7 @@ from typing import Callable, Optional
 from . import _libc as L
 from . import _names
 from . import _wire
+from ._parcels import ParcelTable
 from ._psem import PosixSemaphore
 
 __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
@@ -124,6 +125,7 @@ class Channel:
         self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
         self._freed = 0
         self._bufs = _Buffers(msgmax)
+        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._detached = False
@@ -318,16 +320,24 @@ class Channel:
                         self._wake_room()
                 view = item[2]
                 first = view[8] if n > 0 else -1
-                if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD):
+                if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD
+                                         or first == _wire.PARCEL):
                     self.sems[SLOTS].post()
                 if first == _wire.PICKLE_MARK:
                     return loads(view[8:8 + n])
                 head = view[8:8 + n].tobytes()
             finally:
                 self._bufs.give(item)
-            payload = self._read_stream(head)
-            if payload is not None:
-                return loads(payload)
+            if first == _wire.PARCEL:
+                try:
+                    return self.parcels.unwrap(head, loads)
+                except _wire.WireError as exc:
+                    warnings.warn(f"{self._what()}: dropped an object: {exc}", RuntimeWarning,
+                                  stacklevel=3)
+            else:
+                payload = self._read_stream(head)
+                if payload is not None:
+                    return loads(payload)
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
@@ -607,6 +617,7 @@ class Channel:
     def detach(self) -> None:
         if not self._detached:
             self._detached = True
+            self.parcels.detach_all()
             self._tw_word.release()
             self._rw_word.release()
             self._room_word.release()
@@ -619,6 +630,8 @@ class Channel:
         L.shmctl(self.ctl_id, L.IPC_RMID, None)
 
     def _remove_subs(self) -> None:
+        if not self._detached:
+            self.parcels.remove_all()
         L.msgctl(self.main_qid, L.IPC_RMID, None)
         L.msgctl(self.stream_qid, L.IPC_RMID, None)
         L.semctl(self.semid, 0, L.IPC_RMID, 0)

@@ -9,6 +9,10 @@ frames in the stream queue whose ``mtype`` is that stream id.
     head:   b"H" | stream_id u64 | total_length u64 | nframes u32 | first chunk
     frame:  b"F" | stream_id u64 | seq u32 | chunk            (seq 1..nframes-1)
     abort:  b"A" | stream_id u64                             (the writer died)
+    parcel: b"P" | table slot u32 | segment id i32 | length u64
+
+A *parcel* is the large-object path: the pickle waits in a SysV segment of its own
+(listed in the queue's parcel table) and one small message names it.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from typing import Iterator, List, Optional, Tuple
 __all__ = [
     "PICKLE_MARK", "HEAD", "FRAME", "ABORT", "HEAD_SIZE", "FRAME_HEADER", "WireError",
     "is_single", "stream_id_for", "writer_pid", "split", "parse_head", "parse_frame",
-    "encode_abort", "Reassembly",
+    "encode_abort", "encode_parcel", "parse_parcel", "Reassembly", "PARCEL",
 ]
 
 PICKLE_MARK = 0x80
-HEAD, FRAME, ABORT = b"H"[0], b"F"[0], b"A"[0]
+HEAD, FRAME, ABORT, PARCEL = b"H"[0], b"F"[0], b"A"[0], b"P"[0]
+_PARCEL = struct.Struct("<BIiQ")
 _HEAD = struct.Struct("<BQQI")
 _FRAME = struct.Struct("<BQI")
 _ABORT = struct.Struct("<BQ")
@@ -103,6 +108,17 @@ def parse_frame(msg, stream_id: int, seq: int) -> memoryview:
 
 def encode_abort(stream_id: int) -> bytes:
     return _ABORT.pack(ABORT, stream_id)
+
+
+def encode_parcel(slot: int, segment_id: int, length: int) -> bytes:
+    return _PARCEL.pack(PARCEL, slot, segment_id, length)
+
+
+def parse_parcel(msg) -> Tuple[int, int, int]:
+    """``(slot, segment_id, length)`` of a parcel message, or ``WireError``."""
+    if len(msg) != _PARCEL.size or msg[0] != PARCEL:
+        raise WireError(f"not a parcel message ({len(msg)} bytes)")
+    return _PARCEL.unpack(msg)[1:]
 
 
 class Reassembly:

@@ -50,6 +50,15 @@ class _Object:
         self.id = ident
         self.key = key
 
+    @property
+    def key(self) -> int:
+        """The key as ipcs shows it: unsigned 32 bits (the kernel stores it signed)."""
+        return self._key
+
+    @key.setter
+    def key(self, value: int) -> None:
+        self._key = value & 0xFFFFFFFF
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id}, key={self.key:#010x})"
 
@@ -87,6 +96,7 @@ class MessageQueue(_Object):
 
     def __init__(self, key: Optional[int] = None, *, id: Optional[int] = None,
                  create: bool = False, exclusive: bool = False, mode: int = 0o600):
+        self._msgmax = L.read_limit("msgmax", 8192)
         if id is not None:
             if not isinstance(id, int) or id < 0:
                 raise ValueError(f"'id' must be a non-negative int, not {id!r}")
@@ -100,7 +110,6 @@ class MessageQueue(_Object):
         if ident == -1:
             L.raise_errno(L.get_errno(), "msgget", f"message queue key={k & 0xffffffff:#010x}")
         super().__init__(ident, k)
-        self._msgmax = L.read_limit("msgmax", 8192)
 
     @property
     def max_message_size(self) -> int:
@@ -277,7 +286,9 @@ class SemaphoreSet(_Object):
                           "nsems larger than the existing set or than semmsl"
                           if L.get_errno() == errno.EINVAL else "")
         super().__init__(ident, k)
-        self.nsems = nsems
+        # an existing set may hold more semaphores than asked for: semget only checks <=
+        self.nsems = (nsems if k == L.IPC_PRIVATE or (create and exclusive)
+                      else self.stat().sem_nsems)
 
     def op(self, num: int, delta: int, *, undo: bool = False, block: bool = True,
            timeout: Optional[float] = None) -> bool:
@@ -409,6 +420,9 @@ class Attachment:
         self.readonly = readonly
         array = (ctypes.c_char * size).from_address(address)
         self._finalizer = weakref.finalize(array, _detach, address)
+        # At exit the kernel unmaps anyway; unmapping earlier would pull the memory from
+        # under daemon threads and late atexit handlers that still hold views.
+        self._finalizer.atexit = False
         view = memoryview(array).cast("B")
         self.buf: Optional[memoryview] = view.toreadonly() if readonly else view
 

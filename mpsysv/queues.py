@@ -25,6 +25,8 @@ from . import _libc as L
 from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
     Channel, _Empty
 from ._names import check_name
+from ._parcels import PARCEL_MIN
+from ._wire import PARCEL
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
 
@@ -137,6 +139,8 @@ class _Feeder:
                     self.streaming = False
             elif not chan.try_send(payload, mtype):
                 return False
+            elif payload[0] == PARCEL:
+                chan.parcels.sent(payload)
             with cond:
                 buffer.popleft()
                 self.pending -= 1
@@ -180,6 +184,11 @@ class _Feeder:
                 self.cond.notify()
         if not alive:
             self.release()
+        elif util._exiting:
+            # Other daemon threads may still touch the mapping: the kernel unmaps at exit.
+            if join and not self.cancelled:
+                thread.join()
+            self.chan.release(detach=False)
         elif join and not self.cancelled:
             thread.join()
         elif self.cancelled:
@@ -191,7 +200,7 @@ class _Feeder:
             if self.released:
                 return
             self.released = True
-        self.chan.release()
+        self.chan.release(detach=not util._exiting)
 
     def unsent(self) -> int:
         """Objects put in this process that the kernel queue does not show yet."""
@@ -286,8 +295,14 @@ class _Base:
             self._take_slot(block, timeout)
         if self._kind == KIND_JOINABLE:
             self._chan.task_added()
-        if (not self._feeder.pending and len(payload) <= self._msgmax
-                and self._chan.try_send(payload, mtype)):
+        if len(payload) > self._msgmax:
+            if len(payload) >= PARCEL_MIN:
+                payload = self._chan.parcels.wrap(payload) or payload
+            if len(payload) <= self._msgmax and not self._feeder.pending:
+                if self._chan.try_send(payload, mtype):
+                    self._chan.parcels.sent(payload)
+                    return
+        elif not self._feeder.pending and self._chan.try_send(payload, mtype):
             return
         self._feeder.enqueue(payload, mtype)
 

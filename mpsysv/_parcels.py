@@ -1,0 +1,215 @@
+"""Large objects as parcels: one SysV segment per object, named by one small message.
+
+A stream through a 16 KiB message queue needs its writer alive until a reader has
+taken every frame and moves at a few hundred MB/s; a parcel is written once, survives
+its writer (so a named queue keeps it), and the reader takes it in one copy. Every
+parcel is listed in a table inside the queue's control segment, so the last holder
+or a later user can always find and remove it:
+
+    slot: segment id i32 | writer pid i32 | state i32 | reader pid i32 | size u64
+
+A slot whose writer died before its message went out, or whose reader died while
+reading, is reclaimed by the next writer. Each segment starts with a header (magic,
+owning control segment, writer, time) that lets a cleaner recognise orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+import time
+from typing import Callable, Optional
+
+from . import _libc as L
+from . import _wire
+
+__all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
+
+# Objects from this size on travel as parcels; smaller multi-message ones are framed
+# (MPSYSV_PARCEL_MIN overrides it, for measuring the crossover).
+PARCEL_MIN = int(os.environ.get("MPSYSV_PARCEL_MIN", 64 * 1024))
+TABLE_OFF = 1024
+NSLOTS = 48
+_ENTRY = struct.Struct("<iiiiQ")  # segment id, writer, state, reader, segment size
+FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
+POOL_LIMIT = 256 << 20  # bytes of idle segments a queue keeps for reuse
+MAGIC = b"MPSYSVP1"
+HEADER = struct.Struct("<8siid")  # magic, owner control segment id, writer pid, created
+_HDR_SIZE = 64
+_FAILED = ctypes.c_void_p(-1).value
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _size_class(n: int) -> int:
+    """Segment sizes come in classes (a quarter of a power of two apart), so a freed
+    segment fits the next similar object while wasting at most a quarter."""
+    need = max(n + _HDR_SIZE, PARCEL_MIN)
+    step = max((1 << (need.bit_length() - 1)) >> 2, 4096)
+    return -(-need // step) * step
+
+
+class ParcelTable:
+    """The parcel slots of one queue (a view into its attached control segment).
+
+    Segments are pooled: a taken parcel's segment goes back to the table (state
+    POOLED) for the next object of its size class, and every process keeps its
+    mappings, because a fresh segment costs a page fault per page on both sides.
+    """
+
+    def __init__(self, view: memoryview, owner_id: int, lock: Callable):
+        self._view = view
+        self._owner = owner_id
+        self._lock = lock
+        self._maps = {}  # segment id -> (address, size): this process's mappings
+
+    def _entry(self, slot: int):
+        return _ENTRY.unpack_from(self._view, TABLE_OFF + slot * _ENTRY.size)
+
+    def _set(self, slot: int, segid: int, writer: int, state: int, reader: int = 0,
+             size: int = 0) -> None:
+        _ENTRY.pack_into(self._view, TABLE_OFF + slot * _ENTRY.size, segid, writer, state,
+                         reader, size)
+
+    def _map(self, segid: int, size: int) -> int:
+        """This process's mapping of *segid* (made once, kept for reuse)."""
+        hit = self._maps.get(segid)
+        if hit is not None and hit[1] == size:
+            return hit[0]
+        address = L.shmat(segid, None, 0)
+        if address is None or address == _FAILED:
+            raise _wire.WireError(f"parcel segment {segid} is gone")
+        if hit is not None:
+            L.shmdt(hit[0])
+        self._maps[segid] = (address, size)
+        return address
+
+    def _unmap(self, segid: int) -> None:
+        hit = self._maps.pop(segid, None)
+        if hit is not None:
+            L.shmdt(hit[0])
+
+    def wrap(self, payload) -> Optional[bytes]:
+        """Copy *payload* into a parcel; the message that names it, or None (no free
+        slot, or the kernel refused a segment) so the caller streams instead."""
+        me = os.getpid()
+        n = len(payload)
+        size = _size_class(n)
+        with self._lock():
+            slot, segid = self._claim(me, size)
+        if slot is None:
+            return None
+        if segid < 0:
+            segid = L.shmget(L.IPC_PRIVATE, size, L.IPC_CREAT | 0o600)
+            if segid == -1:
+                self._set(slot, 0, 0, FREE)
+                return None
+            self._set(slot, segid, me, FILLING, 0, size)
+        try:
+            address = self._map(segid, size)
+        except _wire.WireError:
+            L.shmctl(segid, L.IPC_RMID, None)
+            self._set(slot, 0, 0, FREE)
+            return None
+        HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
+                         self._owner, me, time.time())
+        ctypes.memmove(address + _HDR_SIZE, payload, n)
+        return _wire.encode_parcel(slot, segid, n)
+
+    def sent(self, message) -> None:
+        """The parcel's message is in the queue: the parcel now belongs to the queue."""
+        slot, segid, _ = _wire.parse_parcel(message)
+        segid_now, writer, state, reader, size = self._entry(slot)
+        if segid_now == segid and state == FILLING:
+            self._set(slot, segid, writer, SENT, 0, size)
+
+    def _claim(self, me: int, size: int):
+        """``(slot, segment id or -1)`` under the lock: a pooled segment of the size
+        class, else a free slot; slots of dead writers and readers are reclaimed."""
+        free = pooled = None
+        pooled_bytes = 0
+        for slot in range(NSLOTS):
+            segid, writer, state, reader, ssize = self._entry(slot)
+            if (state == FILLING and segid >= 0 and not _alive(writer)) or (
+                    state == READING and not _alive(reader)):
+                L.shmctl(segid, L.IPC_RMID, None)
+                self._set(slot, 0, 0, FREE)
+                state = FREE
+            if state == FREE:
+                if free is None:
+                    free = slot
+            elif state == POOLED:
+                pooled_bytes += ssize
+                if pooled is None and ssize == size:
+                    pooled = slot
+        if pooled is not None:
+            segid = self._entry(pooled)[0]
+            self._set(pooled, segid, me, FILLING, 0, size)
+            return pooled, segid
+        if free is not None:
+            self._set(free, -1, me, FILLING, 0, size)
+        return free, -1
+
+    def unwrap(self, message, loads: Callable):
+        """Decode the parcel *message* names and give its segment back to the pool.
+
+        Raises ``WireError`` for a parcel that is gone (its writer was killed before it
+        was complete and the slot reclaimed) or not ours.
+        """
+        slot, segid, n = _wire.parse_parcel(message)
+        if not 0 <= slot < NSLOTS:
+            raise _wire.WireError(f"parcel slot {slot} out of range")
+        segid_now, writer, state, _, size = self._entry(slot)
+        if segid_now != segid or state not in (FILLING, SENT) or n + _HDR_SIZE > size:
+            raise _wire.WireError(f"parcel in segment {segid} is gone")
+        self._set(slot, segid, writer, READING, os.getpid(), size)
+        keep = False
+        try:
+            address = self._map(segid, size)
+            view = memoryview((ctypes.c_char * (_HDR_SIZE + n)).from_address(address)).cast("B")
+            try:
+                magic, owner, _, _ = HEADER.unpack_from(view)
+                if magic != MAGIC or owner != self._owner:
+                    raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
+                body = view[_HDR_SIZE:]
+                try:
+                    result = loads(body)
+                finally:
+                    body.release()
+            finally:
+                view.release()
+            keep = self._pooled_bytes() + size <= POOL_LIMIT
+            return result
+        finally:
+            if keep:
+                self._set(slot, segid, 0, POOLED, 0, size)
+            else:
+                self._unmap(segid)
+                L.shmctl(segid, L.IPC_RMID, None)
+                self._set(slot, 0, 0, FREE)
+
+    def _pooled_bytes(self) -> int:
+        return sum(e[4] for e in (self._entry(s) for s in range(NSLOTS)) if e[2] == POOLED)
+
+    def remove_all(self) -> None:
+        """Remove every parcel and pooled segment (the queue itself is going away)."""
+        for slot in range(NSLOTS):
+            segid, _, state, _, _ = self._entry(slot)
+            if state != FREE and segid >= 0:
+                L.shmctl(segid, L.IPC_RMID, None)
+            self._set(slot, 0, 0, FREE)
+        self.detach_all()
+
+    def detach_all(self) -> None:
+        """Drop this process's parcel mappings (at release; pooled segments stay)."""
+        for segid in list(self._maps):
+            self._unmap(segid)
