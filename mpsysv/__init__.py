@@ -3,6 +3,11 @@
 from ._libc import RemovedError
 from .primitives import Attachment, MessageQueue, SemaphoreSet, Segment, ftok
 from .queues import Empty, Full, JoinableQueue, Queue, SimpleQueue
+from .shared import ForeignSegmentError, ShareableList, SharedMemory, SharedMemoryManager
 
 __version__ = "0.1.0"
-__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]
+__all__ = [
+    "Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full",
+    "SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError",
+    "RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok",
+]

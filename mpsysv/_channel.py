@@ -56,7 +56,7 @@ _FLAG_NAMED = 1
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
 # Stream marker states.
 ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
-_ROOM_BATCH = 256  # bytes a getter frees before it wakes a feeder waiting for room
+_ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 
 _E = errno

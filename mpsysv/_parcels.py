@@ -28,12 +28,13 @@ __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
 # Objects from this size on travel as parcels; smaller multi-message ones are framed
 # (MPSYSV_PARCEL_MIN overrides it, for measuring the crossover).
-PARCEL_MIN = int(os.environ.get("MPSYSV_PARCEL_MIN", 64 * 1024))
+PARCEL_MIN = int(os.environ.get("MPSYSV_PARCEL_MIN", 16 * 1024))
 TABLE_OFF = 1024
 NSLOTS = 48
 _ENTRY = struct.Struct("<iiiiQ")  # segment id, writer, state, reader, segment size
 FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
 POOL_LIMIT = 256 << 20  # bytes of idle segments a queue keeps for reuse
+_POOL_ALWAYS = 1 << 20  # segments up to this size are always kept (48 slots bound them)
 MAGIC = b"MPSYSVP1"
 HEADER = struct.Struct("<8siid")  # magic, owner control segment id, writer pid, created
 _HDR_SIZE = 64
@@ -170,7 +171,8 @@ class ParcelTable:
             raise _wire.WireError(f"parcel slot {slot} out of range")
         segid_now, writer, state, _, size = self._entry(slot)
         if segid_now != segid or state not in (FILLING, SENT) or n + _HDR_SIZE > size:
-            raise _wire.WireError(f"parcel in segment {segid} is gone")
+            raise _wire.WireError(f"parcel in segment {segid} is gone "
+                                  f"(slot {slot}: {(segid_now, writer, state, size)}, n={n})")
         self._set(slot, segid, writer, READING, os.getpid(), size)
         keep = False
         try:
@@ -187,7 +189,7 @@ class ParcelTable:
                     body.release()
             finally:
                 view.release()
-            keep = self._pooled_bytes() + size <= POOL_LIMIT
+            keep = size <= _POOL_ALWAYS or self._pooled_bytes() + size <= POOL_LIMIT
             return result
         finally:
             if keep:

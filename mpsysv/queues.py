@@ -25,7 +25,7 @@ from . import _libc as L
 from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
     Channel, _Empty
 from ._names import check_name
-from ._parcels import PARCEL_MIN
+from . import _parcels
 from ._wire import PARCEL
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
@@ -296,7 +296,7 @@ class _Base:
         if self._kind == KIND_JOINABLE:
             self._chan.task_added()
         if len(payload) > self._msgmax:
-            if len(payload) >= PARCEL_MIN:
+            if len(payload) >= _parcels.PARCEL_MIN:
                 payload = self._chan.parcels.wrap(payload) or payload
             if len(payload) <= self._msgmax and not self._feeder.pending:
                 if self._chan.try_send(payload, mtype):

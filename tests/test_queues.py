@@ -305,6 +305,41 @@ class ManyToManyTest(unittest.TestCase):
         self.run_mesh(3, 2, lambda i: [16 << 20, 1, 9000, 1 << 20, 0, 70_000][i:] + [5] * 100)
 
 
+class ManyToManyFramedTest(ManyToManyTest):
+    """The same meshes with every large object framed through the stream queue (the
+    path objects between one message and the parcel threshold take)."""
+
+    def setUp(self):
+        self._saved = mpsysv._parcels.PARCEL_MIN
+        mpsysv._parcels.PARCEL_MIN = 1 << 62
+
+    def tearDown(self):
+        mpsysv._parcels.PARCEL_MIN = self._saved
+
+
+class ParcelTest(unittest.TestCase):
+    def test_large_objects_outlive_their_producer(self):
+        """A parcel belongs to the queue once sent: a producer may exit before anyone
+        reads (a stream would need it alive)."""
+        q = Queue()
+        p = fork.Process(target=_producer, args=(q, "gone", [3 << 20, 50_000]))
+        p.start()
+        join_or_kill([p], 30)
+        self.assertEqual(q.qsize(), 2)
+        self.assertEqual([len(q.get(timeout=10)[2]) for _ in range(2)], [8 + (3 << 20), 50_008])
+        q.close()
+
+    def test_unread_parcels_are_removed_with_the_queue(self):
+        before = sysv_counts()
+        q = Queue()
+        for _ in range(3):
+            q.put(b"p" * 200_000)
+        self.assertGreaterEqual(sysv_counts()["shm"], before["shm"] + 3)
+        q.close()
+        q.join_thread()
+        self.assertEqual(sysv_counts(), before)
+
+
 class ProcessSharingTest(unittest.TestCase):
     def test_fork_child_uses_the_parents_queue(self):
         q = Queue()

@@ -1,0 +1,607 @@
+"""SharedMemory, ShareableList and SharedMemoryManager over System V segments.
+
+The API of ``multiprocessing.shared_memory`` on ``shmget``/``shmat``: a name maps to
+a key, a 256-byte trailer after the user's bytes proves that a segment is mpsysv's
+segment of that name, detaching waits for the last view, and ``track=True``
+segments are removed when their program ends (see ``_tracker``). Kernel calls go
+through ``_libc`` and ``primitives``; nothing here loads libc itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import operator
+import os
+import struct
+import time
+import types
+import weakref
+from typing import Iterable, Iterator, NoReturn, Optional
+
+from . import _libc as L
+from ._names import check_name, name_key, random_name
+from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
+                       PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, live_segments,
+                       pack_identity, parse_identity, process_identity, read_trailer, register,
+                       register_raw)
+from .primitives import Attachment, Segment, SegmentStat
+
+__all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError"]
+
+_FAILED = ctypes.c_void_p(-1).value
+_ZEROS = bytes(TRAILER_SIZE)
+_NO_TRACKER = (0, 0)
+# A creator writes its trailer right after shmget+shmat; an attacher that finds it
+# still zero waits this long before calling the segment foreign.
+_CREATION_GRACE = 0.1
+_MAX_SIZE = 2 ** 63 - TRAILER_SIZE
+
+
+class ForeignSegmentError(FileExistsError):
+    """A name's key is held by a segment that is not mpsysv's segment of that name: a
+    segment some program made by key, or another name whose 31-bit key is the same.
+    mpsysv never attaches it silently (``SharedMemory.from_key`` does, on purpose)."""
+
+
+_keys: dict = {}
+
+
+def _key_of(bare: str) -> int:
+    key = _keys.get(bare)
+    if key is None:
+        if len(_keys) >= 4096:
+            _keys.clear()
+        key = _keys[bare] = name_key("shm", bare)
+    return key
+
+
+def _check_size(size, create: bool) -> int:
+    size = operator.index(size)
+    if size < 0 or (create and size == 0):
+        raise ValueError("'size' must be a positive integer")
+    return size
+
+
+def _check_mode(mode) -> int:
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+        raise ValueError(f"'mode' must be permission bits in 0..0o777, not {mode!r}")
+    return mode
+
+
+class SharedMemory:
+    """A System V shared memory segment found by name, like the stdlib's SharedMemory.
+
+    ``SharedMemory(create=True, size=n)`` makes a segment with a fresh random name,
+    ``SharedMemory(name, create=True, size=n)`` one with that name (``FileExistsError``
+    if it exists), ``SharedMemory(name)`` attaches (``FileNotFoundError`` if missing).
+    ``buf`` is a memoryview of exactly ``size`` bytes, page-aligned.
+
+    ``track=True`` (creator only): removed with a UserWarning when the creating
+    program ends without having unlinked it, even if it was killed. ``readonly=True``
+    attaches with SHM_RDONLY. ``mode`` (default 0o600) and ``hugetlb`` apply on create.
+    ``close()`` never unmaps memory a view still uses: the detach waits for the last
+    view (a numpy array, a slice) to go away. ``unlink()`` frees the name at once;
+    attached processes keep their mapping.
+    """
+
+    __slots__ = ("_name", "_id", "_key", "_size", "_attachment", "_buf", "_readonly",
+                 "_unlinked", "_purpose", "__weakref__")
+
+    def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
+                 track: bool = True, readonly: bool = False, mode: int = 0o600,
+                 hugetlb: bool = False):
+        size = _check_size(size, create)
+        if name is None and not create:
+            raise ValueError("'name' can only be None if create=True")
+        if create:
+            if readonly:
+                raise ValueError("a segment cannot be created read-only: create it, then "
+                                 "attach it with readonly=True")
+            self._create(name, size, track, mode, hugetlb, PURPOSE_SHARED_MEMORY)
+        else:
+            self._attach(name, readonly)
+
+    # --- the stdlib's API ---------------------------------------------------------------
+
+    @property
+    def buf(self) -> Optional[memoryview]:
+        """The segment's bytes (read-only after ``readonly=True``); None after close()."""
+        return self._buf
+
+    @property
+    def name(self) -> Optional[str]:
+        """The name other processes attach by (None for ``from_key``/``from_id``)."""
+        return self._name
+
+    @property
+    def size(self) -> int:
+        """The exact size in bytes given at creation."""
+        return self._size
+
+    def close(self) -> None:
+        """Drop this handle's mapping; idempotent, and never under a live view: with a
+        numpy array (or any export of ``buf``) alive, the detach happens when it dies."""
+        attachment = self._attachment
+        if attachment is not None:
+            self._attachment = self._buf = None
+            attachment.detach()
+
+    def unlink(self) -> None:
+        """Remove the segment's name now (IPC_RMID): it can be created again at once, and
+        its memory is freed when the last process detaches.
+
+        Raises ``FileNotFoundError`` when it was removed already (by this handle,
+        another process, ``ipcrm`` or a tracker at its program's end).
+        """
+        if self._unlinked:
+            raise FileNotFoundError(errno.ENOENT, "Shared memory was already unlinked",
+                                    self._label())
+        if L.shmctl(self._id, L.IPC_RMID, None) == -1:
+            err = L.get_errno()
+            if err in (errno.EINVAL, errno.EIDRM):
+                raise FileNotFoundError(
+                    errno.ENOENT, "Shared memory was removed already (by another process, "
+                    "`ipcrm`, or the tracker of the program that created it)", self._label())
+            L.raise_errno(err, "shmctl(IPC_RMID)", self._what())
+        self._unlinked = True
+
+    def __reduce__(self):
+        if self._name is None:
+            return _from_id, (type(self), self._id, self._readonly)
+        if self._readonly:
+            return functools.partial(type(self), readonly=True), (self._name, False, self._size)
+        return type(self), (self._name, False, self._size)
+
+    def __repr__(self) -> str:
+        if self._name is None:
+            return f"{type(self).__name__}.from_id({self._id}, size={self._size})"
+        return f"{type(self).__name__}({self._name!r}, size={self._size})"
+
+    def __enter__(self) -> "SharedMemory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- System V extras ------------------------------------------------------------------
+
+    @classmethod
+    def from_key(cls, key: Optional[int], *, create: bool = False, size: int = 0,
+                 readonly: bool = False, mode: int = 0o600, track: bool = True,
+                 hugetlb: bool = False) -> "SharedMemory":
+        """Attach (or create) the segment of a raw key, such as ``mpsysv.ftok(path, proj)``
+        gives a C program. No trailer is read or written: ``buf`` covers the whole
+        segment and ``name`` is None. ``key=None`` with ``create=True`` makes a private
+        segment (reach it with ``from_id``)."""
+        if create:
+            if readonly:
+                raise ValueError("a segment cannot be created read-only")
+            segment = Segment(key, _check_size(size, True), create=True, exclusive=True,
+                              mode=_check_mode(mode), hugetlb=hugetlb)
+            if track:
+                register_raw(segment.id, segment.key, process_identity()[0])
+        else:
+            segment = Segment(key)
+        return cls._from_segment(segment, readonly)
+
+    @classmethod
+    def from_id(cls, id: int, *, readonly: bool = False) -> "SharedMemory":
+        """Attach the segment with this kernel id (``ipcs -m``, ``shmget``'s return value);
+        ``buf`` covers the whole segment."""
+        return cls._from_segment(Segment(id=id), readonly)
+
+    @property
+    def id(self) -> int:
+        """The kernel's id of the segment (``shmid``), valid in every process."""
+        return self._id
+
+    @property
+    def key(self) -> int:
+        """The segment's key: ``name_key("shm", name)`` or the raw key (0 when private)."""
+        return self._key
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
+
+    def stat(self) -> SegmentStat:
+        """The kernel's view (IPC_STAT): ``shm_segsz`` (``size`` plus the 256-byte trailer
+        for named segments), ``shm_nattch``, ``shm_cpid``, ``shm_lpid``, ``shm_atime``,
+        ``shm_dtime``, ``shm_ctime``, ``uid``, ``gid``, ``cuid``, ``cgid``, ``mode``, ``key``."""
+        return Segment(id=self._id).stat()
+
+    def set_mode(self, mode: int) -> None:
+        """Change the permission bits (IPC_SET), e.g. 0o640 to let the group attach."""
+        Segment(id=self._id).set(mode=_check_mode(mode))
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _create(self, name, size, track, mode, hugetlb, purpose) -> None:
+        flags = L.IPC_CREAT | L.IPC_EXCL | _check_mode(mode) | (L.SHM_HUGETLB if hugetlb else 0)
+        if size > _MAX_SIZE:
+            _raise_create_error(errno.EINVAL, size, hugetlb)
+        bare = None if name is None else check_name(name)
+        creator = process_identity()
+        tracker = _NO_TRACKER
+        while True:
+            if name is None:
+                bare = random_name()
+            key = _key_of(bare)
+            ctime = time.time_ns()
+            if track:
+                tracker = register(key, creator[0], ctime, bare)
+            ident = L.shmget(key, size + TRAILER_SIZE, flags)
+            if ident != -1:
+                break
+            err = L.get_errno()
+            if err != errno.EEXIST:
+                _raise_create_error(err, size, hugetlb)
+            if name is not None:
+                raise _exists_error(bare, key)
+        addr = L.shmat(ident, None, 0)
+        if addr is None or addr == _FAILED:
+            err = L.get_errno()
+            L.shmctl(ident, L.IPC_RMID, None)
+            L.raise_errno(err, "shmat", f"shared memory {bare!r}")
+        trailer = pack_identity(bare, size, (FLAG_TRACKED if track else 0)
+                                | (FLAG_HUGETLB if hugetlb else 0), purpose, ctime, creator,
+                                tracker)
+        ctypes.memmove(addr + size, trailer, TRAILER_SIZE)
+        self._set(bare, ident, key, size, Attachment(addr, size, False), False, purpose)
+
+    def _attach(self, name, readonly) -> None:
+        bare = check_name(name)
+        key = _key_of(bare)
+        ident = L.shmget(key, 0, 0)
+        ds = L.shmid_ds()
+        if ident == -1 or L.shmctl(ident, L.IPC_STAT, L.byref(ds)) == -1:
+            err = L.get_errno()
+            if err in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
+                raise FileNotFoundError(errno.ENOENT, "No shared memory with this name", bare)
+            L.raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
+        addr = L.shmat(ident, None, L.SHM_RDONLY if readonly else 0)
+        if addr is None or addr == _FAILED:
+            L.raise_errno(L.get_errno(), "shmat", f"shared memory {bare!r} (id={ident})")
+        segsz = ds.shm_segsz
+        identity = None
+        if segsz >= TRAILER_SIZE:
+            raw = ctypes.string_at(addr + segsz - TRAILER_SIZE, TRAILER_SIZE)
+            deadline = None
+            while raw == _ZEROS:
+                deadline = deadline or time.monotonic() + _CREATION_GRACE
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+                raw = ctypes.string_at(addr + segsz - TRAILER_SIZE, TRAILER_SIZE)
+            identity = parse_identity(raw)
+        if (identity is None or identity.name != bare or identity.version != VERSION
+                or identity.size + TRAILER_SIZE != segsz):
+            L.shmdt(addr)
+            raise ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity),
+                                      bare)
+        self._set(bare, ident, key, identity.size, Attachment(addr, identity.size, readonly),
+                  readonly, identity.purpose)
+
+    @classmethod
+    def _from_segment(cls, segment: Segment, readonly: bool) -> "SharedMemory":
+        self = cls.__new__(cls)
+        self._set(None, segment.id, segment.key & 0xFFFFFFFF, segment.size,
+                  segment.attach(readonly), readonly, 0)
+        return self
+
+    def _set(self, name, ident, key, size, attachment, readonly, purpose) -> None:
+        self._name, self._id, self._key, self._size = name, ident, key, size
+        self._attachment, self._buf = attachment, attachment.buf
+        self._readonly, self._unlinked, self._purpose = readonly, False, purpose
+
+    def _label(self) -> str:
+        return self._name if self._name is not None else f"id={self._id}"
+
+    def _what(self) -> str:
+        return f"shared memory {self._label()!r} (id={self._id})"
+
+
+def _from_id(cls, ident, readonly):
+    return cls.from_id(ident, readonly=readonly)
+
+
+def _exists_error(bare: str, key: int) -> FileExistsError:
+    """FileExistsError for our own segment of that name, ForeignSegmentError otherwise."""
+    try:
+        segment = Segment(key)
+        raw = read_trailer(segment)
+    except OSError:
+        return FileExistsError(errno.EEXIST, "File exists (a segment holds its key "
+                                             f"{key:#010x}; not readable here)", bare)
+    identity = parse_identity(raw) if raw is not None else None
+    if identity is not None and identity.name == bare:
+        return FileExistsError(errno.EEXIST, "File exists", bare)
+    ds = L.shmid_ds()
+    L.shmctl(segment.id, L.IPC_STAT, L.byref(ds))
+    return ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity), bare)
+
+
+def _foreign_message(bare, key, ds, identity) -> str:
+    head = f"the key {key:#010x} of the name {bare!r} belongs to a segment that is not it: "
+    if identity is not None and identity.name != bare:
+        return head + (f"it is mpsysv's {identity.name!r}, whose name has the same 31-bit key; "
+                       "use another name")
+    if identity is not None:
+        return head + f"its mpsysv format version is {identity.version}, not {VERSION}"
+    return head + (f"it has no mpsysv trailer (made by key by another program: {ds.shm_segsz} "
+                   f"bytes, creator pid {ds.shm_cpid}, uid {ds.shm_perm.uid}); "
+                   f"SharedMemory.from_key({key:#x}) attaches it as raw memory")
+
+
+def _raise_create_error(err: int, size: int, hugetlb: bool) -> NoReturn:
+    lim = L.limits()
+    total = size + TRAILER_SIZE
+    hint = ""
+    if err == errno.EINVAL:
+        hint = (f"{size} bytes (+{TRAILER_SIZE} of mpsysv trailer) is more than the kernel's "
+                f"shmmax={lim['shmmax']} (/proc/sys/kernel/shmmax)")
+    elif err == errno.ENOSPC:
+        rows = live_segments()
+        page = os.sysconf("SC_PAGE_SIZE")
+        used = sum(-(-row[3] // page) for row in rows)
+        if len(rows) >= lim["shmmni"]:
+            hint = (f"shmmni={lim['shmmni']} segments exist already "
+                    "(/proc/sys/kernel/shmmni; `ipcs -m` lists them)")
+        else:
+            hint = (f"shmall={lim['shmall']} pages would be exceeded: {used} pages in use, "
+                    f"{-(-total // page)} more asked (/proc/sys/kernel/shmall)")
+    elif err == errno.ENOMEM:
+        hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise vm.nr_hugepages)"
+                if hugetlb else f"not enough memory for {size} bytes")
+    elif err == errno.EPERM and hugetlb:
+        hint = "huge pages need CAP_IPC_LOCK or membership of vm.hugetlb_shm_group"
+    L.raise_errno(err, "shmget", f"shared memory of {size} bytes", hint)
+
+
+# --- ShareableList ---------------------------------------------------------------------------
+
+_INT, _FLOAT, _BOOL, _NONE, _STR, _BYTES = range(1, 7)
+_CODES = {int: _INT, float: _FLOAT, bool: _BOOL, type(None): _NONE, str: _STR, bytes: _BYTES}
+_FIXED_FORMATS = {_INT: "q", _FLOAT: "d", _BOOL: "xxxxxxx?", _NONE: "xxxxxx?x"}
+_Q = struct.Struct("<q")
+_D = struct.Struct("<d")
+_ALIGN = 8
+
+
+def _encode(value):
+    """``(code, bytes or None)`` of a storable value; TypeError for other types."""
+    code = _CODES.get(type(value))
+    if code is None:
+        raise TypeError(f"ShareableList stores int, float, bool, str, bytes and None, not "
+                        f"{type(value).__name__}")
+    if code == _STR:
+        return code, value.encode("utf-8")
+    return code, (value if code == _BYTES else None)
+
+
+class ShareableList:
+    """A fixed-length list of int, float, bool, str, bytes and None in a SharedMemory.
+
+    The stdlib's API: ``ShareableList(sequence)`` creates (random name, or ``name=``),
+    ``ShareableList(name=...)`` attaches; ``shm``, ``format``, ``count()``,
+    ``index()``; a str/bytes slot keeps the size it was created with (``ValueError``
+    when a longer value is stored). Unlike the stdlib, trailing NUL bytes survive and
+    slots are sized by the UTF-8 length of a str.
+
+    Layout: item count (q), N+1 slot offsets (q), N type words (q: byte length << 8 |
+    type code), then the slots, each a multiple of 8 bytes.
+    """
+
+    def __init__(self, sequence: Optional[Iterable] = None, *, name: Optional[str] = None,
+                 track: bool = True):
+        if name is None or sequence is not None:
+            items = [] if sequence is None else list(sequence)
+            encoded = [_encode(item) for item in items]
+            offsets = [0]
+            for _, blob in encoded:
+                offsets.append(offsets[-1] + (_ALIGN if blob is None
+                                              else _ALIGN * (len(blob) // _ALIGN + 1)))
+            n = len(items)
+            self.shm = SharedMemory.__new__(SharedMemory)
+            self.shm._create(name, 16 * n + 16 + offsets[-1], track, 0o600, False,
+                             PURPOSE_SHAREABLE_LIST)
+            try:
+                self._layout(n, offsets)
+                buf = self.shm.buf
+                _Q.pack_into(buf, 0, n)
+                struct.pack_into(f"<{n + 1}q", buf, 8, *offsets)
+                for i, (item, (code, blob)) in enumerate(zip(items, encoded)):
+                    self._store(buf, i, item, code, blob)
+            except BaseException:  # e.g. struct.error for an int beyond 64 bits
+                self.shm.close()
+                self.shm.unlink()
+                raise
+        else:
+            self.shm = SharedMemory(name)
+            try:
+                if self.shm._purpose != PURPOSE_SHAREABLE_LIST:
+                    raise ValueError(f"shared memory {name!r} is not a ShareableList")
+                n = _Q.unpack_from(self.shm.buf, 0)[0]
+                if not 0 <= n <= self.shm.size // 16:
+                    raise ValueError(f"shared memory {name!r} holds a damaged ShareableList")
+                self._layout(n, list(struct.unpack_from(f"<{n + 1}q", self.shm.buf, 8)))
+            except BaseException:
+                self.shm.close()
+                raise
+
+    def __getitem__(self, position: int):
+        i = self._position(position, "index out of range")
+        buf = self.shm.buf
+        word = _Q.unpack_from(buf, self._types + 8 * i)[0]
+        code, offset = word & 0xFF, self._data + self._offsets[i]
+        if code == _INT:
+            return _Q.unpack_from(buf, offset)[0]
+        if code == _FLOAT:
+            return _D.unpack_from(buf, offset)[0]
+        if code == _BOOL:
+            return buf[offset] != 0
+        if code == _NONE:
+            return None
+        raw = bytes(buf[offset:offset + (word >> 8)])
+        return raw.decode("utf-8") if code == _STR else raw
+
+    def __setitem__(self, position: int, value) -> None:
+        i = self._position(position, "assignment index out of range")
+        code, blob = _encode(value)
+        if blob is not None and len(blob) > self._offsets[i + 1] - self._offsets[i]:
+            raise ValueError("bytes/str item exceeds available storage")
+        self._store(self.shm.buf, i, value, code, blob)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator:
+        for i in range(self._n):
+            yield self[i]
+
+    def __reduce__(self):
+        return functools.partial(type(self), name=self.shm.name), ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)}, name={self.shm.name!r})"
+
+    @property
+    def format(self) -> str:
+        """The struct format of the items as stored now (as the stdlib reports it)."""
+        buf, parts = self.shm.buf, []
+        for i in range(self._n):
+            code = _Q.unpack_from(buf, self._types + 8 * i)[0] & 0xFF
+            parts.append(_FIXED_FORMATS.get(code)
+                         or f"{self._offsets[i + 1] - self._offsets[i]}s")
+        return "".join(parts)
+
+    def count(self, value) -> int:
+        """Number of occurrences of *value*."""
+        return sum(value == entry for entry in self)
+
+    def index(self, value) -> int:
+        """Position of the first occurrence of *value*; ValueError if absent."""
+        for position, entry in enumerate(self):
+            if value == entry:
+                return position
+        raise ValueError(f"{value!r} not in this container")
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+    def _layout(self, n: int, offsets: list) -> None:
+        self._n, self._offsets = n, offsets
+        self._types = 16 + 8 * n
+        self._data = self._types + 8 * n
+        if self._data + offsets[-1] > self.shm.size:
+            raise ValueError(f"shared memory {self.shm.name!r} holds a damaged ShareableList")
+
+    def _store(self, buf, i, value, code, blob) -> None:
+        offset = self._data + self._offsets[i]
+        if blob is not None:
+            buf[offset:offset + len(blob)] = blob
+            word = len(blob) << 8 | code
+        else:
+            if code == _INT:
+                _Q.pack_into(buf, offset, value)
+            elif code == _FLOAT:
+                _D.pack_into(buf, offset, value)
+            elif code == _BOOL:
+                buf[offset] = value
+            word = code
+        _Q.pack_into(buf, self._types + 8 * i, word)
+
+    def _position(self, position, message: str) -> int:
+        if isinstance(position, slice):
+            raise TypeError("ShareableList indices must be integers, not slice")
+        i = operator.index(position)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(message)
+        return i
+
+
+# --- SharedMemoryManager ----------------------------------------------------------------------
+
+class SharedMemoryManager:
+    """Creates SharedMemory and ShareableList segments and unlinks them all at shutdown.
+
+    The stdlib's is a BaseManager with a server process; this one needs none. Its
+    segments are named with a prefix unique to the manager, and ``shutdown()`` (or
+    the end of the ``with`` block, or the program's end) unlinks every segment that
+    carries it, wherever it was created: here, in fork children, or in processes that
+    received the manager by pickling. Only the process that started it unlinks.
+    """
+
+    def __init__(self):
+        self._prefix: Optional[str] = None
+        self._owner = 0
+        self._finalizer = None
+
+    def start(self) -> None:
+        if self._prefix is not None:
+            raise ValueError("SharedMemoryManager is already started")
+        self._prefix = random_name("mpsysvmgr-") + "-"
+        self._owner = os.getpid()
+        self._finalizer = weakref.finalize(self, _unlink_group, self._prefix, self._owner)
+
+    def shutdown(self) -> None:
+        """Unlink every segment made through this manager (processes that have them
+        attached keep their mapping); a no-op in other processes."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._prefix = self._finalizer = None
+
+    def SharedMemory(self, size: int) -> SharedMemory:
+        """A new SharedMemory of *size* bytes, unlinked at shutdown."""
+        return SharedMemory(self._new_name(), create=True, size=size)
+
+    def ShareableList(self, sequence: Optional[Iterable] = None) -> ShareableList:
+        """A new ShareableList holding *sequence*, unlinked at shutdown."""
+        return ShareableList(() if sequence is None else sequence, name=self._new_name())
+
+    def __enter__(self) -> "SharedMemoryManager":
+        if self._prefix is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __reduce__(self):
+        return _rebuild_manager, (self._prefix,)
+
+    def __repr__(self) -> str:
+        state = "not started" if self._prefix is None else f"prefix={self._prefix!r}"
+        return f"{type(self).__name__}({state})"
+
+    def _new_name(self) -> str:
+        if self._prefix is None:
+            raise ValueError("SharedMemoryManager is not started: call start() or use it in "
+                             "a with statement")
+        return random_name(self._prefix)
+
+
+def _rebuild_manager(prefix):
+    manager = SharedMemoryManager()
+    manager._prefix = prefix
+    return manager
+
+
+def _unlink_group(prefix: str, owner: int) -> None:
+    if os.getpid() != owner:
+        return
+    uid = os.geteuid()
+    for key, ident, cuid, size in live_segments():
+        if key == L.IPC_PRIVATE or cuid != uid or size < TRAILER_SIZE:
+            continue
+        try:
+            segment = Segment(id=ident)
+            raw = read_trailer(segment)
+            identity = parse_identity(raw) if raw is not None else None
+            if identity is not None and identity.name.startswith(prefix):
+                segment.remove()
+        except OSError:
+            pass

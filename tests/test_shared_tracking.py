@@ -1,0 +1,291 @@
+"""track=True: a program's forgotten segments are removed when it ends, however it ends.
+
+Each scenario runs as its own program (a subprocess) so that its tracker's whole
+life is observed; ``subprocess.run`` returns once the tracker, which shares the
+program's stderr, has finished too.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import unittest
+
+from mpsysv import _tracker
+from mpsysv._names import name_key, random_name
+from mpsysv.primitives import Segment
+from mpsysv.shared import SharedMemory
+from .helpers import fork, join_or_kill
+from .test_shared import ROOT, TIMEOUT, SegmentTestCase, run_python, segment_exists
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def process_gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+class TrackedProgramTest(unittest.TestCase):
+
+    def test_forgotten_segment_is_removed_at_normal_exit_with_a_warning(self):
+        result = run_python("""
+            from mpsysv import _tracker
+            from mpsysv.shared import SharedMemory
+            shm = SharedMemory(create=True, size=4096)
+            shm.buf[0] = 1
+            print(shm.name, shm.key, _tracker.tracker_identity()[0])
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        name, key, tracker_pid = result.stdout.split()
+        self.assertFalse(segment_exists(int(key)))
+        self.assertIn("UserWarning", result.stderr)
+        self.assertIn(name, result.stderr)
+        self.assertTrue(wait_until(lambda: process_gone(int(tracker_pid))),
+                        "the tracker outlived its program")
+
+    def test_segment_of_a_sigkilled_creator_is_removed(self):
+        code = textwrap.dedent("""
+            import time
+            from mpsysv.shared import SharedMemory
+            shm = SharedMemory(create=True, size=1 << 20)
+            print(shm.name, shm.key, flush=True)
+            time.sleep(120)
+            """)
+        proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watchdog = threading.Timer(TIMEOUT, proc.kill)
+        watchdog.start()
+        try:
+            name, key = proc.stdout.readline().split()
+            self.assertTrue(segment_exists(int(key)))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(TIMEOUT)
+            self.assertTrue(wait_until(lambda: not segment_exists(int(key)), 5.0),
+                            "the killed program's segment is still there")
+            _, stderr = proc.communicate(timeout=TIMEOUT)
+        finally:
+            watchdog.cancel()
+            proc.kill()
+        self.assertEqual(proc.returncode, -signal.SIGKILL)
+        self.assertIn(name, stderr)
+
+    def test_untracked_segment_outlives_its_creator(self):
+        result = run_python("""
+            from mpsysv.shared import SharedMemory
+            shm = SharedMemory(create=True, size=64, track=False)
+            shm.buf[:4] = b"kept"
+            print(shm.name)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("Warning", result.stderr)
+        shm = SharedMemory(result.stdout.strip())
+        try:
+            self.assertEqual(bytes(shm.buf[:4]), b"kept")
+        finally:
+            shm.close()
+            shm.unlink()
+
+    def test_only_the_forgotten_one_of_many_is_removed(self):
+        # Thousands of announcements of unlinked segments make the tracker prune.
+        result = run_python("""
+            from mpsysv.shared import SharedMemory
+            keep = SharedMemory(create=True, size=8, track=False)
+            for _ in range(3000):
+                s = SharedMemory(create=True, size=8)
+                s.close()
+                s.unlink()
+            forgotten = SharedMemory(create=True, size=8)
+            print(keep.name, forgotten.name, forgotten.key)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        keep, forgotten, key = result.stdout.split()
+        self.assertFalse(segment_exists(int(key)))
+        self.assertIn(f"1 shared memory segment(s) created with track=True were never "
+                      f"unlinked; removed them at shutdown: [{forgotten!r}]", result.stderr)
+        shm = SharedMemory(keep)
+        shm.close()
+        shm.unlink()
+
+    def test_unlinked_segments_give_no_warning(self):
+        result = run_python("""
+            from mpsysv.shared import SharedMemory
+            a = SharedMemory(create=True, size=8)
+            b = SharedMemory(a.name)
+            a.unlink()
+            b.close()
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, "")
+
+    def test_fork_children_share_the_tracker_and_remove_nothing_when_they_exit(self):
+        result = run_python("""
+            import os, sys
+            from mpsysv import _tracker
+            from mpsysv.shared import SharedMemory
+            parent = SharedMemory(create=True, size=8)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                child = SharedMemory(create=True, size=8)
+                os.write(w, f"{child.name} {_tracker.tracker_identity()[0]}".encode())
+                sys.exit(0)  # a normal exit: atexit handlers and finalizers run
+            os.waitpid(pid, 0)
+            child_name, child_tracker = os.read(r, 200).decode().split()
+            for name in (parent.name, child_name):
+                SharedMemory(name).close()  # both still there after the child's exit
+            print(parent.name, child_name, child_tracker == str(_tracker.tracker_identity()[0]))
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        parent, child, same_tracker = result.stdout.split()
+        self.assertEqual(same_tracker, "True")
+        self.assertIn("2 shared memory segment(s)", result.stderr)
+        self.assertIn(parent, result.stderr)
+        self.assertIn(child, result.stderr)
+        self.assertEqual(result.stderr.count("UserWarning"), 1)
+
+    def test_spawn_child_segments_live_as_long_as_the_program(self):
+        result = run_python("""
+            import multiprocessing as mp
+            from mpsysv.shared import SharedMemory
+
+            def child(queue):
+                shm = SharedMemory(create=True, size=8)
+                shm.buf[0] = 7
+                queue.put(shm.name)
+
+            if __name__ == "__main__":
+                mine = SharedMemory(create=True, size=8)
+                ctx = mp.get_context("spawn")
+                queue = ctx.Queue()
+                p = ctx.Process(target=child, args=(queue,))
+                p.start()
+                name = queue.get(timeout=60)
+                p.join(60)
+                theirs = SharedMemory(name)  # the worker is gone, its segment is not
+                print(mine.name, name, theirs.buf[0], p.exitcode)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        mine, theirs, value, exitcode = result.stdout.split()
+        self.assertEqual((value, exitcode), ("7", "0"))
+        self.assertIn("2 shared memory segment(s)", result.stderr)
+        self.assertIn(theirs, result.stderr)
+
+    def test_subprocess_gets_its_own_tracker(self):
+        result = run_python("""
+            import subprocess, sys
+            from mpsysv.shared import SharedMemory
+            mine = SharedMemory(create=True, size=8)
+            code = ("from mpsysv.shared import SharedMemory; "
+                    "print(SharedMemory(create=True, size=8).name)")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            try:
+                SharedMemory(out.stdout.strip())
+                print("still there")
+            except FileNotFoundError:
+                print("removed")
+            mine.unlink()
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip(), "removed")
+
+    def test_raw_segment_created_by_key_is_tracked_too(self):
+        key = 0x5A000000 | os.getpid() & 0xFFFF
+        result = run_python(f"""
+            from mpsysv.shared import SharedMemory
+            tracked = SharedMemory.from_key({key}, create=True, size=100)
+            untracked = SharedMemory.from_key({key + 1}, create=True, size=100, track=False)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(segment_exists(key))
+        self.assertIn(f"key={key:#010x}", result.stderr)
+        untracked = SharedMemory.from_key(key + 1)
+        untracked.close()
+        untracked.unlink()
+
+
+class TrackerIdentityTest(SegmentTestCase):
+    """The tracker removes only what its program created: it checks the trailer."""
+
+    def test_name_created_again_by_someone_else_survives_the_first_creators_exit(self):
+        name = random_name("reused_")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import sys
+                from mpsysv.shared import SharedMemory
+                shm = SharedMemory({name!r}, create=True, size=8)
+                shm.unlink()
+                print("unlinked", flush=True)
+                sys.stdin.readline()
+                """)],
+            env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(proc.stdout.readline().strip(), "unlinked")
+            mine = self.make(name, create=True, size=8, track=False)
+            _, stderr = proc.communicate("go\n", timeout=TIMEOUT)
+        finally:
+            proc.kill()
+        self.assertEqual(stderr, "")
+        self.assertTrue(segment_exists(mine.key))
+
+    def test_creation_cut_short_before_the_trailer_is_removed_but_nothing_else(self):
+        name = random_name("cut_")
+        other = random_name("cut_other_")
+        # The test process makes a trailer-less segment under a name that the
+        # program below announces: not the program's, so it must survive.
+        foreign = Segment(name_key("shm", other), 4096, create=True, exclusive=True)
+        self.addCleanup(foreign.remove)
+        result = run_python(f"""
+            import os, time
+            from mpsysv import _tracker
+            from mpsysv._names import name_key
+            from mpsysv.primitives import Segment
+            pid = os.getpid()
+            for name in ({name!r}, {other!r}):
+                _tracker.register(name_key("shm", name), pid, time.time_ns(), name)
+            # as if killed between shmget and writing the trailer:
+            Segment(name_key("shm", {name!r}), 4096, create=True, exclusive=True)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(segment_exists(name_key("shm", name)))
+        self.assertTrue(segment_exists(name_key("shm", other)))
+        self.assertIn(name, result.stderr)
+        self.assertNotIn(other, result.stderr)
+
+
+def _fork_child_creates(queue):
+    shm = SharedMemory(create=True, size=8)
+    queue.put((shm.name, _tracker.tracker_identity()))
+
+
+class InProcessForkTest(SegmentTestCase):
+
+    def test_fork_child_uses_the_parents_tracker(self):
+        mine = self.make(create=True, size=8)
+        queue = fork.Queue()
+        process = fork.Process(target=_fork_child_creates, args=(queue,))
+        process.start()
+        name, tracker = queue.get(timeout=TIMEOUT)
+        join_or_kill([process], TIMEOUT)
+        theirs = self.make(name)
+        self.addCleanup(theirs.unlink)
+        self.assertEqual(tracker, _tracker.tracker_identity())
+        self.assertTrue(segment_exists(mine.key))
+
+
+if __name__ == "__main__":
+    unittest.main()
