@@ -286,6 +286,11 @@ class Channel:
         for _ in range(max(self._rw_word[0] - self._room_word[0], 0)):
             room.post()
 
+    def may_have_room(self) -> bool:
+        """False while a feeder found the queue full and no getter has made room since:
+        then a non-blocking send would only cost a failing syscall."""
+        return not self._rw_word[0] or self._room_word[0] > 0
+
     def wait_room(self, retry: Callable[[], bool]) -> None:
         """Sleep until *retry()* (a non-blocking send attempt) succeeds.
 

@@ -8,8 +8,9 @@ or a later user can always find and remove it:
 
     slot: segment id i32 | writer pid i32 | state i32 | reader pid i32 | size u64
 
-A slot whose writer died before its message went out, or whose reader died while
-reading, is reclaimed by the next writer. Each segment starts with a header (magic,
+A slot whose writer died while filling it, or whose reader died while reading, is
+reclaimed by the next writer; a complete parcel whose message never went out (its
+writer died with it still buffered) stays until the queue is removed. Each segment starts with a header (magic,
 owning control segment, writer, time) that lets a cleaner recognise orphans.
 """
 
@@ -124,14 +125,11 @@ class ParcelTable:
         HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
                          self._owner, me, time.time())
         ctypes.memmove(address + _HDR_SIZE, payload, n)
+        # Complete: from here on the parcel belongs to the queue, even if this process
+        # dies before (or while) its message goes out; only the slot's owner writes it
+        # until a reader takes it, so no later update can race with that reader.
+        self._set(slot, segid, me, SENT, 0, size)
         return _wire.encode_parcel(slot, segid, n)
-
-    def sent(self, message) -> None:
-        """The parcel's message is in the queue: the parcel now belongs to the queue."""
-        slot, segid, _ = _wire.parse_parcel(message)
-        segid_now, writer, state, reader, size = self._entry(slot)
-        if segid_now == segid and state == FILLING:
-            self._set(slot, segid, writer, SENT, 0, size)
 
     def _claim(self, me: int, size: int):
         """``(slot, segment id or -1)`` under the lock: a pooled segment of the size

@@ -26,7 +26,6 @@ from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_
     Channel, _Empty
 from ._names import check_name
 from . import _parcels
-from ._wire import PARCEL
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
 
@@ -109,7 +108,7 @@ class _Feeder:
                                                daemon=True)
                 self.thread.start()
             self.cond.notify()
-        if self.send_lock.acquire(False):
+        if self.chan.may_have_room() and self.send_lock.acquire(False):
             try:
                 self.flush(False)
             finally:
@@ -139,8 +138,6 @@ class _Feeder:
                     self.streaming = False
             elif not chan.try_send(payload, mtype):
                 return False
-            elif payload[0] == PARCEL:
-                chan.parcels.sent(payload)
             with cond:
                 buffer.popleft()
                 self.pending -= 1
@@ -300,7 +297,6 @@ class _Base:
                 payload = self._chan.parcels.wrap(payload) or payload
             if len(payload) <= self._msgmax and not self._feeder.pending:
                 if self._chan.try_send(payload, mtype):
-                    self._chan.parcels.sent(payload)
                     return
         elif not self._feeder.pending and self._chan.try_send(payload, mtype):
             return
