@@ -86,6 +86,44 @@ def throughput(factory, producers: int, consumers: int, n: int, payload) -> floa
     return n / elapsed
 
 
+def _produce_batches(q, go, n, payload, batch):
+    go.wait()
+    for _ in range(n // batch):
+        q.put_many([payload] * batch)
+    if hasattr(q, "join_thread"):
+        q.close()
+        q.join_thread()
+
+
+def _consume_batches(q, go, n, batch):
+    go.wait()
+    got = 0
+    while got < n:
+        got += len(q.get_many(batch))
+
+
+def batched(factory, n: int, payload, batch: int = 100) -> float:
+    """Objects per second through put_many/get_many where the queue has them, else
+    through put/get one by one (what a user of that queue would write)."""
+    q = factory()
+    if not hasattr(q, "put_many"):
+        _close(q)
+        return throughput(factory, 1, 1, n, payload)
+    go = ctx.Event()
+    p = ctx.Process(target=_produce_batches, args=(q, go, n, payload, batch))
+    c = ctx.Process(target=_consume_batches, args=(q, go, n, batch))
+    p.start()
+    c.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    go.set()
+    c.join()
+    elapsed = time.perf_counter() - t0
+    p.join()
+    _close(q)
+    return n / elapsed
+
+
 def _echo(a, b, n, cpu):
     os.sched_setaffinity(0, {cpu})
     for _ in range(n):
@@ -125,6 +163,8 @@ def cases(quick: bool):
         ("small objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, small, 12345)),
         ("small objects 4->1", "obj/s", lambda f: throughput(f, 4, 1, small, 12345)),
         ("small objects 1->4", "obj/s", lambda f: throughput(f, 1, 4, small, 12345)),
+        ("batches of 100 small objects 1->1", "obj/s",
+         lambda f: batched(f, small, 12345)),
         ("ping-pong latency, one CPU", "us", lambda f: pingpong(f, 2000 if quick else 10_000)),
         ("1 MiB objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, 40 if quick else 200,
                                                               b"x" * (1 << 20))),

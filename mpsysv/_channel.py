@@ -44,8 +44,9 @@ _NAME_OFF = 64
 _SEM_OFF = 320
 # Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
 # (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
-_NSEMS = 9
+# EXTRA: objects beyond the first in batch messages, so qsize() stays exact.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, EXTRA = range(10)
+_NSEMS = 10
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
 _READER = struct.Struct("<i")
 _STATE = struct.Struct("<I")
@@ -123,6 +124,7 @@ class Channel:
         self._tw_word = self._view[_SEM_OFF + 32 * TW:_SEM_OFF + 32 * TW + 4].cast("I")
         self._rw_word = self._view[_SEM_OFF + 32 * RW:_SEM_OFF + 32 * RW + 4].cast("I")
         self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
+        self._extra_word = self._view[_SEM_OFF + 32 * EXTRA:_SEM_OFF + 32 * EXTRA + 4].cast("I")
         self._freed = 0
         self._bufs = _Buffers(msgmax)
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked)
@@ -327,9 +329,12 @@ class Channel:
                 first = view[8] if n > 0 else -1
                 if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD
                                          or first == _wire.PARCEL):
+                    # (a batch releases one slot per object in _take_batch)
                     self.sems[SLOTS].post()
                 if first == _wire.PICKLE_MARK:
                     return loads(view[8:8 + n])
+                if first == _wire.BATCH:
+                    return self._take_batch(view[8:8 + n], loads, item[1].value)
                 head = view[8:8 + n].tobytes()
             finally:
                 self._bufs.give(item)
@@ -345,6 +350,27 @@ class Channel:
                     return loads(payload)
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
+
+    def _take_batch(self, msg, loads: Callable, mtype: int) -> "Batch":
+        try:
+            pickles = _wire.unpack_batch(msg)
+        except _wire.WireError as exc:
+            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+                          stacklevel=4)
+            return Batch([], mtype)
+        extra, slots = self.sems[EXTRA], self.sems[SLOTS]
+        for _ in range(len(pickles) - 1):
+            extra.try_acquire()
+        if self.maxsize > 0:
+            for _ in range(len(pickles)):
+                slots.post()
+        return Batch([loads(p) for p in pickles], mtype)
+
+    def batch_added(self, count: int) -> None:
+        """A batch of *count* objects is about to be sent (qsize counts them at once)."""
+        extra = self.sems[EXTRA]
+        for _ in range(count - 1):
+            extra.post()
 
     def _recv_main(self, raw, mtype: int, block: bool) -> int:
         flags = 0 if block else L.IPC_NOWAIT
@@ -376,7 +402,7 @@ class Channel:
             tw.try_acquire()
 
     def qsize(self) -> int:
-        return self._stat_main().msg_qnum
+        return self._stat_main().msg_qnum + self._extra_word[0]
 
     def _stat_main(self) -> L.msqid_ds:
         ds = L.msqid_ds()
@@ -626,6 +652,7 @@ class Channel:
             self._tw_word.release()
             self._rw_word.release()
             self._room_word.release()
+            self._extra_word.release()
             self._view.release()
             L.shmdt(self._address)
 
@@ -669,6 +696,16 @@ class _StateLock:
         chan = self.chan
         chan._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
         chan._unlock(SEM_STATE)
+
+
+class Batch(list):
+    """The objects of one batch message, in order, with the message's type."""
+
+    __slots__ = ("mtype",)
+
+    def __init__(self, objs, mtype: int):
+        super().__init__(objs)
+        self.mtype = mtype
 
 
 class _Empty(Exception):

@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 from . import _libc as L
 from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
-    Channel, _Empty
+    Batch, Channel, _Empty
+from ._wire import batches
 from ._names import check_name
 from . import _parcels
 
@@ -236,6 +237,7 @@ class _Base:
         self._maxsize = chan.maxsize
         self._msgmax = chan.msgmax
         self._closed = False
+        self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
         self._pickler = _Pickler()
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer = None
@@ -256,6 +258,7 @@ class _Base:
             if part is not None and hasattr(part, "_after_fork"):
                 part._after_fork()
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
+        self._stash = deque()
         self._chan._after_fork()
         self._pickler = _Pickler()
         self._register_finalizer()
@@ -292,6 +295,10 @@ class _Base:
             self._take_slot(block, timeout)
         if self._kind == KIND_JOINABLE:
             self._chan.task_added()
+        self._send(payload, mtype)
+
+    def _send(self, payload, mtype: int) -> None:
+        """Hand one message's worth to the kernel now, or to the feeder, in order."""
         if len(payload) > self._msgmax:
             if len(payload) >= _parcels.PARCEL_MIN:
                 payload = self._chan.parcels.wrap(payload) or payload
@@ -321,10 +328,111 @@ class _Base:
         if block and timeout is not None:
             _check_timeout(timeout)
             deadline = monotonic() + timeout
+        if self._stash:
+            found = self._from_stash(mtype)
+            if found is not _SENTINEL:
+                return found
+        while True:
+            try:
+                got = self._chan.receive(_loads, mtype, block, deadline)
+            except _Empty:
+                raise Empty from None
+            if type(got) is not Batch:
+                return got
+            if got:
+                self._stash.extend((got.mtype, obj) for obj in got[1:])
+                return got[0]
+
+    def _from_stash(self, mtype: int):
+        """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
+        stash = self._stash
+        if mtype == 0:
+            return stash.popleft()[1]
+        best = None
+        for i, (t, _) in enumerate(stash):
+            if t == mtype or (mtype < 0 and t <= -mtype and (best is None or t < stash[best][0])):
+                best = i
+                if t == mtype:
+                    break
+        if best is None:
+            return _SENTINEL
+        obj = stash[best][1]
+        del stash[best]
+        return obj
+
+    def put_many(self, objs, block: bool = True, timeout: Optional[float] = None, *,
+                 mtype: int = 1) -> None:
+        """Put every object of *objs*, in order, in as few messages as possible.
+
+        The semantics of that many ``put()`` calls (order, *mtype*, ``maxsize``: all
+        slots are taken or none, ``Full`` otherwise), except that consecutive small
+        objects share a message and one getter takes a shared message whole: its
+        other objects come from that handle's next ``get()`` calls.
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if mtype != 1:
+            _check_mtype(mtype, False)
+        pickles = []
+        for obj in objs:
+            try:
+                pickles.append(self._pickler.dumps(obj))
+            except Exception as exc:
+                if self._strict:
+                    raise
+                self._on_queue_feeder_error(exc, obj)
+        if not pickles:
+            return
+        if self._maxsize:
+            self._take_slots(len(pickles), block, timeout)
+        chan = self._chan
+        if self._kind == KIND_JOINABLE:
+            for _ in pickles:
+                chan.task_added()
+        for message, count in batches(pickles, self._msgmax):
+            if count > 1:
+                chan.batch_added(count)
+            self._send(message, mtype)
+
+    def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
+        slots = self._chan.sems[SLOTS]
+        _check_timeout(timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        taken = 0
         try:
-            return self._chan.receive(_loads, mtype, block, deadline)
-        except _Empty:
-            raise Empty from None
+            while taken < count:
+                if not (slots.acquire(deadline) if block else slots.try_acquire()):
+                    raise Full
+                taken += 1
+        except BaseException:
+            for _ in range(taken):
+                slots.post()
+            raise
+
+    def get_many(self, max_items: int, block: bool = True, timeout: Optional[float] = None,
+                 *, mtype: int = 0) -> list:
+        """Up to *max_items* objects: the first as ``get()`` waits for it, then whatever
+        is there without waiting. ``Empty`` when not even one came."""
+        if not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1:
+            raise ValueError(f"'max_items' must be a positive int, not {max_items!r}")
+        out = [self.get(block, timeout, mtype=mtype)]
+        while len(out) < max_items:
+            if self._stash:
+                found = self._from_stash(mtype)
+                if found is not _SENTINEL:
+                    out.append(found)
+                    continue
+            try:
+                got = self._chan.receive(_loads, mtype, False, None)
+            except _Empty:
+                break
+            if type(got) is not Batch:
+                out.append(got)
+            elif got:
+                room = max_items - len(out)
+                out.extend(got[:room])
+                self._stash.extend((got.mtype, obj) for obj in got[room:])
+        return out
 
     def put_nowait(self, obj, *, mtype: int = 1) -> None:
         self.put(obj, False, mtype=mtype)
@@ -333,8 +441,8 @@ class _Base:
         return self.get(False, mtype=mtype)
 
     def qsize(self) -> int:
-        """Objects in the kernel queue plus those still buffered in this process."""
-        return self._chan.qsize() + self._feeder.unsent()
+        """Objects in the kernel queue plus those this process buffered or stashed."""
+        return self._chan.qsize() + self._feeder.unsent() + len(self._stash)
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -340,6 +340,96 @@ class ParcelTest(unittest.TestCase):
         self.assertEqual(sysv_counts(), before)
 
 
+def _batch_producer(q, tag, n, step):
+    for start in range(0, n, step):
+        q.put_many([(tag, i) for i in range(start, min(start + step, n))])
+
+
+class BatchTest(unittest.TestCase):
+    def test_put_many_get_many_keep_order_and_count_exactly(self):
+        q = Queue()
+        q.put_many(list(range(1000)) + [b"x" * 30_000, "tail"])
+        self.assertEqual(q.qsize(), 1002)
+        first = q.get_many(100)
+        self.assertEqual(first, list(range(100)))
+        self.assertEqual(q.qsize(), 902)
+        self.assertEqual(q.get(), 100)
+        rest = q.get_many(10_000)
+        self.assertEqual(rest[:-2], list(range(101, 1000)))
+        self.assertEqual(rest[-2:], [b"x" * 30_000, "tail"])
+        self.assertEqual(q.qsize(), 0)
+        with self.assertRaises(queue.Empty):
+            q.get_many(5, timeout=0.05)
+        with self.assertRaises(ValueError):
+            q.get_many(0)
+        q.close()
+
+    def test_put_many_takes_all_slots_or_none(self):
+        q = Queue(5)
+        with self.assertRaises(queue.Full):
+            q.put_many(range(6), block=False)
+        self.assertEqual(q.qsize(), 0)
+        q.put_many(range(5))
+        self.assertTrue(q.full())
+        with self.assertRaises(queue.Full):
+            q.put_many([1], timeout=0.1)
+        self.assertEqual(q.get_many(10), [0, 1, 2, 3, 4])
+        self.assertFalse(q.full())
+        q.close()
+
+    def test_typed_batches(self):
+        q = Queue()
+        q.put_many(["a1", "a2"], mtype=5)
+        q.put_many(["b1", "b2"], mtype=2)
+        self.assertEqual(q.get(mtype=2), "b1")
+        self.assertEqual(q.get(mtype=-10), "b2")  # the rest of the taken batch comes first
+        self.assertEqual(q.get_many(5, mtype=5), ["a1", "a2"])
+        q.close()
+
+    def test_batches_cross_processes_exactly_once_in_order(self):
+        q, out = Queue(), Queue()
+        producers = [fork.Process(target=_batch_producer, args=(q, t, 3000, 97)) for t in "ab"]
+        consumers = [fork.Process(target=_consumer_many, args=(q, out)) for _ in range(2)]
+        for p in producers + consumers:
+            p.start()
+        join_or_kill(producers, 60)
+        q.put(None)
+        q.put(None)
+        results = [out.get(timeout=60), out.get(timeout=60)]
+        join_or_kill(consumers, 60)
+        got = results[0] + results[1]
+        self.assertEqual(sorted(got), sorted((t, i) for t in "ab" for i in range(3000)))
+        for r in results:  # each consumer saw each producer's objects in order
+            for t in "ab":
+                seq = [i for tag, i in r if tag == t]
+                self.assertEqual(seq, sorted(seq))
+        q.close()
+        out.close()
+
+    def test_joinable_put_many_counts_every_task(self):
+        jq = JoinableQueue()
+        jq.put_many(range(10))
+        self.assertEqual(jq._chan.unfinished(), 10)
+        for _ in jq.get_many(10):
+            jq.task_done()
+        jq.join()
+        jq.close()
+
+
+def _consumer_many(q, out):
+    """Collect until a None; sentinels meant for the other consumer go back."""
+    got, seen = [], 0
+    while not seen:
+        for item in q.get_many(100, timeout=60):
+            if item is None:
+                seen += 1
+            else:
+                got.append(item)
+    for _ in range(seen - 1):
+        q.put(None)
+    out.put(got)
+
+
 class ProcessSharingTest(unittest.TestCase):
     def test_fork_child_uses_the_parents_queue(self):
         q = Queue()
