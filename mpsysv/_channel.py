@@ -44,14 +44,16 @@ _NAME_OFF = 64
 _SEM_OFF = 320
 # Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
 # (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
-# EXTRA: objects beyond the first in batch messages, so qsize() stays exact.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, EXTRA = range(10)
-_NSEMS = 10
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
+_NSEMS = 9
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
 _READER = struct.Struct("<i")
 _STATE = struct.Struct("<I")
 _MARK_OFF = 640
 _STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
+# Objects beyond the first of every batch message in the queue, so qsize() stays exact.
+_EXTRA = struct.Struct("<q")
+_EXTRA_OFF = 672
 _FLAG_NAMED = 1
 # Semaphore set members.
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
@@ -124,7 +126,6 @@ class Channel:
         self._tw_word = self._view[_SEM_OFF + 32 * TW:_SEM_OFF + 32 * TW + 4].cast("I")
         self._rw_word = self._view[_SEM_OFF + 32 * RW:_SEM_OFF + 32 * RW + 4].cast("I")
         self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
-        self._extra_word = self._view[_SEM_OFF + 32 * EXTRA:_SEM_OFF + 32 * EXTRA + 4].cast("I")
         self._freed = 0
         self._bufs = _Buffers(msgmax)
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked)
@@ -328,8 +329,8 @@ class Channel:
                 view = item[2]
                 first = view[8] if n > 0 else -1
                 if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD
-                                         or first == _wire.PARCEL):
-                    # (a batch releases one slot per object in _take_batch)
+                                         or first == _wire.PARCEL or first == _wire.BATCH):
+                    # (a batch releases its other objects' slots in _take_batch)
                     self.sems[SLOTS].post()
                 if first == _wire.PICKLE_MARK:
                     return loads(view[8:8 + n])
@@ -353,24 +354,29 @@ class Channel:
 
     def _take_batch(self, msg, loads: Callable, mtype: int) -> "Batch":
         try:
-            pickles = _wire.unpack_batch(msg)
+            objs = loads(_wire.batch_pickle(msg))
+            if type(objs) is not list or len(objs) < 2:
+                raise _wire.WireError("a batch must hold a list of two or more objects")
         except _wire.WireError as exc:
             warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
                           stacklevel=4)
             return Batch([], mtype)
-        extra, slots = self.sems[EXTRA], self.sems[SLOTS]
-        for _ in range(len(pickles) - 1):
-            extra.try_acquire()
+        self._add_extra(1 - len(objs))
+        slots = self.sems[SLOTS]
         if self.maxsize > 0:
-            for _ in range(len(pickles)):
+            for _ in range(len(objs) - 1):
                 slots.post()
-        return Batch([loads(p) for p in pickles], mtype)
+        return Batch(objs, mtype)
 
     def batch_added(self, count: int) -> None:
-        """A batch of *count* objects is about to be sent (qsize counts them at once)."""
-        extra = self.sems[EXTRA]
-        for _ in range(count - 1):
-            extra.post()
+        """A batch of *count* objects is about to be sent: qsize counts them at once."""
+        self._add_extra(count - 1)
+
+    def _add_extra(self, delta: int) -> None:
+        """One locked update of the batch object count per batch message."""
+        with self._state_locked():
+            extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+            _EXTRA.pack_into(self._view, _EXTRA_OFF, extra + delta)
 
     def _recv_main(self, raw, mtype: int, block: bool) -> int:
         flags = 0 if block else L.IPC_NOWAIT
@@ -402,7 +408,7 @@ class Channel:
             tw.try_acquire()
 
     def qsize(self) -> int:
-        return self._stat_main().msg_qnum + self._extra_word[0]
+        return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
 
     def _stat_main(self) -> L.msqid_ds:
         ds = L.msqid_ds()
@@ -652,7 +658,6 @@ class Channel:
             self._tw_word.release()
             self._rw_word.release()
             self._room_word.release()
-            self._extra_word.release()
             self._view.release()
             L.shmdt(self._address)
 

@@ -10,7 +10,7 @@ frames in the stream queue whose ``mtype`` is that stream id.
     frame:  b"F" | stream_id u64 | seq u32 | chunk            (seq 1..nframes-1)
     abort:  b"A" | stream_id u64                             (the writer died)
     parcel: b"P" | table slot u32 | segment id i32 | length u64
-    batch:  b"B" | count u32 | (length u32 | pickle) * count   (put_many)
+    batch:  b"B" | pickle of a list of objects                 (put_many)
 
 A *parcel* is the large-object path: the pickle waits in a SysV segment of its own
 (listed in the queue's parcel table) and one small message names it.
@@ -25,13 +25,11 @@ __all__ = [
     "PICKLE_MARK", "HEAD", "FRAME", "ABORT", "HEAD_SIZE", "FRAME_HEADER", "WireError",
     "is_single", "stream_id_for", "writer_pid", "split", "parse_head", "parse_frame",
     "encode_abort", "encode_parcel", "parse_parcel", "Reassembly", "PARCEL", "BATCH",
-    "batches", "unpack_batch",
+    "encode_batch", "batch_pickle",
 ]
 
 PICKLE_MARK = 0x80
 HEAD, FRAME, ABORT, PARCEL, BATCH = b"H"[0], b"F"[0], b"A"[0], b"P"[0], b"B"[0]
-_BATCH = struct.Struct("<BI")
-_LEN = struct.Struct("<I")
 _PARCEL = struct.Struct("<BIiQ")
 _HEAD = struct.Struct("<BQQI")
 _FRAME = struct.Struct("<BQI")
@@ -118,60 +116,17 @@ def encode_parcel(slot: int, segment_id: int, length: int) -> bytes:
     return _PARCEL.pack(PARCEL, slot, segment_id, length)
 
 
-def batches(pickles, msgmax: int):
-    """Group consecutive *pickles* into batch messages of at most *msgmax* bytes.
-
-    Yields ``(message, count)``; a pickle too large for a batch of its own is yielded
-    as it is (count 1) for the single-object path.
-    """
-    room = msgmax - _BATCH.size
-    group, size = [], 0
-    for p in pickles:
-        need = _LEN.size + len(p)
-        if need > room:
-            if group:
-                yield _pack_batch(group), len(group)
-                group, size = [], 0
-            yield p, 1
-            continue
-        if size + need > room:
-            yield _pack_batch(group), len(group)
-            group, size = [], 0
-        group.append(p)
-        size += need
-    if group:
-        yield _pack_batch(group), len(group)
+def encode_batch(list_pickle: bytes) -> bytes:
+    """A batch message: the pickle of a list of objects (put_many), marked."""
+    return b"B" + list_pickle
 
 
-def _pack_batch(group) -> bytes:
-    if len(group) == 1:
-        return group[0]
-    parts = [_BATCH.pack(BATCH, len(group))]
-    for p in group:
-        parts.append(_LEN.pack(len(p)))
-        parts.append(p)
-    return b"".join(parts)
-
-
-def unpack_batch(msg) -> List[memoryview]:
-    """The pickles of a batch message, or ``WireError``."""
+def batch_pickle(msg) -> memoryview:
+    """The list pickle inside a batch message, or ``WireError``."""
     view = memoryview(msg)
-    if len(view) < _BATCH.size or view[0] != BATCH:
+    if len(view) < 3 or view[0] != BATCH or view[1] != PICKLE_MARK:
         raise WireError("not a batch message")
-    count = _BATCH.unpack_from(view)[1]
-    out, pos = [], _BATCH.size
-    for _ in range(count):
-        if pos + _LEN.size > len(view):
-            raise WireError("truncated batch message")
-        n = _LEN.unpack_from(view, pos)[0]
-        pos += _LEN.size
-        if n == 0 or pos + n > len(view) or view[pos] != PICKLE_MARK:
-            raise WireError("truncated or foreign batch entry")
-        out.append(view[pos:pos + n])
-        pos += n
-    if pos != len(view) or count < 2:
-        raise WireError("inconsistent batch message")
-    return out
+    return view[1:]
 
 
 def parse_parcel(msg) -> Tuple[int, int, int]:

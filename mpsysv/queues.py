@@ -24,7 +24,7 @@ from typing import Any, Optional
 from . import _libc as L
 from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
     Batch, Channel, _Empty
-from ._wire import batches
+from ._wire import encode_batch
 from ._names import check_name
 from . import _parcels
 
@@ -366,33 +366,53 @@ class _Base:
 
         The semantics of that many ``put()`` calls (order, *mtype*, ``maxsize``: all
         slots are taken or none, ``Full`` otherwise), except that consecutive small
-        objects share a message and one getter takes a shared message whole: its
-        other objects come from that handle's next ``get()`` calls.
+        objects share a message (pickled as one list) and one getter takes a shared
+        message whole: its other objects come from that handle's next ``get()`` calls.
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         if mtype != 1:
             _check_mtype(mtype, False)
-        pickles = []
-        for obj in objs:
+        chunks = list(self._pickle_chunks(list(objs)))
+        count = sum(n for _, n in chunks)
+        if not count:
+            return
+        if self._maxsize:
+            self._take_slots(count, block, timeout)
+        chan = self._chan
+        if self._kind == KIND_JOINABLE:
+            for _ in range(count):
+                chan.task_added()
+        for message, n in chunks:
+            if n > 1:
+                chan.batch_added(n)
+            self._send(message, mtype)
+
+    def _pickle_chunks(self, objs: list):
+        """``(message, object count)`` for *objs*: lists pickled whole while they fit
+        one message (far cheaper per object than one pickle each), split otherwise."""
+        if not objs:
+            return
+        if len(objs) == 1:
             try:
-                pickles.append(self._pickler.dumps(obj))
+                yield self._pickler.dumps(objs[0]), 1
             except Exception as exc:
                 if self._strict:
                     raise
-                self._on_queue_feeder_error(exc, obj)
-        if not pickles:
+                self._on_queue_feeder_error(exc, objs[0])
             return
-        if self._maxsize:
-            self._take_slots(len(pickles), block, timeout)
-        chan = self._chan
-        if self._kind == KIND_JOINABLE:
-            for _ in pickles:
-                chan.task_added()
-        for message, count in batches(pickles, self._msgmax):
-            if count > 1:
-                chan.batch_added(count)
-            self._send(message, mtype)
+        try:
+            data = self._pickler.dumps(objs)
+        except Exception:
+            parts = 2  # find the unpicklable ones, one by one if need be
+        else:
+            if len(data) < self._msgmax:
+                yield encode_batch(data), len(objs)
+                return
+            parts = -(-len(data) * 10 // (self._msgmax * 9))
+        step = -(-len(objs) // parts)
+        for i in range(0, len(objs), step):
+            yield from self._pickle_chunks(objs[i:i + step])
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         slots = self._chan.sems[SLOTS]
