@@ -60,6 +60,7 @@ SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
 # Stream marker states.
 ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
 _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
+_ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 
 _E = errno
@@ -116,6 +117,7 @@ class Channel:
             raise ValueError(f"segment id={ctl_id} is not an mpsysv queue (bad magic {magic!r})")
         self.kind, self.maxsize, self.creator, self.created = kind, maxsize, creator, created
         self.named = bool(flags & _FLAG_NAMED)
+        self.mode = (flags >> 8) & 0o777 or 0o600
         self.main_qid, self.stream_qid, self.semid, self.msgmax = (main_qid, stream_qid, semid,
                                                                    msgmax)
         n = int.from_bytes(self._view[_NAME_OFF:_NAME_OFF + 2], "little")
@@ -128,7 +130,7 @@ class Channel:
         self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
         self._freed = 0
         self._bufs = _Buffers(msgmax)
-        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked)
+        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._detached = False
@@ -174,8 +176,8 @@ class Channel:
                 PosixSemaphore(address + _SEM_OFF + 32 * i).init(value)
             # The magic goes in last: openers by name wait for it.
             _HDR.pack_into(view, 0, MAGIC, 1, kind, maxsize, _getpid(),
-                           _FLAG_NAMED if name else 0, time.time(), main_qid, stream_qid,
-                           semid, msgmax)
+                           (_FLAG_NAMED if name else 0) | (mode << 8), time.time(), main_qid,
+                           stream_qid, semid, msgmax)
         except BaseException:
             for what, ident in created:
                 (L.msgctl if what == "msg" else _semrm)(ident, L.IPC_RMID, None)
@@ -188,12 +190,20 @@ class Channel:
     @classmethod
     def open_name(cls, name: str) -> "Channel":
         """Attach the named queue; ``FileNotFoundError`` when there is none."""
-        ctl_id = L.shmget(_names.name_key("queue", name), 0, 0)
+        key = _names.name_key("queue", name)
+        ctl_id = L.shmget(key, 0, 0)
         if ctl_id == -1:
             err = L.get_errno()
+            if err == _E.EACCES:
+                raise _permission_error("shmget", name, key)
             L.raise_errno(err, "shmget", f"queue {name!r}",
                           "no queue of that name" if err == _E.ENOENT else "")
-        address = _attach(ctl_id)
+        address = L.shmat(ctl_id, None, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            err = L.get_errno()
+            if err == _E.EACCES:
+                raise _permission_error("shmat", name, key)
+            L.raise_errno(err, "shmat", f"queue {name!r} (control segment id={ctl_id})")
         view = memoryview((ctypes.c_char * CTL_SIZE).from_address(address)).cast("B")
         deadline = time.monotonic() + 2.0
         while bytes(view[:8]) != MAGIC and time.monotonic() < deadline:
@@ -399,13 +409,24 @@ class Channel:
                 n = self._recv_main(raw, mtype, False)
                 if n >= 0:
                     return n
-                if not wake.acquire(deadline):
+                if not self.wait(wake, deadline):
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
                         return n
                     raise _Empty
         finally:
             tw.try_acquire()
+
+    def wait(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
+        """Take *sem* by *deadline*, checking about once a second that the queue still
+        exists: a futex in our own mapping would never report a removal from outside."""
+        while True:
+            step = time.monotonic() + _ALIVE_CHECK
+            if sem.acquire(step if deadline is None or deadline > step else deadline):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._stat_main()
 
     def qsize(self) -> int:
         return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
@@ -433,6 +454,7 @@ class Channel:
         self._lock(SEM_STREAM)
         try:
             self._repair_stream()
+            self._purge_others(sid)
             for i in (SPACE, AVAIL, DONE):
                 while self.sems[i].try_acquire():
                     pass
@@ -466,6 +488,7 @@ class Channel:
                 if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
                     if self._reader_gone(sid):
                         return False
+                    self._purge_others(sid)
         finally:
             self._bufs.give(item)
         return True
@@ -489,21 +512,22 @@ class Channel:
         while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT | L.MSG_NOERROR) >= 0:
             pass
 
+    def _purge_others(self, sid: int) -> None:
+        """Under the stream lock only *sid*'s frames belong in the stream queue: drop
+        anything else (a foreign program's messages, a dead stream's leftovers) so it
+        cannot take the room the stream needs. Readers of a dead stream notice its
+        writer is gone and drop their object."""
+        raw = (ctypes.c_char * (8 + self.msgmax))()
+        flags = L.IPC_NOWAIT | L.MSG_NOERROR | L.MSG_EXCEPT
+        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, flags) >= 0:
+            pass
+
     def _repair_stream(self) -> None:
-        """Under the stream lock: clean up after a writer that died holding it."""
-        writer, reader, sid, state = self._mark()
-        if state == ST_IDLE:
-            return
-        self._purge(sid)
-        if state != ST_ABANDONED:
-            # Its head may sit in the main queue or with a reader: tell that reader.
-            abort = _wire.encode_abort(sid)
-            raw = (ctypes.c_char * (8 + len(abort)))()
-            ctypes.c_long.from_buffer(raw).value = sid
-            raw[8:] = abort
-            L.msgsnd(self.stream_qid, raw, len(abort), L.IPC_NOWAIT)
-            self.sems[AVAIL].post()
-        self._set_mark(0, 0, ST_IDLE)
+        """Under the stream lock: forget a stream whose writer died holding the lock.
+        Its frames go with the purge that follows; its reader (present or future)
+        sees the marker no longer names its stream and drops the object."""
+        if self._mark()[3] != ST_IDLE:
+            self._set_mark(0, 0, ST_IDLE)
 
     def _read_stream(self, head: bytes) -> Optional[bytes]:
         """Collect the frames of the stream *head* starts; None if it was dropped."""
@@ -520,19 +544,21 @@ class Channel:
         view = memoryview(raw).cast("B")
         avail, space = self.sems[AVAIL], self.sems[SPACE]
         while not assembly.complete:
-            if not avail.acquire(time.monotonic() + _SLICE):
-                if self._writer_gone(sid):
+            # The frame itself decides; AVAIL is only a doorbell (a token may belong to
+            # another stream), so a missed or stolen token costs at most one slice.
+            n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
+            if n < 0:
+                err = L.get_errno()
+                if err == _E.EINTR:
+                    continue
+                if err != _E.ENOMSG:
+                    self._fail("msgrcv", err)
+                if not avail.acquire(time.monotonic() + _SLICE) and self._writer_gone(sid):
                     warnings.warn(f"{self._what()}: dropped an object whose writer (pid "
                                   f"{_wire.writer_pid(sid)}) died while sending it",
                                   RuntimeWarning, stacklevel=4)
                     return None
                 continue
-            n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
-            if n < 0:
-                err = L.get_errno()
-                if err in (_E.ENOMSG, _E.EINTR):
-                    continue
-                self._fail("msgrcv", err)
             try:
                 assembly.add(view[8:8 + n])
             except _wire.WireError as exc:
@@ -715,6 +741,25 @@ class Batch(list):
 
 class _Empty(Exception):
     """Nothing arrived in time (queues.py turns it into ``queue.Empty``)."""
+
+
+def _permission_error(call: str, name: str, key: int) -> PermissionError:
+    """A PermissionError that says whose queue it is and what its mode allows."""
+    owner = mode = "?"
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header = f.readline().split()
+            for line in f:
+                row = dict(zip(header, line.split()))
+                if int(row["key"]) & 0xFFFFFFFF == key:
+                    owner, mode = row["uid"], row["perms"]
+                    break
+    except (OSError, ValueError, KeyError):
+        pass
+    return PermissionError(_E.EACCES, f"{call}: Permission denied: mpsysv queue {name!r} belongs "
+                                      f"to uid {owner} "
+                                      f"with mode {mode}, which does not let uid {os.getuid()} "
+                                      "in; ask its owner to create it with mode=0o660 or 0o666")
 
 
 def _attach(ctl_id: int) -> int:

@@ -68,7 +68,8 @@ class ParcelTable:
     mappings, because a fresh segment costs a page fault per page on both sides.
     """
 
-    def __init__(self, view: memoryview, owner_id: int, lock: Callable):
+    def __init__(self, view: memoryview, owner_id: int, lock: Callable, mode: int = 0o600):
+        self._mode = mode
         self._view = view
         self._owner = owner_id
         self._lock = lock
@@ -111,7 +112,7 @@ class ParcelTable:
         if slot is None:
             return None
         if segid < 0:
-            segid = L.shmget(L.IPC_PRIVATE, size, L.IPC_CREAT | 0o600)
+            segid = L.shmget(L.IPC_PRIVATE, size, L.IPC_CREAT | self._mode)
             if segid == -1:
                 self._set(slot, 0, 0, FREE)
                 return None

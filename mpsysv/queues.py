@@ -13,6 +13,7 @@ import os
 import pickle
 import threading
 import types
+import warnings
 import weakref
 from collections import deque
 from multiprocessing import util
@@ -159,10 +160,14 @@ class _Feeder:
             try:
                 if not self._flush_locked():
                     self.chan.wait_room(self._flush_locked)
-            except L.RemovedError:
+            except L.RemovedError as exc:
                 with cond:
+                    lost = sum(1 for p, _ in buffer if p is not _SENTINEL)
                     buffer.clear()
                     self.pending = 0
+                if lost:
+                    warnings.warn(f"{exc}; {lost} object(s) this process had put could not "
+                                  "be sent and are lost", RuntimeWarning, stacklevel=1)
                 break
             except Exception as exc:  # pragma: no cover - reported like the stdlib does
                 with cond:
@@ -215,6 +220,8 @@ class _Base:
         if maxsize > L.SEM_VALUE_MAX:
             raise ValueError(f"'maxsize' must be at most {L.SEM_VALUE_MAX}, not {maxsize}")
         maxsize = max(maxsize, 0)
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o777:
+            raise ValueError(f"'mode' must be permission bits in 0..0o777, not {mode!r}")
         if name is None:
             if create:
                 raise ValueError("create=True needs a name (anonymous queues are always new)")
@@ -316,7 +323,7 @@ class _Base:
                 raise Full
             return
         _check_timeout(timeout)
-        if not slots.acquire(None if timeout is None else monotonic() + timeout):
+        if not self._chan.wait(slots, None if timeout is None else monotonic() + timeout):
             raise Full
 
     def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
@@ -421,7 +428,7 @@ class _Base:
         taken = 0
         try:
             while taken < count:
-                if not (slots.acquire(deadline) if block else slots.try_acquire()):
+                if not (self._chan.wait(slots, deadline) if block else slots.try_acquire()):
                     raise Full
                 taken += 1
         except BaseException:
