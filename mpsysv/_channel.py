@@ -65,6 +65,7 @@ _SLICE = 0.25  # how often a stalled stream checks whether its peer is still ali
 
 _E = errno
 _getpid = os.getpid
+_collected = [False]
 
 
 def _alive(pid: int) -> bool:
@@ -142,6 +143,11 @@ class Channel:
     def create(cls, kind: int, maxsize: int, name: Optional[str] = None,
                mode: int = 0o600) -> "Channel":
         """Create the four objects; a named queue's control segment is found by its name."""
+        if not _collected[0]:
+            # Once per program: remove what killed programs left (see _gc).
+            _collected[0] = True
+            from . import _gc
+            _gc.collect_garbage()
         key = _names.name_key("queue", name) if name else L.IPC_PRIVATE
         flags = L.IPC_CREAT | L.IPC_EXCL | mode
         ctl_id = L.shmget(key, CTL_SIZE, flags)
