@@ -1,0 +1,318 @@
+"""``python -m mpsysv ls|stat|clean|rm``: look at mpsysv's kernel objects and clean up.
+
+A thin layer over ``_gc``: it finds and classifies, this module prints and removes on
+request. Exit codes are stable for scripts (see ``EXIT_*``); ``--json`` prints one
+JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Dict, List, Optional
+
+from . import _gc
+from ._names import check_name, name_key
+
+__all__ = ["add_subcommands", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NOT_FOUND",
+           "EXIT_AMBIGUOUS", "EXIT_REFUSED"]
+
+EXIT_OK = 0          # done (clean: also when there was nothing to do)
+EXIT_FAILED = 1      # a removal or a kernel call failed (permissions, ...)
+EXIT_USAGE = 2       # bad arguments (argparse)
+EXIT_NOT_FOUND = 3   # no object matches NAME|ID
+EXIT_AMBIGUOUS = 4   # several objects match: narrow it with --type
+EXIT_REFUSED = 5     # rm of an object that is not mpsysv's, without --force
+
+_EPILOG = ("exit codes: 0 ok, 1 an operation failed, 2 bad usage, 3 not found, "
+           "4 ambiguous (use --type), 5 refused (not mpsysv's; rm --force)")
+_TYPES = ("queue", "segment", "msg", "sem", "shm")
+_ROLE_ORDER = {_gc.QUEUE: 0, _gc.QUEUE_MAIN: 1, _gc.QUEUE_STREAM: 2, _gc.QUEUE_SEMS: 3,
+               _gc.QUEUE_PARCEL: 4}
+
+
+def add_subcommands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "ls", help="list mpsysv's queues, semaphore sets and segments",
+        description="A table of mpsysv's System V objects in this IPC namespace: role, name, "
+                    "key, id, owner, mode, size or bytes/messages, processes attached, creator "
+                    "(and whether it is alive), and state: live, persistent (named; lives "
+                    "until removed), garbage (`clean` removes it), suspect, broken.",
+        epilog=_EPILOG)
+    p.add_argument("-a", "--all", action="store_true",
+                   help="also list System V objects that are not mpsysv's")
+    p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    p.set_defaults(func=cmd_ls)
+
+    p = subparsers.add_parser(
+        "stat", help="everything about one queue or segment",
+        description="Everything the kernel reports about the object (IPC_STAT, semaphore "
+                    "values, waiters) and mpsysv's view (queue header, counters, stream and "
+                    "crash markers, segment trailer). TARGET is a queue or segment name, a "
+                    "kernel id, or a key written 0x....",
+        epilog=_EPILOG)
+    p.add_argument("target", metavar="NAME|ID|0xKEY")
+    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_stat)
+
+    p = subparsers.add_parser(
+        "clean", help="remove garbage (objects no process holds or will clean)",
+        description="Remove mpsysv's garbage: the message queues and semaphore set of a queue "
+                    "whose every holder is gone, track=True segments whose program and tracker "
+                    "were both killed, named queues whose creator died while creating them. "
+                    "Live objects, named queues and track=False segments are never touched.",
+        epilog=_EPILOG)
+    p.add_argument("-n", "--dry-run", action="store_true", help="only print what would go")
+    p.add_argument("--all-users", action="store_true",
+                   help="also other users' garbage (root); default: your own objects only")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_clean)
+
+    p = subparsers.add_parser(
+        "rm", help="remove a queue (all its objects) or a segment",
+        description="Remove a queue (its control segment, message queues and semaphore set) "
+                    "or a segment now, like unlink(): processes still using it get "
+                    "RemovedError, attached segments stay mapped until detached. TARGET is a "
+                    "name, a kernel id (any object of a queue names the whole queue) or 0xKEY.",
+        epilog=_EPILOG)
+    p.add_argument("targets", metavar="NAME|ID|0xKEY", nargs="+")
+    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="also remove objects that are not mpsysv's (like ipcrm)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_rm)
+
+
+# --- ls ----------------------------------------------------------------------------------
+
+def cmd_ls(args) -> int:
+    found = _gc.scan(inspect=True)
+    objects = sorted(found.objects if args.all else found.mpsysv(), key=_sort_key)
+    if args.json:
+        _print_json([o.as_dict() for o in objects])
+        return EXIT_OK
+    if not objects:
+        print("no mpsysv objects" + ("" if args.all else " (--all lists every SysV object)"))
+        return EXIT_OK
+    header = ("KIND", "ROLE", "NAME", "KEY", "ID", "OWNER", "MODE", "SIZE", "HOLDERS",
+              "CREATOR", "STATE")
+    rows = [header] + [_row(o) for o in objects]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    garbage = [o for o in objects if o.garbage]
+    if garbage:
+        print(f"\n{len(garbage)} garbage object(s): `python -m mpsysv clean` removes them")
+    return EXIT_OK
+
+
+def _sort_key(o: _gc.IpcObject):
+    if o.role == _gc.FOREIGN:
+        return (2, o.kind, o.id, 0)
+    if o.role in _ROLE_ORDER:
+        return (0, o.queue if o.queue is not None else -o.key, _ROLE_ORDER[o.role], o.id)
+    return (1, o.id, 0, 0)
+
+
+def _row(o: _gc.IpcObject):
+    if o.creator_pid:
+        alive = {True: "alive", False: "dead", None: "?"}[o.creator_alive]
+        creator = f"{o.creator_pid} {alive}"
+    else:
+        creator = "-"
+    name = o.name or ("(anonymous)" if o.role in _ROLE_ORDER and o.state != "garbage"
+                      else "-")
+    if o.role in (_gc.QUEUE_MAIN, _gc.QUEUE_STREAM, _gc.QUEUE_SEMS, _gc.QUEUE_PARCEL):
+        name = "  " + name
+    holders = "-" if o.holders is None else str(o.holders)
+    return (o.kind, o.role, name, f"{o.key:#010x}", str(o.id), o.owner,
+            f"{o.mode & 0o777:o}", o.size_text(), holders, creator, o.state)
+
+
+# --- stat --------------------------------------------------------------------------------
+
+def cmd_stat(args) -> int:
+    found = _gc.scan(inspect=True)
+    status, matches = _resolve(found, args.target, args.type)
+    if status != EXIT_OK:
+        return status
+    objects = _with_group(found, matches[0])
+    report = [dict(o.as_dict(), kernel=_kernel_stat(o)) for o in objects]
+    if args.json:
+        _print_json(report[0] if len(report) == 1 else {"objects": report})
+        return EXIT_OK
+    first = objects[0]
+    print(f"{first.label()}: {first.state}" + (f" ({first.reason})" if first.reason else ""))
+    for o, d in zip(objects, report):
+        print(f"\n{o.role} — {o.kind} id={o.id} key={o.key:#010x}")
+        _print_tree({k: v for k, v in d.items() if v is not None and k not in
+                     ("kernel", "mpsysv", "role", "kind", "id", "key", "key_hex", "reason")})
+        print("  kernel:")
+        _print_tree(d["kernel"], indent=4)
+        if d["mpsysv"]:
+            print("  mpsysv:")
+            _print_tree(d["mpsysv"], indent=4)
+    return EXIT_OK
+
+
+def _kernel_stat(o: _gc.IpcObject) -> dict:
+    """Everything the kernel says: IPC_STAT, the semaphores, and /proc/sysvipc's extras
+    (resident and swapped bytes of a segment); /proc's row alone when IPC_STAT fails."""
+    from .primitives import MessageQueue, Segment, SemaphoreSet
+
+    try:
+        if o.kind == "msg":
+            out = MessageQueue(id=o.id).stat().as_dict()
+        elif o.kind == "shm":
+            out = Segment(id=o.id).stat().as_dict()
+            out.update(rss=o.fields.get("rss"), swap=o.fields.get("swap"))
+        else:
+            sems = SemaphoreSet(id=o.id)
+            out = sems.stat().as_dict()
+            out["values"] = sems.getall()
+            out["waiting_for_increase"] = [sems.getncnt(i) for i in range(sems.nsems)]
+            out["waiting_for_zero"] = [sems.getzcnt(i) for i in range(sems.nsems)]
+            out["last_pids"] = [sems.getpid(i) for i in range(sems.nsems)]
+    except OSError as exc:
+        return dict(o.fields, error=str(exc))
+    out["mode"] = f"{out['mode']:o}"
+    return out
+
+
+# --- clean -------------------------------------------------------------------------------
+
+def cmd_clean(args) -> int:
+    removed, failed = _gc.collect_garbage(force=True, dry_run=args.dry_run,
+                                          all_users=args.all_users, inspect=True)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "removed": [o.as_dict() for o in removed],
+                     "failed": [{"object": o.as_dict() if o else None, "error": err}
+                                for o, err in failed]})
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for o in removed:
+            print(f"{verb} {o.label()}: {o.reason}")
+        for o, err in failed:
+            print(f"FAILED {o.label() if o else ''}: {err}", file=sys.stderr)
+        if not removed and not failed:
+            print("no garbage")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --- rm ----------------------------------------------------------------------------------
+
+def cmd_rm(args) -> int:
+    found = _gc.scan(inspect=True)
+    plan: List[_gc.IpcObject] = []
+    for target in args.targets:
+        status, matches = _resolve(found, target, args.type)
+        if status != EXIT_OK:
+            return status
+        group = _with_group(found, matches[0])
+        foreign = [o for o in group if o.role == _gc.FOREIGN]
+        if foreign and not args.force:
+            print(f"mpsysv rm: {target}: {foreign[0].kind} id={foreign[0].id} is not an mpsysv "
+                  "object; refusing (use --force, or ipcrm)", file=sys.stderr)
+            return EXIT_REFUSED
+        plan.extend(o for o in group if o not in plan)
+    # A queue's message queues and semaphore set go before its control segment.
+    plan.sort(key=lambda o: o.kind == "shm")
+    removed, failed = [], []
+    for o in plan:
+        try:
+            _gc.remove(o)
+        except OSError as exc:
+            failed.append((o, str(exc)))
+        else:
+            removed.append(o)
+    if args.json:
+        _print_json({"removed": [o.as_dict() for o in removed],
+                     "failed": [{"object": o.as_dict(), "error": e} for o, e in failed]})
+    else:
+        for o in removed:
+            note = ""
+            if o.kind == "shm" and o.holders:
+                note = f" ({o.holders} process(es) still attached keep their mapping)"
+            print(f"removed {o.label()}{note}")
+        for o, err in failed:
+            print(f"FAILED {o.label()}: {err}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# --- finding what a target names ---------------------------------------------------------
+
+def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
+    """``(EXIT_OK, [object])`` or an error status (after printing why)."""
+    kinds = {"msg": ("msg",), "sem": ("sem",), "shm": ("shm",)}.get(type_, _gc.KINDS)
+    if target.isdigit():
+        matches = [o for o in found.objects if o.id == int(target) and o.kind in kinds]
+    elif target.lower().startswith("0x"):
+        try:
+            key = int(target, 16)
+        except ValueError:
+            print(f"mpsysv: {target!r} is not a hexadecimal key", file=sys.stderr)
+            return EXIT_USAGE, []
+        matches = [o for o in found.objects if o.key == key and o.kind in kinds]
+    else:
+        try:
+            bare = check_name(target)
+        except (TypeError, ValueError) as exc:
+            print(f"mpsysv: {exc}", file=sys.stderr)
+            return EXIT_USAGE, []
+        keys = {"queue": name_key("queue", bare), "segment": name_key("shm", bare)}
+        wanted = [type_] if type_ in keys else list(keys)
+        matches = []
+        for o in found.objects:
+            if o.kind != "shm":
+                continue
+            is_queue = o.role == _gc.QUEUE
+            is_segment = o.role in (_gc.SHM, _gc.SHAREABLE_LIST)
+            if ((o.name == bare and (("queue" in wanted and is_queue)
+                                     or ("segment" in wanted and is_segment)))
+                    or (o.name is None and o.key in (keys[w] for w in wanted))):
+                matches.append(o)
+    if not matches:
+        print(f"mpsysv: no System V object matches {target!r}"
+              + (f" (--type {type_})" if type_ else ""), file=sys.stderr)
+        return EXIT_NOT_FOUND, []
+    if len(matches) > 1:
+        print(f"mpsysv: {target!r} is ambiguous: "
+              + ", ".join(m.label() for m in matches) + "; narrow it with --type",
+              file=sys.stderr)
+        return EXIT_AMBIGUOUS, []
+    return EXIT_OK, matches
+
+
+def _with_group(found: "_gc.Scan", obj: "_gc.IpcObject") -> List["_gc.IpcObject"]:
+    """*obj* with the other objects of its queue (control segment first), if any."""
+    if obj.queue is not None:
+        return found.queue_members(obj.queue) or [obj]
+    if obj.role in (_gc.QUEUE_MAIN, _gc.QUEUE_STREAM, _gc.QUEUE_SEMS):
+        slot = _gc.group_of(obj)
+        members = [o for o in found.objects
+                   if o.role in _ROLE_ORDER and o.queue is None and _gc.group_of(o) == slot]
+        return sorted(members, key=lambda o: _ROLE_ORDER[o.role])
+    return [obj]
+
+
+# --- output ------------------------------------------------------------------------------
+
+def _print_json(value) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _print_tree(d: Dict, indent: int = 2) -> None:
+    for key, value in d.items():
+        if isinstance(value, dict):
+            print(" " * indent + f"{key}:")
+            _print_tree(value, indent + 2)
+            continue
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (key.endswith("time") or key == "created")):
+            value = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+                     if value else "never")
+        print(" " * indent + f"{key}: {value}")
+

@@ -1,0 +1,598 @@
+"""Which System V objects are mpsysv's, which of those are garbage, and removing the garbage.
+
+Identity comes from the objects themselves, never from sizes: a queue's two message
+queues and semaphore set carry keys tagged with their control segment's slot and
+sequence bits (``_names.sub_key``), a control segment starts with the queue magic, a
+parcel segment starts with its own magic and its queue's control segment id, a
+``mpsysv.shared`` segment ends in its trailer. Garbage is only what no process can
+reach or will clean any more; an object that might be live is always left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from . import _channel as _ch
+from . import _libc as L
+from . import _names
+from . import _parcels
+from . import _tracker
+
+__all__ = ["IpcObject", "Scan", "scan", "collect_garbage", "remove", "group_of", "process_alive"]
+
+KINDS = ("msg", "sem", "shm")
+# Roles of mpsysv's objects (anything else is "foreign").
+QUEUE, QUEUE_MAIN, QUEUE_STREAM, QUEUE_SEMS = "queue", "queue.main", "queue.stream", "queue.sems"
+QUEUE_PARCEL = "queue.parcel"
+SHM, SHAREABLE_LIST = "shm", "shareable-list"
+FOREIGN = "foreign"
+_SUB_ROLES = {1: QUEUE_MAIN, 2: QUEUE_STREAM, 3: QUEUE_SEMS}
+_SUB_KIND = {1: "msg", 2: "msg", 3: "sem"}
+_SHM_ROLES = {_tracker.PURPOSE_SHARED_MEMORY: SHM, _tracker.PURPOSE_SHAREABLE_LIST: SHAREABLE_LIST}
+_SHM_DEST = 0o1000
+# A control segment's header can be read only while no holder is deciding whether it
+# is the last one (that decision counts attachments): under the queue's state lock.
+_LOCK_TIMEOUT = 1.0
+# A creator's process must have started before the queue's creation time, give or take
+# the clock tick granularity of /proc.
+_START_SLACK = 2.0
+_FAILED = ctypes.c_void_p(-1).value
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class IpcObject:
+    """One kernel object as /proc/sysvipc reports it, plus what mpsysv knows of it."""
+
+    kind: str                         # "msg", "sem" or "shm"
+    id: int
+    key: int                          # unsigned, as ipcs prints it
+    mode: int                         # permission bits and, for shm, SHM_DEST etc.
+    uid: int
+    cuid: int
+    fields: Dict[str, int]            # every column of /proc/sysvipc/<kind>
+    role: str = FOREIGN
+    name: Optional[str] = None
+    queue: Optional[int] = None       # the control segment id of a queue's object
+    creator_pid: Optional[int] = None
+    created: Optional[float] = None   # seconds since the epoch
+    creator_alive: Optional[bool] = None
+    holders: Optional[int] = None     # processes attached (a queue's: its control segment's)
+    state: str = "live"               # live persistent unlinked garbage suspect broken unknown
+    reason: str = ""
+    view: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def garbage(self) -> bool:
+        return self.state == "garbage"
+
+    @property
+    def owner(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    def size_text(self) -> str:
+        f = self.fields
+        if self.kind == "shm":
+            return f"{f['size']} B"
+        if self.kind == "msg":
+            return f"{f['cbytes']} B/{f['qnum']} msg"
+        return f"{f['nsems']} sems"
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "id": self.id, "key": self.key, "key_hex": f"{self.key:#010x}",
+                "role": self.role, "name": self.name, "queue": self.queue, "owner": self.owner,
+                "uid": self.uid, "mode": f"{self.mode & 0o777:o}",
+                "creator_pid": self.creator_pid, "created": self.created,
+                "creator_alive": self.creator_alive, "holders": self.holders,
+                "state": self.state, "reason": self.reason, "kernel": dict(self.fields),
+                "mpsysv": dict(self.view)}
+
+    def label(self) -> str:
+        what = f"{self.role} {self.name!r}" if self.name else self.role
+        return f"{what} ({self.kind} id={self.id} key={self.key:#010x})"
+
+
+@dataclass
+class Scan:
+    """Every object of this IPC namespace, classified."""
+
+    objects: List[IpcObject]
+
+    def mpsysv(self) -> List[IpcObject]:
+        return [o for o in self.objects if o.role != FOREIGN]
+
+    def garbage(self) -> List[IpcObject]:
+        return [o for o in self.objects if o.garbage]
+
+    def queue_members(self, ctl_id: int) -> List[IpcObject]:
+        """The objects of the queue whose control segment is *ctl_id* (itself first)."""
+        members = [o for o in self.objects if o.queue == ctl_id]
+        members.sort(key=lambda o: (o.role != QUEUE, o.role))
+        return members
+
+
+# --- reading the kernel's tables ---------------------------------------------------------
+
+def _read_table(kind: str) -> List[IpcObject]:
+    rows = []
+    try:
+        f = open(f"/proc/sysvipc/{kind}")
+    except OSError:
+        return rows
+    with f:
+        header = f.readline().split()
+        for line in f:
+            values = line.split()
+            if len(values) < len(header):
+                continue
+            cols = {}
+            for name, value in zip(header, values):
+                cols[name] = int(value, 8) if name == "perms" else int(value)
+            ident = cols.get("msqid", cols.get("semid", cols.get("shmid")))
+            rows.append(IpcObject(kind, ident, cols["key"] & 0xFFFFFFFF, cols["perms"],
+                                  cols["uid"], cols["cuid"], cols))
+    return rows
+
+
+def _proc_stat(pid: int) -> Optional[List[bytes]]:
+    """The fields of /proc/PID/stat after the command name; None when gone or a zombie."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if rest[0] in (b"Z", b"X") else rest
+
+
+def process_start(pid: int) -> Optional[float]:
+    """When process *pid* started (seconds since the epoch), None if it is gone or a zombie."""
+    rest = _proc_stat(pid)
+    return None if rest is None else _boot_time() + int(rest[19]) / _CLK_TCK
+
+
+def process_alive(pid: int, started_before: Optional[float] = None,
+                  start_ticks: Optional[int] = None) -> bool:
+    """True when *pid* is a live process that is plausibly the one meant: started before
+    *started_before* (epoch seconds), or with exactly *start_ticks* when that is known."""
+    if start_ticks:
+        rest = _proc_stat(pid)
+        return rest is not None and int(rest[19]) == start_ticks
+    start = process_start(pid)
+    if start is None:
+        return False
+    return started_before is None or start <= started_before + _START_SLACK
+
+
+_boot = None
+
+
+def _boot_time() -> float:
+    global _boot
+    if _boot is None:
+        _boot = 0.0
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("btime "):
+                        _boot = float(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return _boot
+
+
+# --- reading mpsysv's own headers --------------------------------------------------------
+
+def _attach_readonly(shm_id: int) -> Optional[int]:
+    address = L.shmat(shm_id, None, L.SHM_RDONLY)
+    if address is None or address == _FAILED:
+        return None
+    return address
+
+
+def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
+    """The control segment's header and counters, read under the queue's state lock
+    (so that no holder miscounts the attachments while this process is attached).
+    None when it cannot be read (permissions, or the lock is busy)."""
+    locked = False
+    if semid is not None:
+        op = L.sembuf(_ch.SEM_STATE, -1, L.SEM_UNDO)
+        ts = L.relative_timespec(_LOCK_TIMEOUT)
+        if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == -1:
+            return None
+        locked = True
+    try:
+        address = _attach_readonly(ctl.id)
+        if address is None:
+            return None
+        try:
+            raw = ctypes.string_at(address, _ch.CTL_SIZE)
+            counters = [_ch.PosixSemaphore(address + _ch._SEM_OFF + 32 * i).value
+                        for i in range(_ch._NSEMS)]
+        finally:
+            L.shmdt(address)
+    finally:
+        if locked:
+            op = L.sembuf(_ch.SEM_STATE, 1, L.SEM_UNDO)
+            L.semop(semid, L.byref(op), 1)
+    return _parse_queue_header(raw, counters)
+
+
+def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
+    if raw[:8] != _ch.MAGIC:
+        return {"magic": raw[:8].hex(), "being_created": not raw[:8].strip(b"\0")}
+    (_, version, kind, maxsize, creator, flags, created, main_qid, stream_qid, semid,
+     msgmax) = _ch._HDR.unpack_from(raw)
+    n = int.from_bytes(raw[_ch._NAME_OFF:_ch._NAME_OFF + 2], "little")
+    name = raw[_ch._NAME_OFF + 2:_ch._NAME_OFF + 2 + n].decode("utf-8", "replace") if n else None
+    writer, reader, sid, state = _ch._MARK.unpack_from(raw, _ch._MARK_OFF)
+    (state_pid,) = struct.unpack_from("<i", raw, _ch._STATE_MARK_OFF)
+    names = ("timed_waiters", "wakeups", "free_slots", "stream_space", "stream_frames",
+             "stream_done", "unfinished_tasks", "feeders_waiting_for_room", "room_wakeups")
+    states = {_parcels.FILLING: "filling", _parcels.SENT: "sent", _parcels.READING: "reading",
+              _parcels.POOLED: "pooled"}
+    parcels = []
+    for slot in range(_parcels.NSLOTS):
+        segid, writer, state, reader, size = _parcels._ENTRY.unpack_from(
+            raw, _parcels.TABLE_OFF + slot * _parcels._ENTRY.size)
+        if state != _parcels.FREE:
+            parcels.append({"slot": slot, "segment_id": segid, "state": states.get(state, state),
+                            "writer_pid": writer, "reader_pid": reader, "size": size})
+    return {
+        "magic": _ch.MAGIC.decode(), "version": version,
+        "type": _ch.KIND_NAMES.get(kind, f"kind {kind}"), "maxsize": maxsize,
+        "name": name, "named": bool(flags & _ch._FLAG_NAMED), "creator_pid": creator,
+        "created": created, "main_qid": main_qid, "stream_qid": stream_qid, "semid": semid,
+        "msgmax": msgmax, "counters": dict(zip(names, counters)),
+        "stream_marker": {"writer_pid": writer, "reader_pid": reader, "stream_id": sid,
+                          "state": {0: "idle", 1: "streaming", 3: "abandoned"}.get(state,
+                                                                                   state)},
+        "task_update_in_progress_by": state_pid, "parcels": parcels,
+    }
+
+
+def _read_trailer(seg: IpcObject) -> Optional[_tracker.Identity]:
+    size = seg.fields["size"]
+    if size < _tracker.TRAILER_SIZE:
+        return None
+    address = _attach_readonly(seg.id)
+    if address is None:
+        return None
+    try:
+        raw = ctypes.string_at(address + size - _tracker.TRAILER_SIZE, _tracker.TRAILER_SIZE)
+    finally:
+        L.shmdt(address)
+    identity = _tracker.parse_identity(raw)
+    if identity is None or identity.size + _tracker.TRAILER_SIZE != size:
+        return None
+    return identity
+
+
+def _ctl_magic_is_blank(ctl: IpcObject) -> bool:
+    address = _attach_readonly(ctl.id)
+    if address is None:
+        return False
+    try:
+        return not ctypes.string_at(address, 8).strip(b"\0")
+    finally:
+        L.shmdt(address)
+
+
+# --- classification ----------------------------------------------------------------------
+
+def group_of(obj: IpcObject) -> Optional[Tuple[int, int]]:
+    """The (slot, sequence bits) of the control segment a tagged key names, else None."""
+    parsed = _names.parse_sub_key(obj.key)
+    return None if parsed is None else parsed[1:]
+
+
+def _slot(ident: int) -> Tuple[int, int]:
+    """What a tagged key keeps of an id: the 15-bit slot index and 7 sequence bits."""
+    parsed = _names.parse_sub_key(_names.sub_key(ident, 1))
+    return parsed[1], parsed[2]
+
+
+def scan(*, inspect: bool = True, uid: Optional[int] = None) -> Scan:
+    """Classify every object of this IPC namespace.
+
+    *inspect* attaches every readable segment for a moment to read its header or
+    trailer (what ``ls`` shows); without it only the segments that may be garbage are
+    read, which keeps the automatic collection cheap. The tables are read in the order
+    message queues, semaphore sets, segments: a queue makes its control segment before
+    its other objects, so any queue object seen has its control segment listed after
+    it unless that segment is really gone. With *uid*, segments of other users are not
+    read (only what the collection may remove is looked at).
+    """
+    msgs = _read_table("msg")
+    sems = _read_table("sem")
+    shms = _read_table("shm")
+    by_slot = {_slot(s.id): s for s in shms}
+    groups: Dict[Tuple[int, int], Dict[int, IpcObject]] = {}
+    for obj in msgs + sems:
+        parsed = _names.parse_sub_key(obj.key)
+        if parsed is None:
+            continue
+        purpose, slot, seq7 = parsed
+        if _SUB_KIND.get(purpose) != obj.kind or (obj.kind == "sem" and obj.fields["nsems"] != 3):
+            continue  # a foreign object whose key happens to carry the tag
+        groups.setdefault((slot, seq7), {})[purpose] = obj
+
+    ctls: Dict[int, IpcObject] = {}
+    for where, members in groups.items():
+        ctl = by_slot.get(where)
+        for purpose, obj in members.items():
+            obj.role = _SUB_ROLES[purpose]
+        if ctl is not None:
+            ctl.role, ctl.queue = QUEUE, ctl.id
+            ctls[ctl.id] = ctl
+            for obj in members.values():
+                obj.queue = ctl.id
+            continue
+        if len(members) >= 2:
+            reason = ("its queue's control segment is gone: every process that held the "
+                      "queue exited or was killed")
+            for obj in members.values():
+                obj.state, obj.reason = "garbage", reason
+        else:
+            # One lone object with a tagged key could be a foreign key that looks like ours.
+            for obj in members.values():
+                obj.state = "suspect"
+                obj.reason = ("a lone object with an mpsysv queue key whose queue is gone; "
+                              "not removed automatically (`python -m mpsysv rm ID` does)")
+
+    shm_ids = {s.id for s in shms}
+    for seg in shms:
+        if uid is not None and uid not in (seg.uid, seg.cuid):
+            continue
+        if seg.id in ctls:
+            _classify_ctl(seg, groups.get(_slot(seg.id), {}), inspect)
+        elif seg.key == 0 and (inspect or _may_be_orphan_parcel(seg)):
+            if not _classify_parcel(seg, shm_ids):
+                _classify_segment(seg, inspect)
+        elif inspect or _may_be_garbage_segment(seg):
+            _classify_segment(seg, inspect)
+    for seg in shms:
+        owner = ctls.get(seg.queue) if seg.role == QUEUE_PARCEL else None
+        if owner is not None:
+            seg.name = owner.name
+    for ctl in ctls.values():
+        for obj in groups.get(_slot(ctl.id), {}).values():
+            obj.name, obj.holders = ctl.name, ctl.holders
+            obj.creator_pid, obj.created = ctl.creator_pid, ctl.created
+            obj.creator_alive = ctl.creator_alive
+            if ctl.state in ("garbage", "persistent"):
+                obj.state, obj.reason = ctl.state, ctl.reason
+    return Scan(msgs + sems + shms)
+
+
+def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) -> None:
+    f = ctl.fields
+    ctl.holders = f["nattch"]
+    ctl.creator_pid = f["cpid"] or None
+    blank_named = (ctl.key != 0 and f["size"] == _ch.CTL_SIZE and f["nattch"] == 0
+                   and f["cpid"] and not process_alive(f["cpid"]) and len(members) >= 2)
+    if blank_named and _ctl_magic_is_blank(ctl):
+        ctl.state = "garbage"
+        ctl.creator_alive = False
+        ctl.reason = ("a named queue whose creator died while creating it (its name could "
+                      "never be used again)")
+        return
+    if not inspect:
+        return
+    sems = members.get(3)
+    header = _read_queue_header(ctl, sems.id if sems is not None else None)
+    if header is None:
+        ctl.state, ctl.reason = "unknown", "header not readable (permissions or busy)"
+        return
+    ctl.view = header
+    if "version" not in header:
+        ctl.state, ctl.reason = "live", "being created"
+        ctl.creator_alive = process_alive(f["cpid"])
+        return
+    ctl.name = header["name"]
+    ctl.created = header["created"]
+    ctl.creator_pid = header["creator_pid"]
+    same_ns = f["cpid"] == header["creator_pid"]
+    ctl.creator_alive = (process_alive(header["creator_pid"], header["created"])
+                         if same_ns else None)
+    if header["named"] and ctl.mode & _SHM_DEST:
+        ctl.state = "unlinked"
+        ctl.reason = "removed by name; the kernel frees it when its last holder detaches"
+        return
+    expected = {1: header["main_qid"], 2: header["stream_qid"], 3: header["semid"]}
+    missing = [p for p, ident in expected.items()
+               if p not in members or members[p].id != ident]
+    if missing:
+        ctl.state = "broken"
+        ctl.reason = ("its " + ", ".join(_SUB_ROLES[p] for p in missing) + " was removed "
+                      "from outside (ipcrm, RemoveIPC=yes); every call raises RemovedError")
+    elif header["named"]:
+        ctl.state = "persistent"
+        ctl.reason = "a named queue: it lives until unlink() or `python -m mpsysv rm`"
+
+
+def _may_be_garbage_segment(seg: IpcObject) -> bool:
+    """A cheap filter: unattached, not being removed, created by a process that is gone."""
+    f = seg.fields
+    return (f["nattch"] == 0 and not seg.mode & _SHM_DEST and f["cpid"] != 0
+            and f["size"] >= _tracker.TRAILER_SIZE and not process_alive(f["cpid"]))
+
+
+def _may_be_orphan_parcel(seg: IpcObject) -> bool:
+    return seg.fields["nattch"] == 0 and not seg.mode & _SHM_DEST
+
+
+def _classify_parcel(seg: IpcObject, shm_ids: set) -> bool:
+    """True when *seg* is a parcel (a large object, or a pooled segment, of a queue)."""
+    if seg.fields["size"] < _parcels.HEADER.size:
+        return False
+    address = _attach_readonly(seg.id)
+    if address is None:
+        return False
+    try:
+        raw = ctypes.string_at(address, _parcels.HEADER.size)
+    finally:
+        L.shmdt(address)
+    magic, owner, writer, created = _parcels.HEADER.unpack(raw)
+    if magic != _parcels.MAGIC:
+        return False
+    seg.role, seg.queue, seg.holders = QUEUE_PARCEL, owner, seg.fields["nattch"]
+    seg.creator_pid, seg.created = writer, created
+    seg.creator_alive = process_alive(writer, created)
+    seg.view = {"magic": magic.decode(), "queue_control_segment": owner, "writer_pid": writer,
+                "created": created}
+    if owner not in shm_ids and seg.fields["nattch"] == 0 and not seg.mode & _SHM_DEST:
+        seg.state = "garbage"
+        seg.reason = ("a parcel (large object or pooled segment) of a queue that is gone: "
+                      "every process that held the queue exited or was killed")
+    return True
+
+
+def _classify_segment(seg: IpcObject, inspect: bool) -> None:
+    f = seg.fields
+    seg.holders = f["nattch"]
+    if inspect and f["size"] == _ch.CTL_SIZE:
+        address = _attach_readonly(seg.id)
+        if address is not None:
+            try:
+                magic = ctypes.string_at(address, 8)
+            finally:
+                L.shmdt(address)
+            if magic == _ch.MAGIC:
+                # A queue without its message queues: they were removed from outside.
+                seg.role = QUEUE
+                seg.queue = seg.id
+                _classify_ctl(seg, {}, inspect)
+                return
+    identity = _read_trailer(seg)
+    if identity is None:
+        return
+    seg.role = _SHM_ROLES.get(identity.purpose, SHM)
+    seg.name = identity.name
+    seg.creator_pid = identity.creator_pid
+    seg.created = identity.ctime_ns / 1e9
+    tracked = bool(identity.flags & _tracker.FLAG_TRACKED)
+    same_ns = f["cpid"] == identity.creator_pid
+    creator_alive = process_alive(identity.creator_pid, start_ticks=identity.creator_start)
+    tracker_alive = bool(identity.tracker_pid) and process_alive(
+        identity.tracker_pid, start_ticks=identity.tracker_start)
+    seg.creator_alive = creator_alive if same_ns else None
+    seg.view = {"name": identity.name, "size": identity.size, "format_version": identity.version,
+                "purpose": seg.role, "tracked": tracked,
+                "hugetlb": bool(identity.flags & _tracker.FLAG_HUGETLB),
+                "creator_pid": identity.creator_pid, "creator_start_ticks": identity.creator_start,
+                "created_ns": identity.ctime_ns, "tracker_pid": identity.tracker_pid,
+                "tracker_start_ticks": identity.tracker_start, "tracker_alive": tracker_alive}
+    if seg.mode & _SHM_DEST:
+        seg.state, seg.reason = "live", "unlinked; freed when the last process detaches"
+    elif not tracked:
+        seg.state = "persistent"
+        seg.reason = "track=False: it lives until unlink() or `python -m mpsysv rm`"
+    elif (same_ns and not creator_alive and not tracker_alive and f["nattch"] == 0):
+        seg.state = "garbage"
+        seg.reason = ("track=True, and its creator and the creator's tracker are gone "
+                      "without removing it (both killed)")
+
+
+# --- removal ---------------------------------------------------------------------------------
+
+def _still_same(obj: IpcObject) -> bool:
+    """The id still names the object that was classified (same key, nothing attached)."""
+    if obj.kind == "msg":
+        ds = L.msqid_ds()
+        if L.msgctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
+            return False
+        return ds.msg_perm.key & 0xFFFFFFFF == obj.key
+    if obj.kind == "sem":
+        ds = L.semid_ds()
+        if L.semctl(obj.id, 0, L.IPC_STAT, ctypes.addressof(ds)) == -1:
+            return False
+        return ds.sem_perm.key & 0xFFFFFFFF == obj.key
+    ds = L.shmid_ds()
+    if L.shmctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
+        return False
+    if ds.shm_perm.key & 0xFFFFFFFF != obj.key:
+        return False
+    if obj.state != "garbage":
+        return True
+    if obj.role == QUEUE_PARCEL and L.shmctl(obj.queue, L.IPC_STAT, L.byref(L.shmid_ds())) == 0:
+        # Its queue was created while the table was being read: a live parcel after all.
+        return False
+    return ds.shm_nattch == 0
+
+
+def remove(obj: IpcObject) -> None:
+    """``IPC_RMID`` *obj* by id (an ``OSError`` subclass when that fails)."""
+    if obj.kind == "msg":
+        rc, call = L.msgctl(obj.id, L.IPC_RMID, None), "msgctl(IPC_RMID)"
+    elif obj.kind == "sem":
+        rc, call = L.semctl(obj.id, 0, L.IPC_RMID, 0), "semctl(IPC_RMID)"
+    else:
+        rc, call = L.shmctl(obj.id, L.IPC_RMID, None), "shmctl(IPC_RMID)"
+    if rc == -1:
+        L.raise_errno(L.get_errno(), call, f"{obj.kind} id={obj.id}")
+
+
+def _ours(obj: IpcObject) -> bool:
+    me = os.geteuid()
+    return obj.uid == me or obj.cuid == me
+
+
+_lock = threading.Lock()
+_collected = False
+
+
+def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bool = False,
+                    inspect: bool = False) -> Tuple[List[IpcObject], List[Tuple[IpcObject, str]]]:
+    """Remove mpsysv's garbage in this IPC namespace: ``(removed, failed)``.
+
+    Runs once per program (fork children inherit "done"; ``force=True`` runs again).
+    Removes only this user's objects unless *all_users*. Never raises: a failure to
+    read or remove is reported in *failed* and the object is left as it is.
+    """
+    global _collected
+    with _lock:
+        if _collected and not force:
+            return [], []
+        _collected = True
+        try:
+            found = scan(inspect=inspect, uid=None if all_users else os.geteuid())
+        except Exception as exc:  # noqa: BLE001 - collection must never break a program
+            return [], [(None, f"scan failed: {exc}")]
+        removed, failed = [], []
+        # A queue's message queues and semaphore set go before its control segment.
+        order = sorted(found.garbage(), key=lambda o: (o.kind == "shm", o.id))
+        for obj in order:
+            if not (all_users or _ours(obj)):
+                continue
+            if dry_run:
+                removed.append(obj)
+                continue
+            try:
+                if not _still_same(obj):
+                    continue
+                remove(obj)
+            except OSError as exc:
+                failed.append((obj, str(exc)))
+            else:
+                removed.append(obj)
+        return removed, failed
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,248 @@
+"""``python -m mpsysv ls|stat|clean|rm``: tables, JSON, exit codes, and that clean and rm
+remove exactly what they say.
+
+Most calls go through ``mpsysv.cli.main`` in this process (fast); a few run the real
+``python -m mpsysv`` in a subprocess.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import suppress
+
+import pytest
+
+from mpsysv import _admin
+from mpsysv import _gc
+from mpsysv import _libc as L
+from mpsysv import JoinableQueue, Queue, RemovedError
+from mpsysv.cli import main
+from mpsysv.shared import SharedMemory
+
+from .helpers import unique_name
+
+
+def run(capsys, *argv):
+    """``(exit code, stdout, stderr)`` of the CLI run in this process."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def make_garbage() -> None:
+    """A forked child creates a queue holding a parcel and is SIGKILLed: the queue's
+    message queues, semaphore set and parcel segment are left behind."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        q = Queue()
+        q.put(b"g" * 100_000)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@pytest.fixture
+def objects():
+    """A live anonymous queue, a named JoinableQueue and a named segment."""
+    q = Queue()
+    q.put("one")
+    name = unique_name("jobs")
+    jq = JoinableQueue(name=name, create=True)
+    jq.put("task")
+    seg = SharedMemory(unique_name("seg"), create=True, size=1000)
+    yield q, jq, seg
+    for thing in (jq, seg):
+        with suppress(FileNotFoundError, OSError):
+            thing.unlink()
+    seg.close()
+    jq.close()
+    q.close()
+
+
+@pytest.mark.parametrize("command", ["ls", "stat", "clean", "rm"])
+def test_every_subcommand_documents_itself_and_its_exit_codes(command):
+    out = subprocess.run([sys.executable, "-m", "mpsysv", command, "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--json" in out.stdout and "exit codes" in out.stdout
+
+
+def test_ls_shows_each_object_with_role_name_holders_and_creator(capsys, objects):
+    q, jq, seg = objects
+    foreign = L.msgget(0x7EADBEEF, L.IPC_CREAT | 0o600)
+    try:
+        code, out, _ = run(capsys, "ls")
+        assert code == 0
+        header = out.splitlines()[0].split()
+        assert header == ["KIND", "ROLE", "NAME", "KEY", "ID", "OWNER", "MODE", "SIZE",
+                          "HOLDERS", "CREATOR", "STATE"]
+        assert jq.name in out and seg.name in out and "(anonymous)" in out
+        assert f"{os.getpid()} alive" in out
+        assert "0x7eadbeef" not in out
+
+        rows = run_json(capsys, "ls")
+        by_id = {(r["kind"], r["id"]): r for r in rows}
+        ctl = by_id[("shm", jq._chan.ctl_id)]
+        assert (ctl["role"], ctl["name"], ctl["holders"], ctl["state"]) == (
+            "queue", jq.name, 1, "persistent")
+        assert ctl["mpsysv"]["type"] == "JoinableQueue"
+        assert ctl["creator_pid"] == os.getpid() and ctl["creator_alive"] is True
+        main_q = by_id[("msg", q._chan.main_qid)]
+        assert (main_q["role"], main_q["queue"], main_q["kernel"]["qnum"]) == (
+            "queue.main", q._chan.ctl_id, 1)
+        assert by_id[("sem", q._chan.semid)]["role"] == "queue.sems"
+        segment = by_id[("shm", seg.id)]
+        assert (segment["role"], segment["name"], segment["mode"]) == ("shm", seg.name, "600")
+        assert segment["mpsysv"]["size"] == 1000 and segment["mpsysv"]["tracked"] is True
+
+        everything = run_json(capsys, "ls", "--all")
+        assert [r["role"] for r in everything if r["id"] == foreign and r["kind"] == "msg"] \
+            == ["foreign"]
+    finally:
+        L.msgctl(foreign, L.IPC_RMID, None)
+
+
+def test_ls_with_nothing_to_show(capsys):
+    code, out, _ = run(capsys, "ls")
+    assert (code, out.strip()) == (0, "no mpsysv objects (--all lists every SysV object)")
+    assert run_json(capsys, "ls") == []
+
+
+def test_stat_shows_the_kernel_view_and_mpsysvs_view(capsys, objects):
+    q, jq, seg = objects
+    report = run_json(capsys, "stat", jq.name)
+    roles = [o["role"] for o in report["objects"]]
+    assert roles[0] == "queue" and sorted(roles[1:]) == ["queue.main", "queue.sems",
+                                                         "queue.stream"]
+    ctl = report["objects"][0]
+    assert ctl["mpsysv"]["counters"]["unfinished_tasks"] == 1
+    assert ctl["mpsysv"]["main_qid"] == jq._chan.main_qid
+    assert ctl["kernel"]["shm_nattch"] == 1 and ctl["kernel"]["shm_segsz"] == 4096
+    sems = next(o for o in report["objects"] if o["role"] == "queue.sems")
+    assert sems["kernel"]["values"][:2] == [1, 1]  # stream and state locks are free
+    main_q = next(o for o in report["objects"] if o["role"] == "queue.main")
+    assert main_q["kernel"]["msg_qnum"] == 1 and main_q["kernel"]["msg_qbytes"] > 0
+
+    # Any object of a queue, by id, names the whole queue; text output has both views.
+    code, out, _ = run(capsys, "stat", str(q._chan.stream_qid))
+    assert code == 0
+    assert out.startswith("queue (shm id=") and "kernel:" in out and "mpsysv:" in out
+    assert "msg_qbytes" in out and "free_slots" in out
+
+    segment = run_json(capsys, "stat", seg.name)
+    assert segment["id"] == seg.id and segment["mpsysv"]["name"] == seg.name
+    assert segment["kernel"]["shm_segsz"] == 1000 + 256
+
+
+def test_stat_and_rm_exit_codes(capsys, objects):
+    q, jq, seg = objects
+    code, _, err = run(capsys, "stat", "no-such-name")
+    assert code == _admin.EXIT_NOT_FOUND and "no System V object matches" in err
+    assert run(capsys, "stat", "99999999")[0] == _admin.EXIT_NOT_FOUND
+    assert run(capsys, "rm", "no-such-name")[0] == _admin.EXIT_NOT_FOUND
+    code, _, err = run(capsys, "stat", "bad/name")
+    assert code == _admin.EXIT_USAGE and "'name'" in err
+    assert run(capsys, "stat", "0xnothex")[0] == _admin.EXIT_USAGE
+    with pytest.raises(SystemExit) as exc:
+        main(["stat"])
+    assert exc.value.code == _admin.EXIT_USAGE
+    capsys.readouterr()
+    # A queue and a segment of the same name: ambiguous until --type says which.
+    twin = SharedMemory(jq.name, create=True, size=10)
+    try:
+        code, _, err = run(capsys, "stat", jq.name)
+        assert code == _admin.EXIT_AMBIGUOUS and "--type" in err
+        assert run_json(capsys, "stat", jq.name, "--type", "segment")["id"] == twin.id
+        assert run_json(capsys, "stat", jq.name, "--type", "queue")["objects"][0]["id"] \
+            == jq._chan.ctl_id
+        assert run_json(capsys, "stat", f"{twin.key:#x}")["id"] == twin.id
+    finally:
+        twin.close()
+        twin.unlink()
+
+
+def test_clean_removes_garbage_only_and_dry_run_removes_nothing(capsys, objects):
+    q, jq, seg = objects
+    make_garbage()
+    live = {(o.kind, o.id) for o in _gc.scan().objects if not o.garbage}
+
+    dry = run_json(capsys, "clean", "--dry-run")
+    assert dry["dry_run"] is True and not dry["failed"]
+    assert sorted(o["role"] for o in dry["removed"]) == [
+        "queue.main", "queue.parcel", "queue.sems", "queue.stream"]
+    assert all(o["state"] == "garbage" and o["reason"] for o in dry["removed"])
+    assert len(_gc.scan().garbage()) == 4
+
+    code, out, _ = run(capsys, "clean")
+    assert code == 0
+    assert out.count("removed ") == 4 and "control segment is gone" in out
+    assert {(o.kind, o.id) for o in _gc.scan().objects} == live
+    q.put("still works")
+    assert q.get(timeout=5) == "one"
+    assert run(capsys, "clean")[1].strip() == "no garbage"
+
+
+def test_rm_removes_every_object_of_a_queue_and_segments(capsys, objects):
+    q, jq, seg = objects
+    before = {(o.kind, o.id) for o in _gc.scan().objects}
+    report = run_json(capsys, "rm", jq.name, str(seg.id))
+    assert not report["failed"]
+    gone = {(o["kind"], o["id"]) for o in report["removed"]}
+    assert gone == {("shm", jq._chan.ctl_id), ("msg", jq._chan.main_qid),
+                    ("msg", jq._chan.stream_qid), ("sem", jq._chan.semid), ("shm", seg.id)}
+    # Still attached here: the segments linger (marked) until detached; names are free.
+    with pytest.raises(FileNotFoundError):
+        JoinableQueue(name=jq.name)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(seg.name)
+    with pytest.raises(RemovedError):
+        jq.put("x")
+    assert {(o.kind, o.id) for o in _gc.scan().objects} <= before
+
+
+def test_rm_of_a_live_anonymous_queue_makes_its_holders_raise(capsys):
+    q = Queue()
+    code, out, _ = run(capsys, "rm", str(q._chan.ctl_id))
+    assert code == 0 and out.count("removed ") == 4
+    with pytest.raises(RemovedError, match="python -m mpsysv rm"):
+        q.put("x")
+    q.close()
+
+
+def test_rm_refuses_objects_that_are_not_mpsysvs(capsys):
+    foreign = L.msgget(L.IPC_PRIVATE, L.IPC_CREAT | 0o600)
+    try:
+        code, _, err = run(capsys, "rm", str(foreign), "--type", "msg")
+        assert code == _admin.EXIT_REFUSED and "not an mpsysv object" in err
+        assert L.msgctl(foreign, L.IPC_STAT, L.byref(L.msqid_ds())) == 0
+        code, out, _ = run(capsys, "rm", str(foreign), "--type", "msg", "--force")
+        assert code == 0 and "removed foreign" in out
+    finally:
+        L.msgctl(foreign, L.IPC_RMID, None)
+
+
+def test_real_command_line_round_trip():
+    """``python -m mpsysv`` as a script would call it: ls --json, clean, exit codes."""
+    q = Queue()
+    make_garbage()
+    try:
+        def cli(*argv):
+            return subprocess.run([sys.executable, "-m", "mpsysv", *argv],
+                                  capture_output=True, text=True, timeout=60)
+        listed = json.loads(cli("ls", "--json").stdout)
+        assert sum(r["state"] == "garbage" for r in listed) == 4
+        assert any(r["id"] == q._chan.ctl_id and r["state"] == "live" for r in listed)
+        cleaned = cli("clean")
+        assert cleaned.returncode == 0 and cleaned.stdout.count("removed ") == 4
+        assert cli("stat", "nothing-here").returncode == _admin.EXIT_NOT_FOUND
+        assert cli("rm").returncode == _admin.EXIT_USAGE
+    finally:
+        _gc.collect_garbage(force=True)
+        q.close()
