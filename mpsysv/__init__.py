@@ -11,3 +11,7 @@ __all__ = [
     "SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError",
     "RemovedError", "MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok",
 ]
+from .context import get_context
+from .patch import patch, patched, unpatch
+
+__all__ += ["get_context", "patch", "unpatch", "patched"]

@@ -1,0 +1,81 @@
+"""The one table of cases whose assertions differ between the stdlib and mpsysv.
+
+Only deliberate improvements belong in ``DIFFERENCES``. A case reaches its mpsysv
+branch through ``CompatCase.differs(key)``, which fails for a key not listed here or
+a row naming another case, and ``test_differences`` checks that every row names a
+case that exists.
+``KNOWN_BUGS`` lists stdlib behaviour mpsysv should have and does not yet: those cases
+assert the stdlib's behaviour and are expected to fail on mpsysv until fixed.
+
+``python compat/differences.py`` prints the table as Markdown (for the README).
+"""
+
+from typing import NamedTuple
+
+
+class Difference(NamedTuple):
+    case: str      # "CaseClass.test_method"
+    stdlib: str
+    mpsysv: str
+    why: str
+
+
+DIFFERENCES = {
+    "pickle-anywhere": Difference(
+        "QueueLifetimeCase.test_queue_pickles_outside_process_start",
+        "`pickle.dumps(queue)` outside process start raises `RuntimeError` (a pipe handle "
+        "is only valid through inheritance)",
+        "the handle pickles anywhere and attaches the same queue when unpickled, in any "
+        "process of the machine",
+        "a queue can travel through another queue, a Manager or a file; SysV objects are "
+        "found by id, not inherited"),
+    "negative-timeout": Difference(
+        "QueueTimeoutCase.test_negative_timeout",
+        "`get(timeout=-1)` acts like `get(block=False)`",
+        "`ValueError: 'timeout' must be a non-negative number`",
+        "`queue.Queue` raises `ValueError` too; a negative timeout is almost always an "
+        "arithmetic mistake that a silent non-blocking call hides"),
+    "unpicklable-put": Difference(
+        "QueuePicklingCase.test_unpicklable_object_reports_and_queue_carries_on",
+        "`put()` returns; the feeder thread later fails to pickle and calls "
+        "`_on_queue_feeder_error` from that thread",
+        "`put()` pickles in the caller and calls `_on_queue_feeder_error` before it "
+        "returns (`strict=True` raises instead)",
+        "the error is reported where the object was put, at once, and nothing broken "
+        "ever reaches the queue"),
+    "shareable-list-nul": Difference(
+        "ShareableListCase.test_trailing_nul_bytes",
+        "trailing `\\x00` bytes of a `bytes`/`str` item are stripped on read",
+        "items read back exactly as stored",
+        "a `ShareableList` must not corrupt binary data"),
+    "shareable-list-negative-index": Difference(
+        "ShareableListCase.test_negative_index_beyond_the_start",
+        "`sl[-n - 1]` on a list of n items raises nothing and returns a value read "
+        "from another item's slot",
+        "`IndexError`, like a list",
+        "an out-of-range index must not read another item"),
+    "shareable-list-utf8": Difference(
+        "ShareableListCase.test_non_ascii_str",
+        "a `str` slot is sized by its length in characters, so `'ünïcode'` reads back "
+        "as `'ünïcod'`",
+        "slots are sized by the UTF-8 length: every `str` reads back whole",
+        "a `ShareableList` must not truncate what it was given"),
+}
+
+KNOWN_BUGS = {
+    "simplequeue-closed-error": (
+        "SimpleQueueCase.test_use_after_close_raises_oserror",
+        "after `SimpleQueue.close()`, `get()`/`put()` raise `ValueError` (mpsysv.queues); "
+        "the stdlib raises `OSError('handle is closed')`"),
+}
+
+
+def markdown() -> str:
+    rows = ["| case | stdlib | mpsysv | why |", "| --- | --- | --- | --- |"]
+    for key, d in DIFFERENCES.items():
+        rows.append(f"| `{key}` ({d.case}) | {d.stdlib} | {d.mpsysv} | {d.why} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -1,0 +1,59 @@
+"""CPython's own queue, shared memory and Pool tests on mpsysv, for each Python found.
+
+Each interpreter runs ``compat/cpython_suite.py`` in a subprocess with a time limit:
+this one always, and every other supported CPython under ``~/.pyenv/versions`` (or
+``$MPSYSV_PYTHONS``, a ``os.pathsep``-separated list of interpreters) when present.
+"""
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpython_suite.py")
+LIMIT = 600  # seconds for one interpreter's whole run
+
+
+def _interpreters():
+    found = {sys.version.split()[0]: sys.executable}
+    listed = os.environ.get("MPSYSV_PYTHONS")
+    candidates = (listed.split(os.pathsep) if listed else
+                  sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))))
+    for path in candidates:
+        m = re.search(r"/(3\.(\d+)\.\d+)/bin/python3$", path)
+        version = m.group(1) if m else path
+        if m and int(m.group(2)) < 9:
+            continue  # below requires-python
+        if os.access(path, os.X_OK):
+            found.setdefault(version, path)
+    return sorted(found.items())
+
+
+@pytest.mark.parametrize("version,python", _interpreters(), ids=[v for v, _ in _interpreters()])
+def test_cpython_suite_passes_on_mpsysv(version, python):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "figures.json")
+        proc = subprocess.Popen([python, RUNNER, "--json", out], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=LIMIT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the runner and every process it started
+            stdout, stderr = proc.communicate()
+            pytest.fail(f"CPython suite on {version} did not finish in {LIMIT}s:\n"
+                        f"{stderr[-5000:]}")
+        if not os.path.exists(out):
+            pytest.fail(f"runner crashed on {version} (exit {proc.returncode}):\n"
+                        f"{stdout}\n{stderr[-5000:]}")
+        with open(out) as f:
+            figures = json.load(f)
+    print(stdout)
+    if "run" not in figures:
+        pytest.skip(f"{version}: {figures['skipped']}")
+    assert proc.returncode == 0, f"{stdout}\n{stderr[-8000:]}"

@@ -1,0 +1,24 @@
+"""The differences table and the known-bug list name cases that exist."""
+
+import unittest
+
+from . import test_context, test_pool, test_queues, test_shared_memory
+from .differences import DIFFERENCES, KNOWN_BUGS, markdown
+from .support import CompatCase
+
+CASES = {name: obj for module in (test_context, test_pool, test_queues, test_shared_memory)
+         for name, obj in vars(module).items()
+         if isinstance(obj, type) and issubclass(obj, CompatCase) and name.endswith("Case")}
+
+
+class DifferencesTableTest(unittest.TestCase):
+    def test_every_row_names_an_existing_case(self):
+        rows = [d.case for d in DIFFERENCES.values()] + [case for case, _ in KNOWN_BUGS.values()]
+        for row in rows:
+            with self.subTest(row):
+                case, method = row.split(".")
+                self.assertIn(case, CASES)
+                self.assertTrue(callable(getattr(CASES[case], method, None)))
+
+    def test_markdown_has_a_row_per_difference(self):
+        self.assertEqual(len(markdown().splitlines()), len(DIFFERENCES) + 2)

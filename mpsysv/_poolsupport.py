@@ -1,0 +1,447 @@
+"""What the stdlib's ``Pool`` and ``ProcessPoolExecutor`` reach for inside a queue.
+
+``Pool`` calls ``_reader.recv/poll/close``, ``_writer.send/close`` and ``_rlock`` on
+its ``SimpleQueue`` objects, and both hand a queue's ``_reader`` to
+``multiprocessing.connection.wait()``, which needs a file descriptor. A System V
+queue has none: a Reader that is waited on gets a pipe that a watcher thread keeps
+readable while the queue holds a message. Bytes still move only through queues.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import deque
+from multiprocessing import util
+from time import monotonic
+from typing import Any, Optional
+
+from ._channel import TW, WAKE, Channel
+from .queues import Empty, _Base
+
+__all__ = ["Reader", "Writer", "ReadLock"]
+
+# How long one wait in the kernel lasts before it looks whether its Reader or queue
+# handle was closed. A Reader's close() wakes it at once; this bounds a wake-up that
+# another process's waiter took, and the reaction to a close() of the queue handle.
+_SLICE = 1.0
+# At exit a Reader's hold goes before its queue handle's (-10): the handle is then the
+# last holder and removes the queue itself. Either order is correct.
+_EXIT_PRIORITY = -5
+
+
+def _closed_error() -> OSError:
+    return OSError("handle is closed")
+
+
+class _Watch:
+    """A hold on the queue for waiting in the kernel, independent of the queue handle.
+
+    It maps the queue's control segment a second time, so a ``close()`` of the queue
+    never unmaps memory a waiting thread sleeps on; the mapping is a holder like any
+    other, given back (the last holder removes the queue) when the last thread using it
+    is out. A Reader's ``fileno()`` makes one that also owns a pipe and the watcher
+    thread that keeps the pipe readable while the queue is not empty; it lets go by
+    itself once its queue handle is closed or collected. ``poll()`` makes one per wait.
+    """
+
+    def __init__(self, queue: _Base):
+        ctl_id, expect = queue._chan.identity()
+        self.chan = Channel.open_id(ctl_id, expect)
+        self.queue = weakref.ref(queue)
+        self.cond = threading.Condition(threading.Lock())
+        self.users = 1  # the owner; each waiting thread adds one
+        self.closing = False
+        self.readable = False
+        self.failure: Optional[BaseException] = None
+        self.rfd = self.wfd = -1
+        self.thread: Optional[threading.Thread] = None
+
+    # -- users: the mapping goes when the last of them leaves --------------------------
+
+    def enter(self) -> None:
+        with self.cond:
+            if self.closing:
+                raise _closed_error()
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.cond:
+            self.users -= 1
+            last = self.users == 0
+        if last:
+            for fd in (self.rfd, self.wfd):
+                if fd >= 0:
+                    os.close(fd)
+            self.rfd = self.wfd = -1
+            self.chan.release()
+
+    def close(self) -> None:
+        """Stop the watcher and let go of the mapping once no thread is waiting on it."""
+        with self.cond:
+            if self.closing:
+                return
+            self.closing = True
+            self.cond.notify_all()
+            waiting = self.users > 1
+            thread = self.thread
+        if waiting:
+            self.chan.sems[WAKE].post()
+        self.leave()
+        if thread is not None and thread is not threading.current_thread():
+            # A wake-up can be taken by another process's waiter: nudge until it is out.
+            deadline = monotonic() + _SLICE + 1.0
+            while thread.is_alive() and monotonic() < deadline:
+                thread.join(0.05)
+                if thread.is_alive():
+                    self._nudge()
+
+    def _nudge(self) -> None:
+        with self.cond:
+            if self.users == 0:
+                return  # released: the mapping is gone
+            self.chan.sems[WAKE].post()
+
+    def _handle_closed(self) -> bool:
+        queue = self.queue()
+        return queue is None or queue._closed
+
+    def forget(self) -> None:
+        """In a fork child: the parent's pipe, thread and mapping are not ours."""
+        for fd in (self.rfd, self.wfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.rfd = self.wfd = -1
+        self.chan.detach()
+
+    # -- waiting in the kernel ----------------------------------------------------------
+
+    def wait_nonempty(self, deadline: Optional[float]) -> bool:
+        """True once the queue holds a message; False at *deadline*, on close, or when
+        the queue handle was closed.
+
+        Registers as a timed waiter, like a timed ``get()``: every producer then posts
+        the wake counter after its send.
+        """
+        chan = self.chan
+        if chan.qsize():
+            return True
+        if deadline is not None and monotonic() >= deadline:
+            return False
+        tw, wake = chan.sems[TW], chan.sems[WAKE]
+        tw.post()
+        try:
+            while not self.closing and not self._handle_closed():
+                # Registered before looking: a message sent after this look posts WAKE.
+                if chan.qsize():
+                    return True
+                now = monotonic()
+                if deadline is None:
+                    wake.acquire(now + _SLICE)
+                elif now >= deadline:
+                    return False
+                else:
+                    wake.acquire(min(now + _SLICE, deadline))
+            return False
+        finally:
+            tw.try_acquire()
+
+    # -- the pipe: readable exactly while the queue holds a message -----------------------
+
+    def level_fd(self, pending: bool) -> int:
+        """The pipe's read end, made readable or drained to match the queue now.
+
+        ``wait()`` asks for ``fileno()`` each time it is called, so a queue emptied by
+        ``get()`` (which knows nothing of the pipe) is seen as empty by the next wait.
+        """
+        with self.cond:
+            if self.closing:
+                raise _closed_error()
+            if self.thread is None:
+                self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self.users += 1
+                self.thread = threading.Thread(target=self._run, name="mpsysv.ReaderWatcher",
+                                               daemon=True)
+                self.thread.start()
+            if self.failure is None:
+                try:
+                    nonempty = pending or self.chan.qsize() > 0
+                except OSError as exc:
+                    self.failure = exc
+                    nonempty = True
+                if nonempty:
+                    self._set()
+                elif self.readable:
+                    self._clear()
+                    self.cond.notify_all()
+            return self.rfd
+
+    def _set(self) -> None:
+        if not self.readable:
+            os.write(self.wfd, b"\0")
+            self.readable = True
+
+    def _clear(self) -> None:
+        try:
+            os.read(self.rfd, 1)
+        except BlockingIOError:
+            pass
+        self.readable = False
+
+    def _run(self) -> None:
+        cond = self.cond
+        try:
+            while True:
+                with cond:
+                    while self.readable and not self.closing and not self._handle_closed():
+                        cond.wait(_SLICE)
+                    if self.closing or self._handle_closed():
+                        break
+                if self.wait_nonempty(None):
+                    with cond:
+                        if not self.closing and self.chan.qsize():
+                            self._set()
+        except OSError as exc:
+            # The queue was removed under us: stay readable so that recv() reports it.
+            with cond:
+                self.failure = exc
+                if not self.closing:
+                    self._set()
+        finally:
+            if self._handle_closed():
+                self.close()
+            self.leave()
+
+
+class Reader:
+    """The receiving end of a queue as ``multiprocessing.connection.Connection`` shows it.
+
+    ``recv()`` is the queue's blocking ``get()``. ``poll()`` tells whether a message is
+    there (waiting in the kernel up to *timeout*); while this process holds the
+    queue's ``_rlock`` a successful ``poll()`` also takes the object, so that the
+    ``recv()`` after it can never block on a message another process took in between
+    (what ``Pool._help_stuff_finish`` relies on). ``fileno()`` is a pipe for
+    ``wait()``: readable while the queue holds a message; a wait that woke spuriously
+    is followed by a ``recv()`` that simply waits for the next message.
+    """
+
+    def __init__(self, queue: _Base):
+        self._queue = weakref.ref(queue)
+        self._closed = False
+        self._taken: deque = deque()
+        self._watch: Optional[_Watch] = None  # fileno()'s, kept until close
+        self._waits: set = set()  # the holds of poll() calls under way
+        self._finalizer = None
+        self._setup_lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` of this Reader or of its queue."""
+        queue = self._queue()
+        return self._closed or queue is None or queue._closed
+
+    readable = True
+    writable = False
+
+    def recv(self) -> Any:
+        queue = self._live()
+        if self._taken:
+            return self._taken.popleft()
+        return _Base.get(queue)
+
+    def poll(self, timeout: Optional[float] = 0.0) -> bool:
+        queue = self._live()
+        if self._taken or queue._stash:
+            return True
+        if self._reserving(queue):
+            return self._reserve(queue, timeout)
+        if timeout is not None and timeout <= 0:
+            return queue._chan.qsize() > 0
+        deadline = None if timeout is None else monotonic() + timeout
+        with self._setup_lock:
+            watch = self._watch if self._watch is not None and not self._watch.closing else None
+            if watch is not None:
+                watch.enter()
+        if watch is None:
+            watch = _Watch(queue)  # this wait's own hold, given back when it ends
+            self._waits.add(watch)
+            try:
+                return watch.wait_nonempty(deadline)
+            finally:
+                self._waits.discard(watch)
+                watch.close()
+        try:
+            return watch.wait_nonempty(deadline)
+        finally:
+            watch.leave()
+
+    def fileno(self) -> int:
+        queue = self._live()
+        return self._watch_for(queue).level_fd(bool(self._taken or queue._stash))
+
+    def close(self) -> None:
+        """This process reads no more through this Reader; the queue stays usable."""
+        if self._closed:
+            return
+        self._closed = True
+        self._taken.clear()
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<mpsysv Reader of {self._queue()!r}{' closed' if self._closed else ''}>"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _live(self) -> _Base:
+        queue = self._queue()
+        if self._closed or queue is None or queue._closed:
+            if self._finalizer is not None:
+                self._finalizer()  # the queue handle is closed: so is the watch
+            raise _closed_error()
+        return queue
+
+    def _reserve(self, queue: _Base, timeout: Optional[float]) -> bool:
+        """Under the read lock: take the next object for ``recv()``.
+
+        Objects this process put that are still on their way into the queue (in its
+        feeder) count as there: when ``Pool._help_stuff_finish`` drains a task queue,
+        an empty kernel queue must not end the drain while the task handler waits for
+        its last task to go in.
+        """
+        deadline = None if timeout is None else monotonic() + max(timeout, 0.0)
+        while True:
+            in_flight = queue._feeder.pending
+            if in_flight:
+                wait: Optional[float] = 0.05  # look at the feeder again soon
+            elif deadline is None:
+                wait = None
+            else:
+                wait = max(deadline - monotonic(), 0.0)
+            try:
+                if wait == 0.0:
+                    obj = _Base.get(queue, False)
+                else:
+                    obj = _Base.get(queue, True, wait)
+            except Empty:
+                if in_flight or (deadline is not None and monotonic() < deadline):
+                    continue
+                return False
+            self._taken.append(obj)
+            return True
+
+    @staticmethod
+    def _reserving(queue: _Base) -> bool:
+        lock = queue.__dict__.get("_rlock_part")
+        return lock is not None and lock._is_owned()
+
+    def _watch_for(self, queue: _Base) -> _Watch:
+        with self._setup_lock:
+            if self._watch is None:
+                self._watch = _Watch(queue)
+                self._finalizer = util.Finalize(self, self._watch.close,
+                                                exitpriority=_EXIT_PRIORITY)
+            elif self._watch.closing:
+                raise _closed_error()
+            return self._watch
+
+    def _after_fork(self) -> None:
+        """In a fork child, before this Reader is dropped: give back what was the parent's."""
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        for watch in [self._watch, *self._waits]:
+            if watch is not None:
+                watch.forget()
+
+
+class Writer:
+    """The sending end of a queue as a ``Connection`` shows it: ``send()`` is ``put()``."""
+
+    def __init__(self, queue: _Base):
+        self._queue = weakref.ref(queue)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True after ``close()`` of this Writer or of its queue."""
+        queue = self._queue()
+        return self._closed or queue is None or queue._closed
+
+    readable = False
+    writable = True
+
+    def send(self, obj: Any) -> None:
+        """``put()`` *obj*, then wait until it has reached the kernel queue.
+
+        Like a pipe's writer it pickles here, raising if it cannot, and waits while the
+        queue is full; unlike ``put()`` it never returns with the object still in this
+        process's feeder buffer. Pool's task handler must not be able to finish while
+        its tasks sit in its own process, where no worker can ever get them.
+        """
+        queue = self._queue()
+        if self._closed or queue is None or queue._closed:
+            raise _closed_error()
+        if not queue._strict:
+            queue._pickler.dumps(obj)  # put() would report and drop it: raise instead
+        _Base.put(queue, obj)
+        feeder = queue._feeder
+        if feeder.unsent():
+            queue._chan.wait_room(lambda: not feeder.unsent())
+
+    def close(self) -> None:
+        """This process sends no more through this Writer; the queue stays usable."""
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"<mpsysv Writer of {self._queue()!r}{' closed' if self._closed else ''}>"
+
+
+class ReadLock:
+    """The queue's read lock, local to this process.
+
+    mpsysv's ``get()`` needs no lock (one ``msgrcv`` takes a whole object), so this
+    only serves code that pairs ``poll()`` and ``recv()``: while the owning thread
+    holds it, the Reader's ``poll()`` reserves the object it saw. ``Pool`` takes it
+    before draining a pool's task queue and never releases it.
+    """
+
+    def __init__(self, queue: _Base):
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+        if not block:
+            got = self._lock.acquire(False)
+        else:
+            got = self._lock.acquire(True, -1 if timeout is None else max(timeout, 0))
+        if got:
+            self._owner = threading.get_ident()
+        return got
+
+    def release(self) -> None:
+        if not self._lock.locked():
+            raise ValueError("semaphore or lock released too many times")
+        self._owner = None
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _is_owned(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    def __repr__(self) -> str:
+        return f"<mpsysv ReadLock {'locked' if self._lock.locked() else 'unlocked'}>"

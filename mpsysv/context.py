@@ -1,0 +1,92 @@
+"""``multiprocessing`` contexts whose queues and shared memory are mpsysv's.
+
+``get_context(method)`` returns a subclass of the stdlib's context for that start
+method: ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` build mpsysv queues, and
+``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are added; everything
+else (``Process``, locks, ``Manager``, ``Pool`` ...) is the stdlib's, untouched.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from multiprocessing import context as _mpc
+from typing import Optional
+
+from . import queues
+
+__all__ = ["get_context", "ForkContext", "SpawnContext", "ForkServerContext"]
+
+
+class _MpsysvContext:
+    """The part every mpsysv context shares; mixed in before a stdlib context class."""
+
+    def Queue(self, maxsize: int = 0) -> queues.Queue:
+        """A process-shared FIFO queue on System V message queues."""
+        return queues.Queue(maxsize, ctx=self)
+
+    def JoinableQueue(self, maxsize: int = 0) -> queues.JoinableQueue:
+        """A Queue with ``task_done()`` and ``join()``."""
+        return queues.JoinableQueue(maxsize, ctx=self)
+
+    def SimpleQueue(self) -> queues.SimpleQueue:
+        """A simplified queue; like the stdlib's, ``put()`` raises if it cannot pickle."""
+        return queues.SimpleQueue(ctx=self, strict=True)
+
+    def SharedMemory(self, name: Optional[str] = None, create: bool = False, size: int = 0,
+                     **kwargs):
+        """A System V shared memory block found by name (``multiprocessing.shared_memory``)."""
+        from .shared import SharedMemory
+        return SharedMemory(name, create, size, **kwargs)
+
+    def ShareableList(self, sequence=None, *, name: Optional[str] = None, **kwargs):
+        """A fixed-length list of scalars in shared memory."""
+        from .shared import ShareableList
+        return ShareableList(sequence, name=name, **kwargs)
+
+    def SharedMemoryManager(self):
+        """A manager that unlinks every block made through it at shutdown."""
+        from .shared import SharedMemoryManager
+        return SharedMemoryManager()
+
+    def get_context(self, method: Optional[str] = None):
+        if method is None:
+            return self
+        return get_context(method)
+
+    def __repr__(self) -> str:
+        return f"<mpsysv.context.{type(self).__name__} {self._name!r}>"
+
+
+class ForkContext(_MpsysvContext, _mpc.ForkContext):
+    """The ``fork`` start method with mpsysv queues and shared memory."""
+
+
+class SpawnContext(_MpsysvContext, _mpc.SpawnContext):
+    """The ``spawn`` start method with mpsysv queues and shared memory."""
+
+
+class ForkServerContext(_MpsysvContext, _mpc.ForkServerContext):
+    """The ``forkserver`` start method with mpsysv queues and shared memory."""
+
+
+_contexts = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+def get_context(method: Optional[str] = None):
+    """The mpsysv context for start *method* (``fork``, ``spawn``, ``forkserver``).
+
+    ``None`` means the stdlib's start method, and fixes it as
+    ``multiprocessing.get_context()`` does.
+    """
+    if method is None:
+        method = multiprocessing.get_start_method()
+    try:
+        ctx = _contexts[method]
+    except KeyError:
+        raise ValueError(f"cannot find context for {method!r}") from None
+    ctx._check_available()
+    return ctx

@@ -1,0 +1,114 @@
+"""Switch an unmodified program's ``multiprocessing`` queues and shared memory to mpsysv.
+
+``patch()`` replaces ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` on every context
+(and so the module-level functions) and ``SharedMemory``/``ShareableList`` in
+``multiprocessing.shared_memory``. Fork children inherit the switch; spawn and
+forkserver children turn it on before they import the main module. ``unpatch()``
+puts back the very objects it replaced. Names a module imported before ``patch()``
+(``from multiprocessing import Queue``) keep what they were bound to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from typing import Iterator, List, Optional, Tuple
+
+__all__ = ["patch", "unpatch", "patched"]
+
+_QUEUE_NAMES = ("Queue", "SimpleQueue", "JoinableQueue")
+_SHARED_NAMES = ("SharedMemory", "ShareableList")
+_MISSING = object()
+_lock = threading.RLock()
+# (namespace, attribute, original) for each replaced attribute, in replacement order;
+# None while not patched.
+_saved: Optional[List[Tuple[object, str, object]]] = None
+
+
+def patch() -> None:
+    """Make ``multiprocessing``'s queues and shared memory mpsysv's (idempotent)."""
+    global _saved
+    with _lock:
+        if _saved is not None:
+            return
+        import multiprocessing
+        import multiprocessing.shared_memory as stdlib_shared
+        from multiprocessing import context, spawn
+
+        from . import shared
+        from .context import _MpsysvContext
+
+        saved: List[Tuple[object, str, object]] = []
+
+        def replace(namespace, name, value):
+            saved.append((namespace, name, namespace.__dict__.get(name, _MISSING)))
+            setattr(namespace, name, value)
+
+        try:
+            for name in _QUEUE_NAMES:
+                replace(context.BaseContext, name, _MpsysvContext.__dict__[name])
+            # The module-level functions are bound methods of the default context,
+            # copied into the module at import: copy the patched ones in the same way.
+            for name in _QUEUE_NAMES:
+                replace(multiprocessing, name, getattr(context._default_context, name))
+            for name in _SHARED_NAMES:
+                replace(stdlib_shared, name, getattr(shared, name))
+            replace(spawn, "get_preparation_data",
+                    _with_patch_marker(spawn.get_preparation_data))
+        except BaseException:
+            _restore(saved)
+            raise
+        _saved = saved
+
+
+def unpatch() -> None:
+    """Put back exactly what ``patch()`` replaced; a no-op when not patched."""
+    global _saved
+    with _lock:
+        if _saved is None:
+            return
+        saved, _saved = _saved, None
+        _restore(saved)
+
+
+@contextlib.contextmanager
+def patched() -> Iterator[None]:
+    """``with patched():`` the body runs patched; the previous state comes back after."""
+    with _lock:
+        was_patched = _saved is not None
+        patch()
+    try:
+        yield
+    finally:
+        if not was_patched:
+            unpatch()
+
+
+def _restore(saved: List[Tuple[object, str, object]]) -> None:
+    for namespace, name, original in reversed(saved):
+        if original is _MISSING:
+            delattr(namespace, name)
+        else:
+            setattr(namespace, name, original)
+
+
+class _PatchMarker:
+    """Rides in a spawn/forkserver child's preparation data: unpickling it there (before
+    the child imports the main module) turns the patch on in the child."""
+
+    def __reduce__(self):
+        return _patch_in_child, ()
+
+
+def _patch_in_child() -> None:
+    patch()
+
+
+def _with_patch_marker(original):
+    @functools.wraps(original)
+    def get_preparation_data(name):
+        data = original(name)
+        data["mpsysv_patch"] = _PatchMarker()
+        return data
+    return get_preparation_data
