@@ -61,14 +61,7 @@ EXCLUDED = {
         "as test_shared_memory_tracking (3.13+)",
 }
 
-KNOWN_FAILURES = {
-    "WithProcessesTestQueue.test_closed_queue_empty_exceptions":
-        "mpsysv bug: empty()/qsize() after close() raise RemovedError from the released "
-        "channel (3.13 expects True for an unused queue, OSError('... is closed') otherwise)",
-    "TestSimpleQueue.test_empty_exceptions":
-        "mpsysv bug: SimpleQueue.empty() after close() raises RemovedError, not "
-        "OSError('... is closed') (3.13+)",
-}
+KNOWN_FAILURES = {}
 
 
 class _Result(unittest.TextTestResult):

@@ -244,6 +244,7 @@ class _Base:
         self._maxsize = chan.maxsize
         self._msgmax = chan.msgmax
         self._closed = False
+        self._used = False
         self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
         self._pickler = _Pickler()
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
@@ -289,6 +290,7 @@ class _Base:
             mtype: int = 1) -> None:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
+        self._used = True
         if mtype != 1:
             _check_mtype(mtype, False)
         try:
@@ -469,6 +471,11 @@ class _Base:
 
     def qsize(self) -> int:
         """Objects in the kernel queue plus those this process buffered or stashed."""
+        if self._closed:
+            # As the stdlib (3.13): a queue closed before it was used reads as empty.
+            if not self._used and self._kind != KIND_SIMPLE:
+                return 0
+            raise OSError(f"Queue {self!r} is closed")
         return self._chan.qsize() + self._feeder.unsent() + len(self._stash)
 
     def empty(self) -> bool:
@@ -585,7 +592,7 @@ class SimpleQueue(_Base):
         return super().get(mtype=mtype)
 
     def empty(self) -> bool:
-        return self._chan.qsize() == 0 and not self._feeder.unsent()
+        return self.qsize() == 0
 
 
 def _after_fork_in_child() -> None:
