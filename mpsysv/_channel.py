@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from . import _libc as L
 from . import _names
 from . import _wire
-from ._parcels import ParcelTable
+from ._parcels import ParcelTable, _alive
 from ._psem import PosixSemaphore
 
 __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
@@ -66,22 +66,6 @@ _SLICE = 0.25  # how often a stalled stream checks whether its peer is still ali
 _E = errno
 _getpid = os.getpid
 _collected = [False]
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 class _Buffers:

@@ -43,13 +43,21 @@ _FAILED = ctypes.c_void_p(-1).value
 
 
 def _alive(pid: int) -> bool:
+    """True while process *pid* exists and is not a zombie (a killed writer or reader
+    is a zombie until its parent waits for it)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _size_class(n: int) -> int:
