@@ -646,11 +646,11 @@ class Channel:
         """
         if not self._released and not self._detached:
             self._released = True
-            self._drop_hold()
+            self._drop_hold(detach)
         if detach:
             self.detach()
 
-    def _drop_hold(self) -> None:
+    def _drop_hold(self, detach: bool) -> None:
         if not self.named:
             try:
                 self._lock(SEM_STATE)
@@ -660,6 +660,10 @@ class Channel:
                 if self.holders() <= 1:
                     self._remove_subs()
                 else:
+                    # Detach before unlocking: two holders letting go at once must not
+                    # each count the other and both leave the queue behind.
+                    if detach:
+                        self.detach()
                     self._unlock(SEM_STATE)
 
     def _after_fork(self) -> None:
