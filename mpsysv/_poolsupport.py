@@ -42,8 +42,9 @@ class _Watch:
     never unmaps memory a waiting thread sleeps on; the mapping is a holder like any
     other, given back (the last holder removes the queue) when the last thread using it
     is out. A Reader's ``fileno()`` makes one that also owns a pipe and the watcher
-    thread that keeps the pipe readable while the queue is not empty; it lets go by
-    itself once its queue handle is closed or collected. ``poll()`` makes one per wait.
+    thread that keeps the pipe readable while the queue is not empty; it lets go when
+    its queue handle is closed (the watcher notices within ``_SLICE``) or collected
+    (with its Reader), and at exit. ``poll()`` makes one per wait.
     """
 
     def __init__(self, queue: _Base):
@@ -88,7 +89,6 @@ class _Watch:
             thread = self.thread
         if waiting:
             self.chan.sems[WAKE].post()
-        self.leave()
         if thread is not None and thread is not threading.current_thread():
             # A wake-up can be taken by another process's waiter: nudge until it is out.
             deadline = monotonic() + _SLICE + 1.0
@@ -96,6 +96,9 @@ class _Watch:
                 thread.join(0.05)
                 if thread.is_alive():
                     self._nudge()
+        # Normally the last user by now: the mapping goes in this thread, one after the
+        # other with the queue handle's own release when both are collected together.
+        self.leave()
 
     def _nudge(self) -> None:
         with self.cond:
@@ -212,8 +215,9 @@ class _Watch:
                 if not self.closing:
                     self._set()
         finally:
-            if self._handle_closed():
-                self.close()
+            queue = self.queue()
+            if queue is not None and queue._closed:
+                self.close()  # the handle was closed (a collected one's Reader closes us)
             self.leave()
 
 

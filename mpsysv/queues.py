@@ -178,7 +178,9 @@ class _Feeder:
         self.release()
 
     def shutdown(self, join: bool) -> None:
-        """Flush and let go of the queue: at close(), collection or exit."""
+        """Flush and let go of the queue: at close(), collection or exit. Only at exit
+        (*join*, unless cancelled) does it wait for the flush; a collected queue's
+        thread finishes and lets go by itself, so dropping a queue never blocks."""
         with self.cond:
             thread = self.thread
             alive = thread is not None and thread.is_alive()
@@ -192,8 +194,6 @@ class _Feeder:
             if join and not self.cancelled:
                 thread.join()
             self.chan.release(detach=False)
-        elif join and not self.cancelled:
-            thread.join()
         elif self.cancelled:
             # The thread may still be blocked; let the last holder remove, keep the mapping.
             self.chan.release(detach=False)
