@@ -197,6 +197,17 @@ class _Feeder:
         elif self.cancelled:
             # The thread may still be blocked; let the last holder remove, keep the mapping.
             self.chan.release(detach=False)
+        else:
+            # The thread lets go when it has flushed; if the program ends first, its
+            # hold must still be given back (the last holder removes the queue).
+            util.Finalize(None, self._release_at_exit, exitpriority=-10)
+
+    def _release_at_exit(self) -> None:
+        with self.cond:
+            if self.released:
+                return
+            self.released = True
+        self.chan.release(detach=False)
 
     def release(self) -> None:
         with self.cond:
