@@ -62,12 +62,7 @@ DIFFERENCES = {
         "a `ShareableList` must not truncate what it was given"),
 }
 
-KNOWN_BUGS = {
-    "simplequeue-closed-error": (
-        "SimpleQueueCase.test_use_after_close_raises_oserror",
-        "after `SimpleQueue.close()`, `get()`/`put()` raise `ValueError` (mpsysv.queues); "
-        "the stdlib raises `OSError('handle is closed')`"),
-}
+KNOWN_BUGS: dict = {}
 
 
 def markdown() -> str:

@@ -321,7 +321,6 @@ class SimpleQueueCase(CompatCase):
         q.close()
         q.close()
 
-    @known_bug("simplequeue-closed-error")
     def test_use_after_close_raises_oserror(self):
         q = self.ctx.SimpleQueue()
         q.close()

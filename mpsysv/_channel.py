@@ -64,28 +64,29 @@ _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not remov
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 
 _E = errno
+_EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
+_get_errno = L.get_errno
+_msgsnd, _msgrcv, _size_arg = L.msgsnd_fast, L.msgrcv_fast, L.size_arg
+_TYPE1 = (1).to_bytes(8, "little")
+_ANY = ctypes.c_long(0)
+_NOWAIT = L.IPC_NOWAIT
 _getpid = os.getpid
 _collected = [False]
 
 
 class _Buffers:
-    """A pool of message buffers (mtype + msgmax bytes), one per concurrent caller."""
+    """A pool of receive buffers (mtype + msgmax bytes), one per concurrent caller:
+    take one with ``free.pop() if free else new()``, give it back to ``free``."""
 
-    __slots__ = ("size", "_free")
+    __slots__ = ("size", "free")
 
     def __init__(self, msgmax: int):
         self.size = msgmax
-        self._free = []
+        self.free: list = []
 
-    def take(self):
-        try:
-            return self._free.pop()
-        except IndexError:
-            raw = (ctypes.c_char * (8 + self.size))()
-            return raw, ctypes.c_long.from_buffer(raw), memoryview(raw).cast("B")
-
-    def give(self, item) -> None:
-        self._free.append(item)
+    def new(self):
+        raw = (ctypes.c_char * (8 + self.size))()
+        return raw, ctypes.c_long.from_buffer(raw), memoryview(raw).cast("B")
 
 
 class Channel:
@@ -115,6 +116,7 @@ class Channel:
         self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
         self._freed = 0
         self._bufs = _Buffers(msgmax)
+        self._c_msgmax = ctypes.c_size_t(msgmax)
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode)
         self._counter = 0
         self._counter_lock = threading.Lock()
@@ -238,43 +240,33 @@ class Channel:
 
     def try_send(self, payload, mtype: int) -> bool:
         """Send a one-message object without blocking; False when the queue is full."""
-        item = self._bufs.take()
-        raw, hdr, view = item
-        n = len(payload)
-        hdr.value = mtype
-        view[8:8 + n] = payload
-        try:
-            while L.msgsnd(self.main_qid, raw, n, L.IPC_NOWAIT) == -1:
-                err = L.get_errno()
-                if err == _E.EAGAIN:
-                    return False
-                if err != _E.EINTR:
-                    self._fail("msgsnd", err)
-        finally:
-            self._bufs.give(item)
+        if not self._send_msg(self.main_qid, payload, mtype, L.IPC_NOWAIT):
+            return False
         if self._tw_word[0]:
             self._wake_timed()
         return True
 
     def send(self, payload, mtype: int) -> None:
         """Send a one-message object, waiting while the queue is full."""
-        self._send_main(payload, mtype)
+        self._send_msg(self.main_qid, payload, mtype, 0)
         if self._tw_word[0]:
             self._wake_timed()
 
-    def _send_main(self, data, mtype: int) -> None:
-        item = self._bufs.take()
-        raw, hdr, view = item
-        n = len(data)
-        hdr.value = mtype
-        view[8:8 + n] = data
-        try:
-            while L.msgsnd(self.main_qid, raw, n, 0) == -1:
-                err = L.get_errno()
-                if err != _E.EINTR:
-                    self._fail("msgsnd", err)
-        finally:
-            self._bufs.give(item)
+    def _send_msg(self, qid: int, payload, mtype: int, flags: int) -> bool:
+        """msgsnd *payload* typed *mtype* to *qid*; False on a full queue with IPC_NOWAIT.
+
+        The message is built as one bytes object (type word + payload): cheaper than a
+        copy into a pooled buffer, and safe to share between threads.
+        """
+        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
+        size = _size_arg(len(payload))
+        while _msgsnd(qid, data, size, flags) == -1:
+            err = _get_errno()
+            if err == _EAGAIN:
+                return False
+            if err != _EINTR:
+                self._fail("msgsnd", err)
+        return True
 
     def _wake_timed(self) -> None:
         """Give every timed waiter a chance to look again (it re-checks after waking)."""
@@ -311,14 +303,16 @@ class Channel:
     def receive(self, loads: Callable, mtype: int = 0, block: bool = True,
                 deadline: Optional[float] = None):
         """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
+        free = self._bufs.free
         while True:
-            item = self._bufs.take()
+            item = free.pop() if free else self._bufs.new()
             try:
-                n = self._recv_main(item[0], mtype, block and deadline is None)
+                # The first attempt inline: the hot path is this one call.
+                n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
+                            _ANY if mtype == 0 else ctypes.c_long(mtype),
+                            0 if block and deadline is None else _NOWAIT)
                 if n < 0:
-                    if not block:
-                        raise _Empty
-                    n = self._wait_main(item[0], mtype, deadline)
+                    n = self._recv_again(item[0], mtype, block, deadline)
                 if self._rw_word[0]:
                     # A feeder sleeps until there is room; wake it once enough was freed
                     # (each wake-up costs both sides a syscall).
@@ -338,7 +332,7 @@ class Channel:
                     return self._take_batch(view[8:8 + n], loads, item[1].value)
                 head = view[8:8 + n].tobytes()
             finally:
-                self._bufs.give(item)
+                free.append(item)
             if first == _wire.PARCEL:
                 try:
                     return self.parcels.unwrap(head, loads)
@@ -378,13 +372,28 @@ class Channel:
             extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             _EXTRA.pack_into(self._view, _EXTRA_OFF, extra + delta)
 
+    def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float]) -> int:
+        """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
+        err = _get_errno()
+        if err != _E.ENOMSG and err != _EINTR:
+            self._fail("msgrcv", err)
+        if block and deadline is None:
+            return self._recv_main(raw, mtype, True)
+        n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
+        if n >= 0:
+            return n
+        if not block:
+            raise _Empty
+        return self._wait_main(raw, mtype, deadline)
+
     def _recv_main(self, raw, mtype: int, block: bool) -> int:
         flags = 0 if block else L.IPC_NOWAIT
+        ctype = _ANY if mtype == 0 else ctypes.c_long(mtype)
         while True:
-            n = L.msgrcv(self.main_qid, raw, self.msgmax, mtype, flags)
+            n = _msgrcv(self.main_qid, raw, self._c_msgmax, ctype, flags)
             if n >= 0:
                 return n
-            err = L.get_errno()
+            err = _get_errno()
             if err == _E.ENOMSG:
                 return -1
             if err != _E.EINTR:
@@ -449,7 +458,7 @@ class Channel:
                 while self.sems[i].try_acquire():
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
-            self._send_main(head, mtype)
+            self._send_msg(self.main_qid, head, mtype, 0)
             if self._tw_word[0]:
                 self._wake_timed()
             for frame in frames:
@@ -463,24 +472,11 @@ class Channel:
 
     def _send_frame(self, frame: bytes, sid: int) -> bool:
         """Send one frame; False when the reader died and the stream was dropped."""
-        item = self._bufs.take()
-        raw, hdr, view = item
-        n = len(frame)
-        hdr.value = sid
-        view[8:8 + n] = frame
-        try:
-            while L.msgsnd(self.stream_qid, raw, n, L.IPC_NOWAIT) == -1:
-                err = L.get_errno()
-                if err == _E.EINTR:
-                    continue
-                if err != _E.EAGAIN:
-                    self._fail("msgsnd", err)
-                if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
-                    if self._reader_gone(sid):
-                        return False
-                    self._purge_others(sid)
-        finally:
-            self._bufs.give(item)
+        while not self._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
+            if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
+                if self._reader_gone(sid):
+                    return False
+                self._purge_others(sid)
         return True
 
     def _await_reader(self, sid: int) -> None:

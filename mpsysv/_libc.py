@@ -169,6 +169,24 @@ semtimedop = _fn("semtimedop", c_int, c_int, _vp, _sz, _vp)
 # semctl is variadic; its optional fourth argument (union semun) is passed as one word.
 semctl = _fn("semctl", c_int, c_int, c_int, c_int, c_ulong)
 ftok_ = _fn("ftok", c_int, ctypes.c_char_p, c_int)
+# The queue hot path: msgsnd/msgrcv without argtypes, ~0.8 us less per call here. Callers
+# pass int for int parameters, a buffer (bytes or a ctypes array) for the message, and
+# C-typed values (size_arg(), c_long) for the size_t and long ones.
+msgsnd_fast = _libc["msgsnd"]
+msgrcv_fast = _libc["msgrcv"]
+msgrcv_fast.restype = ctypes.c_ssize_t
+_size_args: dict = {}
+
+
+def size_arg(n: int) -> ctypes.c_size_t:
+    """*n* as a (cached) ``size_t`` argument for the ``*_fast`` calls."""
+    try:
+        return _size_args[n]
+    except KeyError:
+        arg = ctypes.c_size_t(n)
+        if n < 65536:
+            _size_args[n] = arg
+        return arg
 # POSIX unnamed semaphores, placed by mpsysv inside SysV segments: a futex-based counter
 # whose uncontended post/wait never enters the kernel.
 sem_init = _fn("sem_init", c_int, _vp, c_int, c_uint)

@@ -32,6 +32,8 @@ from . import _parcels
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
 
 _SENTINEL = object()
+_IDLE = 0.001  # a putting thread quiet this long leaves the flushing to the feeder thread
+_PROBE_EVERY = 16  # buffered puts between two flush attempts by the putting thread
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 _loads = pickle.loads
 _dumps = pickle.dumps
@@ -95,6 +97,8 @@ class _Feeder:
         self.send_lock = threading.Lock()
         self.buffer: deque = deque()
         self.pending = 0
+        self.enqueued = 0
+        self.probe = _PROBE_EVERY
         self.streaming = False
         self.thread: Optional[threading.Thread] = None
         self.cancelled = False
@@ -105,12 +109,19 @@ class _Feeder:
         with self.cond:
             self.buffer.append((payload, mtype))
             self.pending += 1
+            self.enqueued += 1
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="mpsysv.QueueFeederThread",
                                                daemon=True)
                 self.thread.start()
-            self.cond.notify()
-        if self.chan.may_have_room() and self.send_lock.acquire(False):
+            if self.pending == 1 or len(payload) > self.chan.msgmax:
+                self.cond.notify()
+        # Flush from this thread when a getter made room, and also every few objects
+        # anyway: the room token may sit with the feeder thread, which needs the GIL this
+        # thread holds, and meanwhile the getters would drain the queue and starve.
+        self.probe -= 1
+        if (self.probe <= 0 or self.chan.may_have_room()) and self.send_lock.acquire(False):
+            self.probe = _PROBE_EVERY
             try:
                 self.flush(False)
             finally:
@@ -149,7 +160,7 @@ class _Feeder:
             return self.flush(True)
 
     def _run(self) -> None:
-        cond, buffer = self.cond, self.buffer
+        cond, buffer, msgmax = self.cond, self.buffer, self.chan.msgmax
         while True:
             with cond:
                 while not buffer:
@@ -157,6 +168,13 @@ class _Feeder:
                 if buffer[0][0] is _SENTINEL:
                     buffer.popleft()
                     break
+                if len(buffer[0][0]) <= msgmax:
+                    # While the putting thread keeps putting, it flushes too: leave it
+                    # alone (two threads flushing trade the GIL on every call).
+                    seen = self.enqueued
+                    cond.wait(_IDLE)
+                    if self.enqueued != seen:
+                        continue
             try:
                 if not self._flush_locked():
                     self.chan.wait_room(self._flush_locked)
@@ -253,6 +271,8 @@ class _Base:
     def _setup(self, chan: Channel) -> None:
         self._chan = chan
         self._maxsize = chan.maxsize
+        # put() has slots or task counts to keep (bounded or joinable queue)
+        self._accounted = bool(chan.maxsize) or self._kind == KIND_JOINABLE
         self._msgmax = chan.msgmax
         self._closed = False
         self._used = False
@@ -305,17 +325,21 @@ class _Base:
         if mtype != 1:
             _check_mtype(mtype, False)
         try:
-            payload = self._pickler.dumps(obj)
+            payload = _dumps(obj, 5) if type(obj) in _PLAIN else self._pickler.dumps(obj)
         except Exception as exc:
             if self._strict:
                 raise
             self._on_queue_feeder_error(exc, obj)
             return
-        if self._maxsize:
-            self._take_slot(block, timeout)
-        if self._kind == KIND_JOINABLE:
-            self._chan.task_added()
-        self._send(payload, mtype)
+        if self._accounted:
+            if self._maxsize:
+                self._take_slot(block, timeout)
+            if self._kind == KIND_JOINABLE:
+                self._chan.task_added()
+        if len(payload) > self._msgmax or self._feeder.pending:
+            self._send(payload, mtype)
+        elif not self._chan.try_send(payload, mtype):
+            self._feeder.enqueue(payload, mtype)
 
     def _send(self, payload, mtype: int) -> None:
         """Hand one message's worth to the kernel now, or to the feeder, in order."""
@@ -588,18 +612,27 @@ class JoinableQueue(_Base):
 
 
 class SimpleQueue(_Base):
-    """The stdlib's minimal queue: put, get, empty, close."""
+    """The stdlib's minimal queue: put, get, empty, close.
+
+    As the stdlib's, ``put()`` raises pickling errors (it has no feeder to report
+    them; pass ``strict=False`` for the Queue behaviour) and a closed queue raises
+    ``OSError`` rather than ``ValueError``.
+    """
 
     _kind = KIND_SIMPLE
 
     def __init__(self, *, ctx: Any = None, name: Optional[str] = None, create: bool = False,
-                 strict: bool = False, mode: int = 0o600):
+                 strict: bool = True, mode: int = 0o600):
         super().__init__(0, ctx=ctx, name=name, create=create, strict=strict, mode=mode)
 
     def put(self, obj, *, mtype: int = 1) -> None:
+        if self._closed:
+            raise OSError(f"handle is closed: SimpleQueue {self!r}")
         super().put(obj, mtype=mtype)
 
     def get(self, *, mtype: int = 0):
+        if self._closed:
+            raise OSError(f"handle is closed: SimpleQueue {self!r}")
         return super().get(mtype=mtype)
 
     def empty(self) -> bool:

@@ -295,13 +295,17 @@ def test_bad_queue_mode_raises_value_error(mode):
         Queue(mode=mode).close()
 
 
-def test_closed_queues_raise_value_error():
+def test_closed_queues_raise_the_stdlib_errors():
     for cls in (Queue, JoinableQueue, SimpleQueue):
         queue = cls()
         queue.close()
-        for call in (lambda: queue.put(1), lambda: queue.get(), lambda: pickle.dumps(queue)):
-            with pytest.raises(ValueError, match="closed"):
+        # As the stdlib: ValueError from a closed Queue, OSError from a closed SimpleQueue.
+        error = OSError if cls is SimpleQueue else ValueError
+        for call in (lambda: queue.put(1), lambda: queue.get()):
+            with pytest.raises(error, match="closed"):
                 call()
+        with pytest.raises(ValueError, match="closed"):
+            pickle.dumps(queue)
         if cls is JoinableQueue:
             with pytest.raises(ValueError, match="closed"):
                 queue.task_done()

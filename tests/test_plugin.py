@@ -258,7 +258,7 @@ class ReadLockTest(unittest.TestCase):
 
 class WriterTest(unittest.TestCase):
     def test_send_pickles_in_the_caller_even_on_a_lenient_queue(self):
-        q = SimpleQueue()  # strict=False: put() would report, not raise
+        q = SimpleQueue(strict=False)  # put() would report, not raise
         with self.assertRaisesRegex(TypeError, "not today"):
             q._writer.send(_Unpicklable())
         q._writer.send(("ok", b"x" * 300_000))

@@ -657,7 +657,7 @@ class SimpleQueueTest(unittest.TestCase):
         self.assertEqual(len(q.get()), 50_000)
         self.assertTrue(q.empty())
         q.close()
-        with self.assertRaises(ValueError):
+        with self.assertRaisesRegex(OSError, "handle is closed"):  # as the stdlib's
             q.put(1)
 
 
