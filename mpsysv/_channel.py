@@ -15,6 +15,7 @@ This module moves bytes; pickling, buffering and the stdlib API live in queues.p
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import os
@@ -661,6 +662,7 @@ class Channel:
                     if detach:
                         self.detach()
                     self._unlock(SEM_STATE)
+                    _collect_at_exit()
 
     def _after_fork(self) -> None:
         """In a fork child: the inherited mapping counts as a holder of its own."""
@@ -731,6 +733,25 @@ class Batch(list):
 
 class _Empty(Exception):
     """Nothing arrived in time (queues.py turns it into ``queue.Empty``)."""
+
+
+def _collect_at_exit() -> None:
+    """This process let go of a queue others still hold: if they are all killed, no
+    holder is left to remove it, so collect garbage once more when this program ends
+    (a forked child of ours killed after we let go is the usual case)."""
+    me = _getpid()
+    if _exit_collect[0] != me:
+        _exit_collect[0] = me
+        atexit.register(_collect_now, me)
+
+
+def _collect_now(pid: int) -> None:
+    if _getpid() == pid:  # not in a fork child that inherited the handler
+        from . import _gc
+        _gc.collect_garbage(force=True)
+
+
+_exit_collect = [0]  # the pid that registered _collect_now
 
 
 def _permission_error(call: str, name: str, key: int) -> PermissionError:

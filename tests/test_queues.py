@@ -666,3 +666,31 @@ def test_module_exports_match_the_stdlib_names():
     for name in ("Queue", "SimpleQueue", "JoinableQueue"):
         assert getattr(queues, name) is getattr(mpsysv, name)
     assert mpsysv.Empty is queue.Empty and mpsysv.Full is queue.Full
+
+
+def test_a_queue_whose_other_holders_were_killed_is_removed_when_the_program_ends():
+    # The parent lets go while a fork child still holds the queue; the child is then
+    # SIGKILLed, so no holder is left to remove it: the parent's exit collects it.
+    before = sysv_counts()
+    program = textwrap.dedent("""
+        import gc, os, signal, time
+        import mpsysv
+        q = mpsysv.Queue()
+        q.put(1)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        q.close()
+        del q
+        gc.collect()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        with open("/proc/sysvipc/msg") as f:
+            print(len(f.readlines()) - 1)
+    """)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= before["msg"] + 2, "the orphaned queue was not there to collect"
+    assert sysv_counts() == before
