@@ -283,9 +283,9 @@ class Channel:
             room.post()
 
     def may_have_room(self) -> bool:
-        """False while a feeder found the queue full and no getter has made room since:
-        then a non-blocking send would only cost a failing syscall."""
-        return not self._rw_word[0] or self._room_word[0] > 0
+        """True when a getter made room since a feeder started waiting for it (a word
+        read, no call): worth a non-blocking send."""
+        return self._room_word[0] > 0
 
     def wait_room(self, retry: Callable[[], bool]) -> None:
         """Sleep until *retry()* (a non-blocking send attempt) succeeds.

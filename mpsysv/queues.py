@@ -33,7 +33,7 @@ __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"
 
 _SENTINEL = object()
 _IDLE = 0.001  # a putting thread quiet this long leaves the flushing to the feeder thread
-_PROBE_EVERY = 16  # buffered puts between two flush attempts by the putting thread
+_PROBE_BYTES = 1024  # buffered bytes (+64 per object) between flush attempts of the putter
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
 # Pickled with protocol 3: no 9-byte FRAME opcode, so 2.5x more of them fit the queue.
 _SCALARS = frozenset((int, float, bool, type(None)))
@@ -99,7 +99,7 @@ class _Feeder:
         self.send_lock = threading.Lock()
         self.buffer: deque = deque()
         self.enqueued = 0
-        self.probe = _PROBE_EVERY
+        self.probe = _PROBE_BYTES
         self.streaming = False
         self.thread: Optional[threading.Thread] = None
         self.cancelled = False
@@ -119,12 +119,12 @@ class _Feeder:
                                                    name="mpsysv.QueueFeederThread", daemon=True)
                     self.thread.start()
                 self.cond.notify()
-        # Flush from this thread when a getter made room, and also every few objects
-        # anyway: the room token may sit with the feeder thread, which needs the GIL this
-        # thread holds, and meanwhile the getters would drain the queue and starve.
-        self.probe -= 1
+        # Flush from this thread when a getter made room for a waiting feeder thread, and
+        # every kilobyte or so anyway (a getter frees about that much meanwhile): the
+        # feeder thread leaves it to us while we keep putting.
+        self.probe -= len(payload) + 64
         if (self.probe <= 0 or self.chan.may_have_room()) and self.send_lock.acquire(False):
-            self.probe = _PROBE_EVERY
+            self.probe = _PROBE_BYTES
             try:
                 self.flush(False)
             finally:
