@@ -3,8 +3,10 @@
 Cycle: create a 1 MiB segment, (attach it again by name,) close, unlink: the time of
 one cycle. Bandwidth: ``buf[:] = data`` of 64 MiB into a fresh segment (page faults
 included) and again into the same one, and ``bytes(buf)`` out of it. Both sides run
-in alternation; the ratio is the median of the per-round ratios (robust to load). Raw ctypes shmget/shmat/shmdt/IPC_RMID rows show the
-kernel's floor, and what touching one fresh page costs (mpsysv's trailer).
+in alternation; the ratio is the median of the per-round ratios (robust to load).
+Raw ctypes shmget/shmat/shmdt/IPC_RMID rows show the kernel's floor for both cycles,
+and what touching one fresh page costs (mpsysv's identity trailer: written by the
+creator, read by the second handle).
 
     python3 bench/bench_shared.py [--rounds 9] [--cycles 2000] [--mib 64]
 """
@@ -26,6 +28,8 @@ from mpsysv.shared import SharedMemory  # noqa: E402
 
 CYCLE_SIZE = 1 << 20
 RAW_KEY = 0x6D707362
+TRAILER = 256
+_TRAILER_BYTES = b"t" * TRAILER
 
 
 def cycle_mpsysv(track=True):
@@ -77,6 +81,32 @@ def raw_cycle_touch():
     _raw(True)
 
 
+def _raw2(trailer):
+    """The system calls of the two-handle cycle; *trailer*: write 256 bytes past the
+    data and read them back through the second mapping, as mpsysv's identity check."""
+    ident = L.shmget(RAW_KEY, CYCLE_SIZE + TRAILER, L.IPC_CREAT | L.IPC_EXCL | 0o600)
+    addr = L.shmat(ident, None, 0)
+    if trailer:
+        ctypes.memmove(addr + CYCLE_SIZE, _TRAILER_BYTES, TRAILER)
+    other = L.shmget(RAW_KEY, 0, 0)
+    ds = L.shmid_ds()
+    L.shmctl(other, L.IPC_STAT, ctypes.byref(ds))
+    addr2 = L.shmat(other, None, 0)
+    if trailer:
+        ctypes.string_at(addr2 + ds.shm_segsz - TRAILER, TRAILER)
+    L.shmdt(addr2)
+    L.shmdt(addr)
+    L.shmctl(ident, L.IPC_RMID, None)
+
+
+def raw_cycle2():
+    _raw2(False)
+
+
+def raw_cycle2_trailer():
+    _raw2(True)
+
+
 def per_call_us(fn, n):
     t0 = time.perf_counter()
     for _ in range(n):
@@ -115,6 +145,8 @@ def main():
         ("create+attach+close x2+unlink 1 MiB", cycle2_mpsysv, cycle2_stdlib),
         ("raw ctypes shmget+shmat+shmdt+RMID", raw_cycle, cycle_stdlib),
         ("  raw, touching 1 fresh page", raw_cycle_touch, cycle_stdlib),
+        ("raw create+attach+shmdt x2+RMID", raw_cycle2, cycle2_stdlib),
+        ("  raw, trailer written and read", raw_cycle2_trailer, cycle2_stdlib),
     ]
     for _, ours, theirs in rows:  # warm up: tracker start, imports, caches
         ours()

@@ -2,13 +2,13 @@
 
 A name is a short string (like a POSIX shm name, an optional leading '/' is dropped);
 its key is a hash of the kind and the name, so every process finds the same object.
-Pure functions: no kernel access here.
+Pure functions, but for the pool of random bits behind random_name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
+import os
 
 __all__ = ["MAX_NAME_LENGTH", "SUB_KEY_TAG", "check_name", "name_key", "sub_key", "parse_sub_key",
            "random_name"]
@@ -68,6 +68,19 @@ def parse_sub_key(key: int):
     return (key >> 22) & 3, key & 0x7FFF, (key >> 15) & 0x7F
 
 
+# 64 random bits per name, drawn from one getrandom() call per _POOL names: a system
+# call costs more than the rest of a name. Emptied in fork children, which must never
+# hand out their parent's names.
+_POOL = 64
+_pool: list = []
+os.register_at_fork(after_in_child=_pool.clear)
+
+
 def random_name(prefix: str = "mpsysv_") -> str:
     """A fresh name that is practically never in use (64 random bits)."""
-    return prefix + secrets.token_hex(8)
+    try:
+        return prefix + _pool.pop()
+    except IndexError:
+        digits = os.urandom(8 * _POOL).hex()
+        _pool.extend(digits[i:i + 16] for i in range(16, len(digits), 16))
+        return prefix + digits[:16]

@@ -30,14 +30,16 @@ from .primitives import Segment
 
 __all__ = ["TRAILER_SIZE", "MAGIC", "VERSION", "FLAG_TRACKED", "FLAG_HUGETLB",
            "PURPOSE_SHARED_MEMORY", "PURPOSE_SHAREABLE_LIST", "Identity", "pack_identity",
-           "parse_identity", "read_trailer", "process_identity", "register", "register_raw",
-           "tracker_identity", "live_segments", "main"]
+           "parse_identity", "match_identity", "read_trailer", "process_identity", "register",
+           "register_raw", "tracker_identity", "live_segments", "main"]
 
 # magic, version, flags, purpose, name length, size, creation time (ns since the epoch),
 # creator pid, tracker pid, creator and tracker start times (clock ticks after boot, as in
 # /proc/PID/stat: with the pid they name a process even after its pid is reused), name.
 _TRAILER = struct.Struct("<8sHHHHQQIIQQ200s")
 TRAILER_SIZE = _TRAILER.size
+_HEAD = struct.Struct("<8sHHHHQ")  # magic, version, flags, purpose, name length, size
+_NAME_AT = TRAILER_SIZE - 200
 MAGIC = b"mpsysvSH"
 VERSION = 1
 FLAG_TRACKED = 1
@@ -85,6 +87,16 @@ def parse_identity(raw: bytes) -> Optional[Identity]:
         return None
     return Identity(version, flags, purpose, name[:name_len].decode("ascii", "replace"), size,
                     ctime_ns, cpid, tpid, cstart, tstart)
+
+
+def match_identity(raw: bytes, name: str) -> Optional[Tuple[int, int]]:
+    """``(size, purpose)`` when *raw* is a current-format trailer of *name*, else None:
+    the check of every attach, cheaper than building an Identity."""
+    magic, version, _, purpose, name_len, size = _HEAD.unpack_from(raw)
+    if (magic != MAGIC or version != VERSION or name_len != len(name)
+            or raw[_NAME_AT:_NAME_AT + name_len] != name.encode("ascii")):
+        return None
+    return size, purpose
 
 
 def read_trailer(segment: Segment) -> Optional[bytes]:

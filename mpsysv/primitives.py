@@ -402,8 +402,16 @@ class SemaphoreSet(_Object):
         self._ctl(0, L.IPC_RMID, 0, "IPC_RMID")
 
 
-def _detach(address: int) -> None:
-    L.shmdt(address)
+# id(weakref) -> (weakref, address) of every mapping whose array is alive: the weakref's
+# callback unmaps when the array dies (a plain weakref costs a tenth of a finalize).
+_mapped: dict = {}
+
+
+def _unmap(ref, _pop=_mapped.pop, _shmdt=L.shmdt) -> None:
+    """Detach the mapping of a ctypes array that just died: no view of it is left."""
+    entry = _pop(id(ref), None)
+    if entry is not None:
+        _shmdt(entry[1])
 
 
 class Attachment:
@@ -411,7 +419,7 @@ class Attachment:
 
     ``detach()`` is memory-safe: the mapping is removed only once no view of it is
     left (slices of ``buf``, numpy arrays built on it), so nothing can ever touch
-    unmapped memory.
+    unmapped memory. A mapping still viewed at exit is left to the kernel.
     """
 
     def __init__(self, address: int, size: int, readonly: bool):
@@ -419,23 +427,20 @@ class Attachment:
         self.size = size
         self.readonly = readonly
         array = (ctypes.c_char * size).from_address(address)
-        self._finalizer = weakref.finalize(array, _detach, address)
-        # At exit the kernel unmaps anyway; unmapping earlier would pull the memory from
-        # under daemon threads and late atexit handlers that still hold views.
-        self._finalizer.atexit = False
+        self._ref = ref = weakref.ref(array, _unmap)
+        _mapped[id(ref)] = (ref, address)
         view = memoryview(array).cast("B")
         self.buf: Optional[memoryview] = view.toreadonly() if readonly else view
 
     def detach(self) -> bool:
         """Drop this process's view; True when unmapped now, False when views still live."""
         buf, self.buf = self.buf, None
-        if buf is None:
-            return not self._finalizer.alive
-        try:
-            buf.release()
-        except BufferError:
-            return False
-        return not self._finalizer.alive
+        if buf is not None:
+            try:
+                buf.release()
+            except BufferError:
+                return False
+        return self._ref() is None
 
     def __repr__(self) -> str:
         state = "detached" if self.buf is None else "attached"

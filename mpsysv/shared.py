@@ -14,6 +14,7 @@ import errno
 import functools
 import operator
 import os
+import pwd
 import struct
 import time
 import types
@@ -24,8 +25,8 @@ from . import _libc as L
 from ._names import check_name, name_key, random_name
 from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
                        PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, live_segments,
-                       pack_identity, parse_identity, process_identity, read_trailer, register,
-                       register_raw)
+                       match_identity, pack_identity, parse_identity, process_identity,
+                       read_trailer, register, register_raw)
 from .primitives import Attachment, Segment, SegmentStat
 
 __all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError"]
@@ -45,16 +46,44 @@ class ForeignSegmentError(FileExistsError):
     mpsysv never attaches it silently (``SharedMemory.from_key`` does, on purpose)."""
 
 
-_keys: dict = {}
+# name as given -> (bare name, key): checking and hashing a name cost more than the
+# dict lookup that skips both for names seen before (made or attached here).
+_known_names: dict = {}
 
 
-def _key_of(bare: str) -> int:
-    key = _keys.get(bare)
-    if key is None:
-        if len(_keys) >= 4096:
-            _keys.clear()
-        key = _keys[bare] = name_key("shm", bare)
-    return key
+def _name_and_key(name: str) -> tuple:
+    """``(bare name, key)`` of a user's name; TypeError/ValueError for an invalid one."""
+    known = _known_names.get(name) if type(name) is str else None
+    if known is None:
+        bare = check_name(name)
+        known = _remember(name, bare)
+    return known
+
+
+# Random (name, key) pairs for creations without a name, hashed _BATCH at a time: right
+# after the kernel calls of a creation the hash code runs cold, at several times its cost.
+_BATCH = 64
+_fresh: list = []
+os.register_at_fork(after_in_child=_fresh.clear)
+
+
+def _fresh_name() -> tuple:
+    """A new random ``(bare name, key)``, remembered for attaching by that name here."""
+    try:
+        bare, key = _fresh.pop()
+    except IndexError:
+        _fresh.extend((bare, name_key("shm", bare))
+                      for bare in [random_name() for _ in range(_BATCH)])
+        bare, key = _fresh.pop()
+    return _remember(bare, bare, key)
+
+
+def _remember(name: str, bare: str, key: Optional[int] = None) -> tuple:
+    """Cache and return ``(bare, key)`` for a name known to be valid."""
+    if len(_known_names) >= 4096:
+        _known_names.clear()
+    known = _known_names[name] = (bare, name_key("shm", bare) if key is None else key)
+    return known
 
 
 def _check_size(size, create: bool) -> int:
@@ -222,13 +251,13 @@ class SharedMemory:
         flags = L.IPC_CREAT | L.IPC_EXCL | _check_mode(mode) | (L.SHM_HUGETLB if hugetlb else 0)
         if size > _MAX_SIZE:
             _raise_create_error(errno.EINVAL, size, hugetlb)
-        bare = None if name is None else check_name(name)
+        if name is not None:
+            bare, key = _name_and_key(name)
         creator = process_identity()
         tracker = _NO_TRACKER
         while True:
             if name is None:
-                bare = random_name()
-            key = _key_of(bare)
+                bare, key = _fresh_name()
             ctime = time.time_ns()
             if track:
                 tracker = register(key, creator[0], ctime, bare)
@@ -252,37 +281,32 @@ class SharedMemory:
         self._set(bare, ident, key, size, Attachment(addr, size, False), False, purpose)
 
     def _attach(self, name, readonly) -> None:
-        bare = check_name(name)
-        key = _key_of(bare)
+        bare, key = _name_and_key(name)
         ident = L.shmget(key, 0, 0)
         ds = L.shmid_ds()
         if ident == -1 or L.shmctl(ident, L.IPC_STAT, L.byref(ds)) == -1:
             err = L.get_errno()
             if err in (errno.ENOENT, errno.EINVAL, errno.EIDRM):
                 raise FileNotFoundError(errno.ENOENT, "No shared memory with this name", bare)
+            if err == errno.EACCES:
+                raise _permission_error("shmget", bare, key)
             L.raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
         addr = L.shmat(ident, None, L.SHM_RDONLY if readonly else 0)
         if addr is None or addr == _FAILED:
-            L.raise_errno(L.get_errno(), "shmat", f"shared memory {bare!r} (id={ident})")
+            err = L.get_errno()
+            if err == errno.EACCES:
+                raise _permission_error("shmat", bare, key, readonly)
+            L.raise_errno(err, "shmat", f"shared memory {bare!r} (id={ident})")
         segsz = ds.shm_segsz
-        identity = None
-        if segsz >= TRAILER_SIZE:
-            raw = ctypes.string_at(addr + segsz - TRAILER_SIZE, TRAILER_SIZE)
-            deadline = None
-            while raw == _ZEROS:
-                deadline = deadline or time.monotonic() + _CREATION_GRACE
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.002)
-                raw = ctypes.string_at(addr + segsz - TRAILER_SIZE, TRAILER_SIZE)
-            identity = parse_identity(raw)
-        if (identity is None or identity.name != bare or identity.version != VERSION
-                or identity.size + TRAILER_SIZE != segsz):
+        raw = _wait_for_trailer(addr + segsz - TRAILER_SIZE) if segsz >= TRAILER_SIZE else None
+        found = match_identity(raw, bare) if raw is not None else None
+        if found is None or found[0] + TRAILER_SIZE != segsz:
             L.shmdt(addr)
+            identity = parse_identity(raw) if raw is not None else None
             raise ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity),
                                       bare)
-        self._set(bare, ident, key, identity.size, Attachment(addr, identity.size, readonly),
-                  readonly, identity.purpose)
+        size, purpose = found
+        self._set(bare, ident, key, size, Attachment(addr, size, readonly), readonly, purpose)
 
     @classmethod
     def _from_segment(cls, segment: Segment, readonly: bool) -> "SharedMemory":
@@ -305,6 +329,54 @@ class SharedMemory:
 
 def _from_id(cls, ident, readonly):
     return cls.from_id(ident, readonly=readonly)
+
+
+def _wait_for_trailer(address: int) -> bytes:
+    """The trailer at *address*, waiting up to _CREATION_GRACE while it is still all zero:
+    its creator writes it right after shmget+shmat."""
+    raw = ctypes.string_at(address, TRAILER_SIZE)
+    if raw == _ZEROS:
+        deadline = time.monotonic() + _CREATION_GRACE
+        while raw == _ZEROS and time.monotonic() < deadline:
+            time.sleep(0.002)
+            raw = ctypes.string_at(address, TRAILER_SIZE)
+    return raw
+
+
+def _permission_error(call: str, bare: str, key: int, readonly: bool = True) -> PermissionError:
+    """A PermissionError that says whose segment it is and what its mode allows."""
+    owner, mode = _owner_and_mode(key)
+    if readonly:
+        access, hint = "reading", "ask its owner for mode=0o640 or 0o644 (or set_mode())"
+    else:
+        access, hint = "writing", ("attach it with readonly=True, or ask its owner for "
+                                   "mode=0o660 or 0o666 (or set_mode())")
+    return PermissionError(
+        errno.EACCES, f"{call}: Permission denied: shared memory {bare!r} belongs to {owner} "
+        f"with mode {mode}, which does not allow {access} by uid {os.geteuid()}; {hint}", bare)
+
+
+def _owner_and_mode(key: int) -> tuple:
+    """``("uid N (user)", "octal mode")`` of the segment holding *key*, from
+    /proc/sysvipc/shm (readable by every user, unlike IPC_STAT); "?" when unknown."""
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header = f.readline().split()
+            for line in f:
+                row = dict(zip(header, line.split()))
+                if int(row["key"]) & 0xFFFFFFFF == key:
+                    uid = int(row["uid"])
+                    return f"uid {uid} ({_user_name(uid)})", row["perms"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return "uid ?", "?"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "no user name"
 
 
 def _exists_error(bare: str, key: int) -> FileExistsError:

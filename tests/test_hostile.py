@@ -390,9 +390,6 @@ def test_permission_error_names_the_queue_its_owner_and_mode(private_objects):
     assert q.name in message and "uid 0" in message and "600" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="message gap in shared.py: attaching another user's "
-                   "segment says only 'shmget(shared memory NAME (key=...)): Permission "
-                   "denied', without the owner and the mode (the queue's message has both)")
 def test_permission_error_names_the_segment_its_owner_and_mode(private_objects):
     _, seg = private_objects
     message = _permission_error(lambda: SharedMemory(seg.name))

@@ -82,6 +82,23 @@ class NamesAndSizesTest(SegmentTestCase):
         self.assertNotEqual(a.name, b.name)
         self.assertNotEqual(a.id, b.id)
 
+    def test_fork_child_never_hands_out_the_parents_next_random_names(self):
+        random_name()  # the pool of random bits is filled now
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.write(write_end, " ".join(random_name() for _ in range(3)).encode())
+            os._exit(0)
+        os.close(write_end)
+        try:
+            os.waitpid(pid, 0)
+            theirs = set(os.read(read_end, 4096).decode().split())
+        finally:
+            os.close(read_end)
+        mine = {random_name() for _ in range(3)}
+        self.assertEqual(len(theirs), 3)
+        self.assertFalse(mine & theirs)
+
     def test_attach_by_name_sees_the_same_bytes(self):
         a = self.make(create=True, size=100)
         a.buf[:5] = b"hello"
