@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from . import _libc as L
 from . import _wire
+from ._journal import alive as _alive
 
 __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
@@ -40,24 +41,6 @@ MAGIC = b"MPSYSVP1"
 HEADER = struct.Struct("<8siid")  # magic, owner control segment id, writer pid, created
 _HDR_SIZE = 64
 _FAILED = ctypes.c_void_p(-1).value
-
-
-def _alive(pid: int) -> bool:
-    """True while process *pid* exists and is not a zombie (a killed writer or reader
-    is a zombie until its parent waits for it)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _size_class(n: int) -> int:
