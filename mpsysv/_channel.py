@@ -65,6 +65,7 @@ ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
 _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
 _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
+_UNCLAIMED = 1.0  # how long a taken stream head may stay without a registered reader
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 
 _E = errno
@@ -124,6 +125,7 @@ class Channel:
         self.counted = kind == KIND_JOINABLE or maxsize > 0
         self._batches = {}  # id of a batch message in the feeder -> its object count
         self._next_repair = 0.0
+        self._headless_since = None
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode)
         self._counter = 0
         self._counter_lock = threading.Lock()
@@ -440,6 +442,11 @@ class Channel:
             self._fail("msgctl(IPC_STAT)", L.get_errno())
         return ds
 
+    def _queue_state(self) -> tuple:
+        """``(messages in the main queue, pid of the last process that took one)``."""
+        ds = self._stat_main()
+        return ds.msg_qnum, ds.msg_lrpid
+
     # -- streams (objects larger than one message) ---------------------------------
 
     def send_stream(self, payload, mtype: int, counted: bool = False) -> None:
@@ -463,6 +470,7 @@ class Channel:
                 while self.sems[i].try_acquire():
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
+            self._headless_since = None
             self._send_main(head, mtype)
             if counted and self.maxsize > 0:
                 self.journal.sent(0, 1)
@@ -508,10 +516,33 @@ class Channel:
     def _reader_gone(self, sid: int) -> bool:
         """True (after dropping the stream's frames) when the reader of *sid* died."""
         reader = self._mark()[1]
-        if reader == 0 or _alive(reader):
+        if reader == 0:
+            if not self._head_lost():
+                return False
+        elif _alive(reader):
             return False
         self._purge(sid)
         return True
+
+    def _head_lost(self) -> bool:
+        """No reader registered for our head: True when a process took it and died
+        before it could. The head is out of the main queue when that queue is empty
+        (it went in before); its reader registers within microseconds of taking it, so
+        it is dead when the last process that took a message is dead, or when it still
+        has not registered after ``_UNCLAIMED`` seconds. (A live reader stalled there
+        that long, or while another process takes a message and dies, loses the object:
+        it finds the stream gone.) While other messages wait in the queue the head may
+        be among them, and the writer keeps waiting."""
+        qnum, last = self._queue_state()
+        if qnum:
+            self._headless_since = None
+            return False
+        if not _alive(last):
+            return True
+        now = time.monotonic()
+        if self._headless_since is None:
+            self._headless_since = now
+        return now - self._headless_since >= _UNCLAIMED
 
     def _purge(self, sid: int) -> None:
         raw = (ctypes.c_char * (8 + self.msgmax))()

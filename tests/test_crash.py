@@ -360,10 +360,6 @@ def _die_at(target, attr: str):
     setattr(target, attr, die)
 
 
-@pytest.mark.xfail(strict=True, reason="protocol gap: a reader killed after taking a stream "
-                   "head but before registering its pid in the stream marker is never "
-                   "detected; the writer waits for it forever, holding the stream lock, so "
-                   "no large object moves again")
 def test_consumer_killed_right_after_taking_a_stream_head(monkeypatch):
     monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
     q = Queue()
