@@ -126,7 +126,8 @@ class Channel:
         self._batches = {}  # id of a batch message in the feeder -> its object count
         self._next_repair = 0.0
         self._headless_since = None
-        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode)
+        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
+                                   self.journal, self._journal_entry, self._queue_state)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._detached = False
@@ -764,6 +765,8 @@ class Channel:
 
     def buffered_sent(self, payload) -> None:
         """The feeder handed *payload* to the kernel: what it stood for is in the queue."""
+        if payload[0] == _wire.PARCEL:
+            self.parcels.handed(payload)
         if self.counted:
             n = self._batches.pop(id(payload), 1) if self._batches else 1
             self.journal.sent(n if self.kind == KIND_JOINABLE else 0,

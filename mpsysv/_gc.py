@@ -268,12 +268,13 @@ def _journal_entries(raw: bytes) -> List[dict]:
     """The journal entries in use: what each process counted and has not sent yet."""
     out = []
     for i in range(_journal.NENTRIES):
-        pid, tasks, slots, _, txn, _, start, _ = _journal.ENTRY.unpack_from(
+        pid, tasks, slots, _, txn, _, start, bits = _journal.ENTRY.unpack_from(
             raw, _journal.JOURNAL_OFF + i * _journal.ENTRY.size)
         if pid:
             out.append({"pid": pid, "start_ticks": start, "alive": _journal.alive(pid, start),
                         "unsent_tasks": tasks, "unsent_slots": slots,
-                        "task_update_in_progress": bool(txn)})
+                        "task_update_in_progress": bool(txn),
+                        "unsent_parcel_slots": [s for s in range(64) if bits >> s & 1]})
     return out
 
 

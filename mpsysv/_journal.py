@@ -1,15 +1,17 @@
 """What each process has counted but not yet handed to the kernel, for its successors.
 
 A bounded queue's slot and a JoinableQueue's task are counted before the object's
-message goes out; a process killed in between (or with objects still in its feeder
-buffer) would leave a slot taken or a task unfinished for good. Each process that counts
+message goes out, and a parcel is complete before its message goes out; a process
+killed in between (or with objects still in its feeder buffer) would leave a slot
+taken, a task unfinished or a parcel stranded for good. Each process that counts
 notes it in an entry of its own in the queue's control segment, with plain memory
 writes (no system call):
 
     entry: pid i32 | tasks i32 | slots i32 | txn tasks i32 | txn unfinished i32 |
-           reserved i32 | start time u64 (clock ticks) | reserved u64
+           reserved i32 | start time u64 (clock ticks) | unsent parcel slots u64 (bits)
 
-``tasks`` and ``slots`` count what this process took and has not sent yet. The next
+``tasks`` and ``slots`` count what this process took and has not sent yet; the
+parcel bits name the parcel slots whose message is still in this process. The next
 process that finds the entry's owner dead (pid *and* start time, so a reused pid is
 no owner) rolls its counts back under the queue's state lock. The ``txn`` fields make
 the task count's update repairable when its owner dies inside the state lock.
@@ -20,6 +22,7 @@ note is cleared right after the send returns; a kill between such a call returni
 and the next Python statement (a few bytecodes) still loses a slot (taken, not yet
 noted) or gives back a slot or a task too many (sent, note not yet cleared: then
 ``join()`` may return before that task is done, or a ``task_done()`` raises).
+Parcel bits are not rolled back: the parcel table's next writer reads them.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"
 JOURNAL_OFF = 2240
 ENTRY = struct.Struct("<iiiiiiQQ")
 NENTRIES = 46  # 46 * 40 B, up to the end of the 4096 B control segment
-_PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF, _START = 0, 4, 8, 12, 16, 24
+_PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF, _START, _PARCELS = 0, 4, 8, 12, 16, 24, 32
 _I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
 _getpid = os.getpid
 
 
@@ -160,7 +164,27 @@ class Journal:
                 if slots:
                     self._put(off + _SLOTS, max(self._get(off + _SLOTS) - slots, 0))
 
+    def parcel_made(self, off: int, slot: int) -> None:
+        """Under the state lock: parcel *slot* is this process's, its message not sent."""
+        with self.mutex:
+            bits = _U64.unpack_from(self._view, off + _PARCELS)[0]
+            _U64.pack_into(self._view, off + _PARCELS, bits | (1 << slot))
+
+    def parcel_sent(self, slot: int) -> None:
+        off = self.mine()
+        if off is not None:
+            with self.mutex:
+                bits = _U64.unpack_from(self._view, off + _PARCELS)[0]
+                _U64.pack_into(self._view, off + _PARCELS, bits & ~(1 << slot))
+
     # -- everybody else's side ------------------------------------------------------
+
+    def parcel_unsent(self, writer: int, slot: int) -> Optional[bool]:
+        """Whether *writer* still holds parcel *slot*'s message (None: it has no entry)."""
+        for _, (pid, _, _, _, _, _, _, bits) in self.entries():
+            if pid == writer:
+                return bool(bits >> slot & 1)
+        return None
 
     def any_dead(self) -> bool:
         """Without a lock: is there an entry whose dead owner left something to undo?"""

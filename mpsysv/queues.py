@@ -100,7 +100,7 @@ class _Feeder:
         self.cancelled = False
         self.released = False
         self.error_hook = error_hook
-        # Tell the channel what left the buffer (counted objects): see _journal.
+        # Tell the channel what left the buffer (counted objects, parcels): see _journal.
         self.track = chan.counted
 
     def enqueue(self, payload, mtype: int) -> None:
@@ -335,7 +335,9 @@ class _Base:
         if len(payload) >= _parcels.PARCEL_MIN:
             message = self._chan.parcels.wrap(payload)
             if message is not None:
+                self._feeder.track = True  # it tells the table when the message is out
                 if not self._feeder.pending and self._chan.try_send(message, mtype):
+                    self._chan.parcels.handed(message)
                     return True
                 payload = message
         self._feeder.enqueue(payload, mtype)
