@@ -733,21 +733,23 @@ class Channel:
 
     def _journal_entry(self) -> Optional[int]:
         """Under the state lock: this process's journal entry, claimed on first use
-        (None when the table is full: then this process's counts go unjournaled)."""
-        off = self.journal.mine()
-        if off is None:
-            off = self.journal.claim()
+        (None while the table is full: then this process's counts go unjournaled)."""
+        journal = self.journal
+        off = journal.mine()
+        if off is None and journal.may_claim():
+            off = journal.claim()
             if off is None:
                 self._repair_journal()
-                off = self.journal.claim()
+                off = journal.claim()
         return off
 
     def slot_taken(self, n: int = 1) -> None:
         """This process took *n* slots of a bounded queue for objects not sent yet."""
-        if self.journal.mine() is None:
+        journal = self.journal
+        if journal.mine() is None and journal.may_claim():
             with self._state_locked():
                 self._journal_entry()
-        self.journal.add_slots(n)
+        journal.add_slots(n)
 
     def slots_returned(self, n: int) -> None:
         """This process gave back *n* slots it had taken (a put that raised)."""

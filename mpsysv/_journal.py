@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 from typing import Iterator, Optional, Tuple
 
 __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"]
@@ -37,6 +38,7 @@ __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"
 JOURNAL_OFF = 2240
 ENTRY = struct.Struct("<iiiiiiQQ")
 NENTRIES = 46  # 46 * 40 B, up to the end of the 4096 B control segment
+_RETRY = 1.0  # seconds a process that found the table full waits before it looks again
 _PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF, _START, _PARCELS = 0, 4, 8, 12, 16, 24, 32
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -93,11 +95,13 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
+        self._retry_at = 0.0
         self.mutex = threading.Lock()
 
     def after_fork(self) -> None:
         """In a fork child: the parent's entry is not ours."""
         self._off = None
+        self._retry_at = 0.0
         self.mutex = threading.Lock()
 
     def _get(self, off: int) -> int:
@@ -119,6 +123,10 @@ class Journal:
             return self._off
         return None
 
+    def may_claim(self) -> bool:
+        """False for a while after this process found every entry in use."""
+        return self._retry_at == 0.0 or time.monotonic() >= self._retry_at
+
     def claim(self) -> Optional[int]:
         """Under the state lock: take a free entry (or one whose owner died with nothing
         to roll back); None when every entry is in use."""
@@ -131,6 +139,7 @@ class Journal:
             if spare is None and not (tasks or slots or txn) and not alive(pid, start):
                 spare = off
         if spare is None:
+            self._retry_at = time.monotonic() + _RETRY
             return None
         ENTRY.pack_into(self._view, spare, 0, 0, 0, 0, 0, 0, start_ticks(me), 0)
         self._put(spare + _PID, me)

@@ -564,6 +564,29 @@ def test_producer_killed_with_objects_in_its_buffer_gives_back_their_tasks_and_s
         close_queue(jq)
 
 
+def test_queue_works_without_notes_when_every_journal_entry_is_taken():
+    jq = JoinableQueue(3)
+    view, me = jq._chan._view, os.getpid()
+    entries = [_journal.JOURNAL_OFF + i * _journal.ENTRY.size for i in range(_journal.NENTRIES)]
+    for off in entries:  # live owners (this process) with nothing to roll back
+        _journal.ENTRY.pack_into(view, off, me, 0, 0, 0, 0, 0, _journal.start_ticks(me), 0)
+    try:
+        for i in range(3):
+            jq.put(i)
+        with pytest.raises(mpsysv.Full):
+            jq.put_nowait(3)
+        assert jq._chan.journal.mine() is None
+        assert [jq.get(timeout=5) for _ in range(3)] == [0, 1, 2]
+        for _ in range(3):
+            jq.task_done()
+        jq.join()
+        assert jq._chan.unfinished() == 0
+    finally:
+        for off in entries:
+            _journal.ENTRY.pack_into(view, off, 0, 0, 0, 0, 0, 0, 0, 0)
+        close_queue(jq)
+
+
 def test_producer_killed_with_a_parcel_in_its_buffer_leaves_no_parcel_behind():
     q = Queue()
 
