@@ -213,12 +213,13 @@ class Journal:
                 self._put(off + _TXN_UNF, 0)
 
     def collect_dead(self, unfinished: int) -> Tuple[int, int]:
-        """Under the state lock: free the entries of dead owners and return the tasks and
-        slots they had counted and not sent (the caller gives them back)."""
+        """Under the state lock: free the entries of dead owners that counted something
+        and return the tasks and slots they had not sent (the caller gives them back).
+        Dead owners' empty entries are left for ``claim``."""
         mine = self.mine()
         tasks_back = slots_back = 0
         for off, (pid, tasks, slots, txn_tasks, txn, _, start, _) in self.entries():
-            if not pid or off == mine or alive(pid, start):
+            if not pid or off == mine or not (tasks or slots or txn) or alive(pid, start):
                 continue
             if txn and unfinished != txn:
                 tasks = txn_tasks
