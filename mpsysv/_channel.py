@@ -55,8 +55,13 @@ _MARK_OFF = 640
 _STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
 # Objects beyond the first of every batch message in the queue, so qsize() stays exact.
 _EXTRA = struct.Struct("<q")
+_RECOVERED = struct.Struct("<I")
 _EXTRA_OFF = 672
-# 680..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
+# Slot recoveries so far (a putter's snapshot must not predate one), and a flag set once
+# a process took slots it could not note in the journal (recoveries then stop).
+_RECOVERED_OFF = 680
+_UNNOTED_OFF = 684
+# 688..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
 _FLAG_NAMED = 1
 # Semaphore set members.
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
@@ -67,6 +72,7 @@ _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not remov
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 _UNCLAIMED = 1.0  # how long a taken stream head may stay without a registered reader
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
+_QUIET = 0.9  # how long a bounded queue must not move before slots nobody holds come back
 
 _E = errno
 _getpid = os.getpid
@@ -125,6 +131,7 @@ class Channel:
         self.counted = kind == KIND_JOINABLE or maxsize > 0
         self._batches = {}  # id of a batch message in the feeder -> its object count
         self._next_repair = 0.0
+        self._slot_seen = None  # (time, slot snapshot) a waiting putter took
         self._headless_since = None
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
                                    self.journal, self._journal_entry, self._queue_state)
@@ -746,10 +753,58 @@ class Channel:
     def slot_taken(self, n: int = 1) -> None:
         """This process took *n* slots of a bounded queue for objects not sent yet."""
         journal = self.journal
-        if journal.mine() is None and journal.may_claim():
-            with self._state_locked():
-                self._journal_entry()
+        if journal.mine() is None:
+            if journal.may_claim():
+                with self._state_locked():
+                    self._journal_entry()
+            if journal.mine() is None:
+                self._view[_UNNOTED_OFF] = 1
         journal.add_slots(n)
+
+    def repair_slots(self) -> None:
+        """What a putter waiting for a slot runs about once a second: ``repair()``, and
+        the recovery of slots nobody holds.
+
+        A consumer killed between taking a message and giving its slot back leaves a
+        slot that no count shows: free slots + objects in the queue + slots noted in
+        the journal fall short of ``maxsize``. A live process in that spot (or between
+        taking a slot and noting it) makes the same shortfall for microseconds, so a
+        shortfall counts only when nothing moved for ``_QUIET`` seconds: the same free
+        slots, queue (count, last sender and taker and their times), batch count,
+        journal notes and recoveries, at both ends of that time. A process stopped for
+        that long in one of those spots is counted as lost (the queue then holds one
+        object more than ``maxsize``); one that counts without notes stops recoveries.
+        """
+        self.repair()
+        if self._view[_UNNOTED_OFF]:
+            return
+        now = time.monotonic()
+        seen = self._slot_seen
+        if seen is not None and now - seen[0] < _QUIET:
+            return
+        short, snapshot = self._slot_shortfall()
+        self._slot_seen = (now, snapshot) if short > 0 else None
+        if seen is None or short <= 0 or seen[1] != snapshot:
+            return
+        with self._state_locked():
+            again, snapshot_now = self._slot_shortfall()
+            if snapshot_now != snapshot or again <= 0:
+                return
+            recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
+            _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + 1) & 0xFFFFFFFF)
+            for _ in range(again):
+                self.sems[SLOTS].post()
+        self._slot_seen = None
+
+    def _slot_shortfall(self) -> tuple:
+        """``(slots nobody holds, snapshot of what decides it)``."""
+        ds = self._stat_main()
+        free = self.sems[SLOTS].value
+        extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+        noted = self.journal.slots_noted()
+        snapshot = (free, ds.msg_qnum, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime, ds.msg_rtime,
+                    extra, noted, _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0])
+        return self.maxsize - free - ds.msg_qnum - extra - noted, snapshot
 
     def slots_returned(self, n: int) -> None:
         """This process gave back *n* slots it had taken (a put that raised)."""

@@ -261,6 +261,8 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
                                                                                    state)},
         "task_update_in_progress_by": state_pid, "parcels": parcels,
         "journal": _journal_entries(raw),
+        "slots_recovered": _ch._RECOVERED.unpack_from(raw, _ch._RECOVERED_OFF)[0],
+        "slots_taken_without_notes": bool(raw[_ch._UNNOTED_OFF]),
     }
 
 

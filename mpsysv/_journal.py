@@ -195,6 +195,10 @@ class Journal:
                 return bool(bits >> slot & 1)
         return None
 
+    def slots_noted(self) -> int:
+        """Slots every process (live or dead) noted as taken for objects not sent."""
+        return sum(entry[2] for _, entry in self.entries() if entry[0])
+
     def any_dead(self) -> bool:
         """Without a lock: is there an entry whose dead owner left something to undo?"""
         mine = self.mine()

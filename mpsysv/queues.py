@@ -367,7 +367,7 @@ class _Base:
                 if not slots.try_acquire():
                     raise Full
             elif not chan.wait(slots, None if timeout is None else monotonic() + timeout,
-                               chan.repair):
+                               chan.repair_slots):
                 raise Full
         chan.slot_taken()
 
@@ -480,7 +480,7 @@ class _Base:
             while taken < count:
                 if not slots.try_acquire():
                     chan.repair_soon()
-                    if not (chan.wait(slots, deadline, chan.repair) if block
+                    if not (chan.wait(slots, deadline, chan.repair_slots) if block
                             else slots.try_acquire()):
                         raise Full
                 taken += 1

@@ -445,9 +445,11 @@ def test_producer_killed_while_its_head_waits_behind_other_objects(monkeypatch):
 # killed inside a multi-step update
 
 @pytest.mark.xfail(strict=True, reason="known gap: a consumer killed between msgrcv and the "
-                   "slot post loses a slot of a bounded queue for good (a journal note would "
-                   "be written no closer to the msgrcv than the post itself, and the counts "
-                   "alone cannot tell a lost slot from one a live process is giving back)")
+                   "slot post loses a slot of a bounded queue until a putter has waited "
+                   "through a second in which the queue did not move (a journal note would be "
+                   "written no closer to the msgrcv than the post itself, and the counts alone "
+                   "cannot tell a lost slot from one a live process is about to give back); "
+                   "put_nowait() right after the kill still finds the queue full")
 def test_consumer_killed_between_receive_and_slot_release_keeps_slots_exact():
     q = Queue(2)
     q.put("a")
@@ -466,6 +468,32 @@ def test_consumer_killed_between_receive_and_slot_release_keeps_slots_exact():
     assert q.qsize() == 1
     q.put_nowait("c")
     close_queue(q)
+
+
+def test_putter_waiting_on_a_quiet_queue_recovers_the_slot_of_a_consumer_killed_holding_it():
+    q = Queue(1)
+    q.put("a")
+
+    class Dying:
+        def post(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def victim():
+        q._chan.sems[C.SLOTS] = Dying()
+        q.get(timeout=5)
+
+    def putter():
+        started = time.monotonic()
+        q.put("b", timeout=10)
+        assert time.monotonic() - started >= C._QUIET, "recovered before the queue was quiet"
+
+    wait_pid(fork_run(victim), WATCHDOG)
+    try:
+        assert wait_pid(fork_run(putter), WATCHDOG) == 0, "the lost slot never came back"
+        assert q.get(timeout=5) == "b"
+        assert q._chan.sems[C.SLOTS].value == 1
+    finally:
+        close_queue(q)
 
 
 def test_producer_killed_between_slot_and_send_keeps_slots_exact():
