@@ -20,8 +20,10 @@ A task's count and its note change together under the state lock (the txn fields
 make that exact). What remains: a slot is noted right after it is taken, and every
 note is cleared right after the send returns; a kill between such a call returning
 and the next Python statement (a few bytecodes) still loses a slot (taken, not yet
-noted) or gives back a slot or a task too many (sent, note not yet cleared: then
-``join()`` may return before that task is done, or a ``task_done()`` raises).
+noted: until a waiting putter sees the queue quiet, see ``Channel.repair_slots``) or
+gives back a slot or a task too many (sent, note not yet cleared: the queue then holds
+one object more than ``maxsize``, or ``join()`` may return before that task is done,
+or a ``task_done()`` raises).
 Parcel bits are not rolled back: the parcel table's next writer reads them.
 """
 
