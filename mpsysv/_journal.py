@@ -191,11 +191,15 @@ class Journal:
     # -- everybody else's side ------------------------------------------------------
 
     def parcel_unsent(self, writer: int, slot: int) -> Optional[bool]:
-        """Whether *writer* still holds parcel *slot*'s message (None: it has no entry)."""
+        """Whether *writer* still holds parcel *slot*'s message (None: it has no entry;
+        an older entry of a process that had the same pid counts as its own)."""
+        found = None
         for _, (pid, _, _, _, _, _, _, bits) in self.entries():
             if pid == writer:
-                return bool(bits >> slot & 1)
-        return None
+                if bits >> slot & 1:
+                    return True
+                found = False
+        return found
 
     def slots_noted(self) -> int:
         """Slots every process (live or dead) noted as taken for objects not sent."""
