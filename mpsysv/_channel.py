@@ -875,6 +875,7 @@ class Channel:
     def detach(self) -> None:
         if not self._detached:
             self._detached = True
+            self.journal.release()
             self.parcels.detach_all()
             self._tw_word.release()
             self._rw_word.release()

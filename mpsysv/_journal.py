@@ -148,6 +148,17 @@ class Journal:
         self._off, self._pid = spare, me
         return spare
 
+    def release(self) -> None:
+        """This handle lets go of the queue: free its entry when it notes nothing (an
+        entry that still does stays for the repair after this process ends)."""
+        off = self.mine()
+        if off is not None:
+            with self.mutex:
+                _, tasks, slots, _, txn, _, _, bits = ENTRY.unpack_from(self._view, off)
+                if not (tasks or slots or txn or bits):
+                    self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
+            self._off = None
+
     def add_slots(self, n: int) -> None:
         off = self.mine()
         if off is not None:

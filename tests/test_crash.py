@@ -615,6 +615,24 @@ def test_queue_works_without_notes_when_every_journal_entry_is_taken():
         close_queue(jq)
 
 
+def test_handles_let_go_give_their_journal_entries_back():
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+    jq = JoinableQueue(3)
+    handle = ForkingPickler.dumps(jq)
+    for i in range(2 * _journal.NENTRIES):  # e.g. a worker given the queue with each task
+        other = pickle.loads(handle)
+        other.put(i)
+        assert other.get(timeout=5) == i
+        other.task_done()
+        other.close()
+        other.join_thread()
+    try:
+        assert [e for _, e in jq._chan.journal.entries() if e[0]] == []
+    finally:
+        close_queue(jq)
+
+
 def test_producer_killed_with_a_parcel_in_its_buffer_leaves_no_parcel_behind():
     q = Queue()
 
