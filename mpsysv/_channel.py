@@ -1,8 +1,9 @@
 """The kernel side of one mpsysv queue: four SysV objects and the protocol between them.
 
 * a control segment (one page): identity, the other objects' ids, futex counters
-  (timed waiters, bounded slots, unfinished tasks, stream flow) and crash markers;
-  its attach count is the number of processes holding the queue;
+  (timed waiters, bounded slots, unfinished tasks, stream flow), crash markers, the
+  parcel table (_parcels) and the journal of what each process counted and has not
+  sent yet (_journal); its attach count is the number of processes holding the queue;
 * the main message queue: exactly one message per object (a whole pickle, or the
   head of a stream), so ``msg_qnum`` is the exact object count and user ``mtype``
   selection works as msgrcv(2) says;
@@ -28,6 +29,7 @@ from typing import Callable, Optional
 from . import _libc as L
 from . import _names
 from . import _wire
+from ._journal import Journal
 from ._parcels import ParcelTable, _alive
 from ._psem import PosixSemaphore
 
@@ -54,7 +56,13 @@ _MARK_OFF = 640
 _STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
 # Objects beyond the first of every batch message in the queue, so qsize() stays exact.
 _EXTRA = struct.Struct("<q")
+_RECOVERED = struct.Struct("<I")
 _EXTRA_OFF = 672
+# Slot recoveries so far (a putter's snapshot must not predate one), and a flag set once
+# a process took slots it could not note in the journal (recoveries then stop).
+_RECOVERED_OFF = 680
+_UNNOTED_OFF = 684
+# 688..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
 _FLAG_NAMED = 1
 # Semaphore set members.
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
@@ -63,6 +71,9 @@ ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
 _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
 _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
+_UNCLAIMED = 1.0  # how long a taken stream head may stay without a registered reader
+_REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
+_QUIET = 0.9  # how long a bounded queue must not move before slots nobody holds come back
 
 _E = errno
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
@@ -118,7 +129,15 @@ class Channel:
         self._freed = 0
         self._bufs = _Buffers(msgmax)
         self._c_msgmax = ctypes.c_size_t(msgmax)
-        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode)
+        self.journal = Journal(self._view)
+        # Bounded and joinable queues count before they send: those counts are journaled.
+        self.counted = kind == KIND_JOINABLE or maxsize > 0
+        self._batches = {}  # id of a batch message in the feeder -> its object count
+        self._next_repair = 0.0
+        self._slot_seen = None  # (time, slot snapshot) a waiting putter took
+        self._headless_since = None
+        self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
+                                   self.journal, self._journal_entry, self._queue_state)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._detached = False
@@ -417,9 +436,11 @@ class Channel:
         finally:
             tw.try_acquire()
 
-    def wait(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
+    def wait(self, sem: PosixSemaphore, deadline: Optional[float],
+             idle: Optional[Callable[[], None]] = None) -> bool:
         """Take *sem* by *deadline*, checking about once a second that the queue still
-        exists: a futex in our own mapping would never report a removal from outside."""
+        exists: a futex in our own mapping would never report a removal from outside.
+        *idle* runs at each of those checks too."""
         while True:
             step = time.monotonic() + _ALIVE_CHECK
             if sem.acquire(step if deadline is None or deadline > step else deadline):
@@ -427,6 +448,8 @@ class Channel:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._stat_main()
+            if idle is not None:
+                idle()
 
     def qsize(self) -> int:
         return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
@@ -437,14 +460,20 @@ class Channel:
             self._fail("msgctl(IPC_STAT)", L.get_errno())
         return ds
 
+    def _queue_state(self) -> tuple:
+        """``(messages in the main queue, pid of the last process that took one)``."""
+        ds = self._stat_main()
+        return ds.msg_qnum, ds.msg_lrpid
+
     # -- streams (objects larger than one message) ---------------------------------
 
-    def send_stream(self, payload, mtype: int) -> None:
+    def send_stream(self, payload, mtype: int, counted: bool = False) -> None:
         """Send a multi-frame object: one head in the main queue, frames in the stream queue.
 
         Streams go one at a time (the stream lock, held until the reader acknowledged
         the last frame), so the stream queue never holds two objects' frames and small
-        objects can never take the capacity a stream needs.
+        objects can never take the capacity a stream needs. A *counted* object's slot
+        is in the queue once its head is (its reader gives the slot back on the head).
         """
         with self._counter_lock:
             self._counter += 1
@@ -459,7 +488,10 @@ class Channel:
                 while self.sems[i].try_acquire():
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
+            self._headless_since = None
             self._send_msg(self.main_qid, head, mtype, 0)
+            if counted and self.maxsize > 0:
+                self.journal.sent(0, 1)
             if self._tw_word[0]:
                 self._wake_timed()
             for frame in frames:
@@ -489,10 +521,33 @@ class Channel:
     def _reader_gone(self, sid: int) -> bool:
         """True (after dropping the stream's frames) when the reader of *sid* died."""
         reader = self._mark()[1]
-        if reader == 0 or _alive(reader):
+        if reader == 0:
+            if not self._head_lost():
+                return False
+        elif _alive(reader):
             return False
         self._purge(sid)
         return True
+
+    def _head_lost(self) -> bool:
+        """No reader registered for our head: True when a process took it and died
+        before it could. The head is out of the main queue when that queue is empty
+        (it went in before); its reader registers within microseconds of taking it, so
+        it is dead when the last process that took a message is dead, or when it still
+        has not registered after ``_UNCLAIMED`` seconds. (A live reader stalled there
+        that long, or while another process takes a message and dies, loses the object:
+        it finds the stream gone.) While other messages wait in the queue the head may
+        be among them, and the writer keeps waiting."""
+        qnum, last = self._queue_state()
+        if qnum:
+            self._headless_since = None
+            return False
+        if not _alive(last):
+            return True
+        now = time.monotonic()
+        if self._headless_since is None:
+            self._headless_since = now
+        return now - self._headless_since >= _UNCLAIMED
 
     def _purge(self, sid: int) -> None:
         raw = (ctypes.c_char * (8 + self.msgmax))()
@@ -594,10 +649,21 @@ class Channel:
         return _StateLock(self)
 
     def task_added(self) -> None:
+        """Count one task; this process's journal entry notes it until it is sent."""
         with self._state_locked():
             unfinished = self.sems[UNFINISHED]
-            unfinished.post()
-            if unfinished.value == 1:
+            off = self._journal_entry()
+            if off is None:
+                unfinished.post()
+                value = unfinished.value
+            else:
+                journal = self.journal
+                with journal.mutex:
+                    value = unfinished.value + 1
+                    journal.begin_task(off, value)
+                    unfinished.post()
+                    journal.end_task(off)
+            if value == 1:
                 self._set_gate(1)
 
     def task_done(self) -> None:
@@ -609,23 +675,156 @@ class Channel:
                 self._set_gate(0)
 
     def unfinished(self) -> int:
+        self.repair()
         return self.sems[UNFINISHED].value
 
     def join_tasks(self) -> None:
-        """Wait until every task put on the queue was marked done (the gate is zero)."""
+        """Wait until every task put on the queue was marked done (the gate is zero).
+
+        About once a second (and before the first wait) it rolls back what dead
+        processes left: tasks counted and never sent, a gate left up by a killed
+        ``task_done()``."""
         op = L.sembuf(SEM_GATE, 0, 0)
-        while L.semop(self.semid, L.byref(op), 1) == -1:
+        while True:
+            self.repair()
+            ts = L.relative_timespec(_ALIVE_CHECK)
+            if L.semtimedop(self.semid, L.byref(op), 1, L.byref(ts)) == 0:
+                return
             err = L.get_errno()
-            if err != _E.EINTR:
-                self._fail("semop", err)
+            if err not in (_E.EAGAIN, _E.EINTR):
+                self._fail("semtimedop", err)
 
     def _set_gate(self, value: int) -> None:
         if L.semctl(self.semid, SEM_GATE, L.SETVAL, value) == -1:
             self._fail("semctl(SETVAL)", L.get_errno())
 
-    def _repair_state(self) -> None:
-        """Under the state lock: a holder died mid-update; recompute the gate."""
+    def _repair_state(self, dead: int) -> None:
+        """Under the state lock: holder *dead* died mid-update; settle its journal entry
+        and recompute the gate."""
+        self.journal.settle(dead, self.sems[UNFINISHED].value)
+        self._repair_journal()
         self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
+
+    # -- the journal: what dead processes counted and never sent -----------------------
+
+    def repair(self) -> None:
+        """Give back the slots and tasks dead processes took for objects they never
+        sent, and repair an update a killed process left half-done."""
+        if int.from_bytes(self._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little") or \
+                self.journal.any_dead():
+            with self._state_locked():
+                self._repair_journal()
+
+    def repair_soon(self) -> None:
+        """``repair()``, at most every ``_REPAIR_EVERY`` s (for putters finding no slot)."""
+        now = time.monotonic()
+        if now >= self._next_repair:
+            self._next_repair = now + _REPAIR_EVERY
+            self.repair()
+
+    def _repair_journal(self) -> None:
+        """Under the state lock: roll back the entries of dead processes."""
+        unfinished = self.sems[UNFINISHED]
+        tasks, slots = self.journal.collect_dead(unfinished.value)
+        if self.maxsize > 0:
+            for _ in range(slots):
+                self.sems[SLOTS].post()
+        if tasks:
+            for _ in range(tasks):
+                unfinished.try_acquire()
+            if unfinished.value == 0:
+                self._set_gate(0)
+
+    def _journal_entry(self) -> Optional[int]:
+        """Under the state lock: this process's journal entry, claimed on first use
+        (None while the table is full: then this process's counts go unjournaled)."""
+        journal = self.journal
+        off = journal.mine()
+        if off is None and journal.may_claim():
+            off = journal.claim()
+            if off is None:
+                self._repair_journal()
+                off = journal.claim()
+        return off
+
+    def slot_taken(self, n: int = 1) -> None:
+        """This process took *n* slots of a bounded queue for objects not sent yet."""
+        journal = self.journal
+        if journal.mine() is None:
+            if journal.may_claim():
+                with self._state_locked():
+                    self._journal_entry()
+            if journal.mine() is None:
+                self._view[_UNNOTED_OFF] = 1
+        journal.add_slots(n)
+
+    def repair_slots(self) -> None:
+        """What a putter waiting for a slot runs about once a second: ``repair()``, and
+        the recovery of slots nobody holds.
+
+        A consumer killed between taking a message and giving its slot back leaves a
+        slot that no count shows: free slots + objects in the queue + slots noted in
+        the journal fall short of ``maxsize``. A live process in that spot (or between
+        taking a slot and noting it) makes the same shortfall for microseconds, so a
+        shortfall counts only when nothing moved for ``_QUIET`` seconds: the same free
+        slots, queue (count, last sender and taker and their times), batch count,
+        journal notes and recoveries, at both ends of that time. A process stopped for
+        that long in one of those spots is counted as lost (the queue then holds one
+        object more than ``maxsize``); one that counts without notes stops recoveries.
+        """
+        self.repair()
+        if self._view[_UNNOTED_OFF]:
+            return
+        now = time.monotonic()
+        seen = self._slot_seen
+        if seen is not None and now - seen[0] < _QUIET:
+            return
+        short, snapshot = self._slot_shortfall()
+        self._slot_seen = (now, snapshot) if short > 0 else None
+        if seen is None or short <= 0 or seen[1] != snapshot:
+            return
+        with self._state_locked():
+            again, snapshot_now = self._slot_shortfall()
+            if snapshot_now != snapshot or again <= 0:
+                return
+            recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
+            _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + 1) & 0xFFFFFFFF)
+            for _ in range(again):
+                self.sems[SLOTS].post()
+        self._slot_seen = None
+
+    def _slot_shortfall(self) -> tuple:
+        """``(slots nobody holds, snapshot of what decides it)``."""
+        ds = self._stat_main()
+        free = self.sems[SLOTS].value
+        extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+        noted = self.journal.slots_noted()
+        snapshot = (free, ds.msg_qnum, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime, ds.msg_rtime,
+                    extra, noted, _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0])
+        return self.maxsize - free - ds.msg_qnum - extra - noted, snapshot
+
+    def slots_returned(self, n: int) -> None:
+        """This process gave back *n* slots it had taken (a put that raised)."""
+        self.journal.sent(0, n)
+
+    def note_batch(self, message, n: int) -> None:
+        """A batch message of *n* objects of a counted queue is about to be sent."""
+        self._batches[id(message)] = n
+
+    def counted_sent(self, n: int, message=None) -> None:
+        """*n* counted objects (one message) are in the kernel queue now."""
+        if message is not None:
+            self._batches.pop(id(message), None)
+        self.journal.sent(n if self.kind == KIND_JOINABLE else 0, n if self.maxsize > 0 else 0)
+
+    def buffered_sent(self, payload) -> None:
+        """The feeder handed *payload* to the kernel: what it stood for is in the queue."""
+        if payload[0] == _wire.PARCEL:
+            self.parcels.handed(payload)
+        if self.counted:
+            n = self._batches.pop(id(payload), 1) if self._batches else 1
+            self.journal.sent(n if self.kind == KIND_JOINABLE else 0,
+                              n if self.maxsize > 0 and len(payload) <= self.msgmax else 0)
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -668,10 +867,13 @@ class Channel:
         """In a fork child: the inherited mapping counts as a holder of its own."""
         self._counter_lock = threading.Lock()
         self._released = False
+        self.journal.after_fork()
+        self._batches = {}
 
     def detach(self) -> None:
         if not self._detached:
             self._detached = True
+            self.journal.release()
             self.parcels.detach_all()
             self._tw_word.release()
             self._rw_word.release()
@@ -710,8 +912,9 @@ class _StateLock:
         chan = self.chan
         chan._lock(SEM_STATE)
         view = chan._view
-        if int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little"):
-            chan._repair_state()
+        dead = int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little")
+        if dead:
+            chan._repair_state(dead)
         view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
         return self
 

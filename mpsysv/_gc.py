@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from . import _channel as _ch
+from . import _journal
 from . import _libc as L
 from . import _names
 from . import _parcels
@@ -259,7 +260,24 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
                           "state": {0: "idle", 1: "streaming", 3: "abandoned"}.get(state,
                                                                                    state)},
         "task_update_in_progress_by": state_pid, "parcels": parcels,
+        "journal": _journal_entries(raw),
+        "slots_recovered": _ch._RECOVERED.unpack_from(raw, _ch._RECOVERED_OFF)[0],
+        "slots_taken_without_notes": bool(raw[_ch._UNNOTED_OFF]),
     }
+
+
+def _journal_entries(raw: bytes) -> List[dict]:
+    """The journal entries in use: what each process counted and has not sent yet."""
+    out = []
+    for i in range(_journal.NENTRIES):
+        pid, tasks, slots, _, txn, _, start, bits = _journal.ENTRY.unpack_from(
+            raw, _journal.JOURNAL_OFF + i * _journal.ENTRY.size)
+        if pid:
+            out.append({"pid": pid, "start_ticks": start, "alive": _journal.alive(pid, start),
+                        "unsent_tasks": tasks, "unsent_slots": slots,
+                        "task_update_in_progress": bool(txn),
+                        "unsent_parcel_slots": [s for s in range(64) if bits >> s & 1]})
+    return out
 
 
 def _read_trailer(seg: IpcObject) -> Optional[_tracker.Identity]:

@@ -9,9 +9,22 @@ or a later user can always find and remove it:
     slot: segment id i32 | writer pid i32 | state i32 | reader pid i32 | size u64
 
 A slot whose writer died while filling it, or whose reader died while reading, is
-reclaimed by the next writer; a complete parcel whose message never went out (its
-writer died with it still buffered) stays until the queue is removed. Each segment starts with a header (magic,
-owning control segment, writer, time) that lets a cleaner recognise orphans.
+reclaimed by the next writer. So is a complete parcel whose message is gone for good,
+once the main queue is empty (so the message is not in it; while the queue never
+empties, such a slot waits):
+
+* its writer died with the message still buffered (its journal entry says which of
+  its parcels it has not sent yet; a writer killed between its ``msgsnd`` returning
+  and clearing that note counts as not having sent, so if a consumer has just taken
+  that message and not marked it yet, the consumer loses the object);
+* a consumer took the message and died before it marked the parcel as being read: a
+  live consumer marks it within microseconds, so the slot is reclaimed when the last
+  process that took a message is dead, or when this process has seen it like that
+  for ``STRANDED_AFTER`` seconds. A consumer stalled right there that long (or while
+  another consumer takes a message and dies) loses its object.
+
+Each segment starts with a header (magic, owning control segment, writer, time) that
+lets a cleaner recognise orphans.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from typing import Callable, Optional
 
 from . import _libc as L
 from . import _wire
+from ._journal import alive as _alive
 
 __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
@@ -40,24 +54,7 @@ MAGIC = b"MPSYSVP1"
 HEADER = struct.Struct("<8siid")  # magic, owner control segment id, writer pid, created
 _HDR_SIZE = 64
 _FAILED = ctypes.c_void_p(-1).value
-
-
-def _alive(pid: int) -> bool:
-    """True while process *pid* exists and is not a zombie (a killed writer or reader
-    is a zombie until its parent waits for it)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue unread
 
 
 def _size_class(n: int) -> int:
@@ -76,12 +73,18 @@ class ParcelTable:
     mappings, because a fresh segment costs a page fault per page on both sides.
     """
 
-    def __init__(self, view: memoryview, owner_id: int, lock: Callable, mode: int = 0o600):
+    def __init__(self, view: memoryview, owner_id: int, lock: Callable, mode: int = 0o600,
+                 journal=None, journal_entry: Optional[Callable] = None,
+                 queue_state: Optional[Callable] = None):
         self._mode = mode
         self._view = view
         self._owner = owner_id
         self._lock = lock
+        self._journal = journal
+        self._journal_entry = journal_entry  # under the lock: this process's entry
+        self._queue_state = queue_state  # (messages in the main queue, last taker's pid)
         self._maps = {}  # segment id -> (address, size): this process's mappings
+        self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
 
     def _entry(self, slot: int):
         return _ENTRY.unpack_from(self._view, TABLE_OFF + slot * _ENTRY.size)
@@ -117,6 +120,10 @@ class ParcelTable:
         size = _size_class(n)
         with self._lock():
             slot, segid = self._claim(me, size)
+            if slot is not None and self._journal_entry is not None:
+                off = self._journal_entry()
+                if off is not None:
+                    self._journal.parcel_made(off, slot)
         if slot is None:
             return None
         if segid < 0:
@@ -140,15 +147,21 @@ class ParcelTable:
         self._set(slot, segid, me, SENT, 0, size)
         return _wire.encode_parcel(slot, segid, n)
 
+    def handed(self, message) -> None:
+        """The message naming one of this process's parcels is in the kernel queue."""
+        if self._journal is not None:
+            self._journal.parcel_sent(_wire.parse_parcel(message)[0])
+
     def _claim(self, me: int, size: int):
         """``(slot, segment id or -1)`` under the lock: a pooled segment of the size
         class, else a free slot; slots of dead writers and readers are reclaimed."""
         free = pooled = None
         pooled_bytes = 0
+        stranded = self._find_stranded()
         for slot in range(NSLOTS):
             segid, writer, state, reader, ssize = self._entry(slot)
             if (state == FILLING and segid >= 0 and not _alive(writer)) or (
-                    state == READING and not _alive(reader)):
+                    state == READING and not _alive(reader)) or slot in stranded:
                 L.shmctl(segid, L.IPC_RMID, None)
                 self._set(slot, 0, 0, FREE)
                 state = FREE
@@ -167,6 +180,37 @@ class ParcelTable:
             self._set(free, -1, me, FILLING, 0, size)
         return free, -1
 
+    def _find_stranded(self) -> set:
+        """Under the lock: the sent parcels whose message is gone for good (see the
+        module's docstring)."""
+        sent = [(slot, e[0], e[1]) for slot, e in
+                ((s, self._entry(s)) for s in range(NSLOTS)) if e[2] == SENT]
+        if not sent or self._queue_state is None:
+            self._stranded.clear()
+            return set()
+        qnum, last = self._queue_state()
+        if qnum:
+            self._stranded.clear()
+            return set()
+        now = time.monotonic()
+        seen, self._stranded = self._stranded, {}
+        last_dead = None
+        found = set()
+        for slot, segid, writer in sent:
+            unsent = self._journal.parcel_unsent(writer, slot) if self._journal else None
+            if unsent is not False and _alive(writer):
+                continue  # its message may still be in its writer's buffer
+            if unsent:
+                found.add(slot)  # its writer died before the message went out
+                continue
+            # The message went out and was taken: by a live consumer about to mark it?
+            if last_dead is None:
+                last_dead = not _alive(last)
+            first = self._stranded[(slot, segid)] = seen.get((slot, segid), now)
+            if last_dead or now - first >= STRANDED_AFTER:
+                found.add(slot)
+        return found
+
     def unwrap(self, message, loads: Callable):
         """Decode the parcel *message* names and give its segment back to the pool.
 
@@ -180,7 +224,11 @@ class ParcelTable:
         if segid_now != segid or state not in (FILLING, SENT) or n + _HDR_SIZE > size:
             raise _wire.WireError(f"parcel in segment {segid} is gone "
                                   f"(slot {slot}: {(segid_now, writer, state, size)}, n={n})")
-        self._set(slot, segid, writer, READING, os.getpid(), size)
+        me = os.getpid()
+        self._set(slot, segid, writer, READING, me, size)
+        mine = (segid, writer, READING, me, size)
+        if self._entry(slot) != mine:
+            raise _wire.WireError(f"parcel in segment {segid} was reclaimed")
         keep = False
         try:
             address = self._map(segid, size)
@@ -199,7 +247,10 @@ class ParcelTable:
             keep = size <= _POOL_ALWAYS or self._pooled_bytes() + size <= POOL_LIMIT
             return result
         finally:
-            if keep:
+            if self._entry(slot) != mine:
+                # Reclaimed meanwhile (we looked stranded): the slot is not ours any more.
+                self._unmap(segid)
+            elif keep:
                 self._set(slot, segid, 0, POOLED, 0, size)
             else:
                 self._unmap(segid)

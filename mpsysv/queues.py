@@ -105,6 +105,8 @@ class _Feeder:
         self.cancelled = False
         self.released = False
         self.error_hook = error_hook
+        # Tell the channel what left the buffer (counted objects, parcels): see _journal.
+        self.track = chan.counted
 
     def enqueue(self, payload, mtype: int) -> None:
         # deque.append is atomic; the lock is only needed to wake the thread (which waits
@@ -137,6 +139,7 @@ class _Feeder:
         object is a stream and *block_streams* is false).
         """
         chan, buffer, msgmax = self.chan, self.buffer, self.chan.msgmax
+        track = self.track
         while True:
             try:
                 payload, mtype = buffer[0]  # only send_lock's holder takes items out
@@ -149,12 +152,14 @@ class _Feeder:
                     return False
                 self.streaming = True
                 try:
-                    chan.send_stream(payload, mtype)
+                    chan.send_stream(payload, mtype, track)
                 finally:
                     self.streaming = False
             elif not chan.try_send(payload, mtype):
                 return False
             buffer.popleft()
+            if track:
+                chan.buffered_sent(payload)
 
     def _flush_locked(self) -> bool:
         with self.send_lock:
@@ -275,8 +280,6 @@ class _Base:
     def _setup(self, chan: Channel) -> None:
         self._chan = chan
         self._maxsize = chan.maxsize
-        # put() has slots or task counts to keep (bounded or joinable queue)
-        self._accounted = bool(chan.maxsize) or self._kind == KIND_JOINABLE
         self._msgmax = chan.msgmax
         self._closed = False
         self._used = False
@@ -335,37 +338,62 @@ class _Base:
                 raise
             self._on_queue_feeder_error(exc, obj)
             return
-        if self._accounted:
-            if self._maxsize:
-                self._take_slot(block, timeout)
-            if self._kind == KIND_JOINABLE:
-                self._chan.task_added()
-        if len(payload) > self._msgmax or self._feeder.buffer:
+        if self._chan.counted:
+            self._put_counted(payload, mtype, block, timeout)
+        elif len(payload) > self._msgmax or self._feeder.buffer:
             self._send(payload, mtype)
         elif not self._chan.try_send(payload, mtype):
             self._feeder.enqueue(payload, mtype)
 
-    def _send(self, payload, mtype: int) -> None:
-        """Hand one message's worth to the kernel now, or to the feeder, in order."""
+    def _send(self, payload, mtype: int) -> bool:
+        """Hand one message's worth to the kernel now (True), or to the feeder, in order."""
         if len(payload) > self._msgmax:
-            if len(payload) >= _parcels.PARCEL_MIN:
-                payload = self._chan.parcels.wrap(payload) or payload
-            if len(payload) <= self._msgmax and not self._feeder.buffer:
-                if self._chan.try_send(payload, mtype):
-                    return
-        elif not self._feeder.buffer and self._chan.try_send(payload, mtype):
-            return
+            return self._send_large(payload, mtype)
+        if not self._feeder.buffer and self._chan.try_send(payload, mtype):
+            return True
         self._feeder.enqueue(payload, mtype)
+        return False
+
+    def _send_large(self, payload, mtype: int) -> bool:
+        """``_send()`` of a multi-message object: a parcel when it can, else a stream."""
+        if len(payload) >= _parcels.PARCEL_MIN:
+            message = self._chan.parcels.wrap(payload)
+            if message is not None:
+                self._feeder.track = True  # it tells the table when the message is out
+                if not self._feeder.buffer and self._chan.try_send(message, mtype):
+                    self._chan.parcels.handed(message)
+                    return True
+                payload = message
+        self._feeder.enqueue(payload, mtype)
+        return False
+
+    def _put_counted(self, payload, mtype: int, block: bool, timeout: Optional[float]) -> None:
+        """``put()`` of a bounded or joinable queue: the slot and the task it takes stay
+        noted in this process's journal entry until the object is in the kernel queue,
+        so that if this process dies first the next user of the queue gives them back."""
+        chan = self._chan
+        if self._maxsize:
+            self._take_slot(block, timeout)
+        if self._kind == KIND_JOINABLE:
+            chan.task_added()
+        if self._send(payload, mtype):
+            chan.counted_sent(1)
 
     def _take_slot(self, block: bool, timeout: Optional[float]) -> None:
-        slots = self._chan.sems[SLOTS]
-        if not block:
-            if not slots.try_acquire():
+        chan = self._chan
+        slots = chan.sems[SLOTS]
+        if block:
+            _check_timeout(timeout)
+        if not slots.try_acquire():
+            # A dead process may hold slots for objects it never sent.
+            chan.repair_soon()
+            if not block:
+                if not slots.try_acquire():
+                    raise Full
+            elif not chan.wait(slots, None if timeout is None else monotonic() + timeout,
+                               chan.repair_slots):
                 raise Full
-            return
-        _check_timeout(timeout)
-        if not self._chan.wait(slots, None if timeout is None else monotonic() + timeout):
-            raise Full
+        chan.slot_taken()
 
     def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
         if self._closed:
@@ -431,10 +459,14 @@ class _Base:
         if self._kind == KIND_JOINABLE:
             for _ in range(count):
                 chan.task_added()
+        counted = chan.counted
         for message, n in chunks:
             if n > 1:
                 chan.batch_added(n)
-            self._send(message, mtype)
+                if counted:
+                    chan.note_batch(message, n)
+            if self._send(message, mtype) and counted:
+                chan.counted_sent(n, message)
 
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit
@@ -463,18 +495,24 @@ class _Base:
             yield from self._pickle_chunks(objs[i:i + step])
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
-        slots = self._chan.sems[SLOTS]
+        chan = self._chan
+        slots = chan.sems[SLOTS]
         _check_timeout(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         taken = 0
         try:
             while taken < count:
-                if not (self._chan.wait(slots, deadline) if block else slots.try_acquire()):
-                    raise Full
+                if not slots.try_acquire():
+                    chan.repair_soon()
+                    if not (chan.wait(slots, deadline, chan.repair_slots) if block
+                            else slots.try_acquire()):
+                        raise Full
                 taken += 1
+                chan.slot_taken()
         except BaseException:
             for _ in range(taken):
                 slots.post()
+            chan.slots_returned(taken)
             raise
 
     def get_many(self, max_items: int, block: bool = True, timeout: Optional[float] = None,
