@@ -30,7 +30,7 @@ from . import _libc as L
 from . import _names
 from . import _wire
 from ._journal import Journal
-from ._parcels import ParcelTable, _alive
+from ._parcels import ParcelTable, _alive, remove_listed
 from ._psem import PosixSemaphore
 
 __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
@@ -883,8 +883,23 @@ class Channel:
 
     def unlink(self) -> None:
         """Remove the queue's kernel objects now (a named queue's name is free at once)."""
+        if self._detached:
+            self._remove_parcels_detached()
         self._remove_subs()
         L.shmctl(self.ctl_id, L.IPC_RMID, None)
+
+    def _remove_parcels_detached(self) -> None:
+        """unlink() after close(): map the control segment once more for its parcel table."""
+        try:
+            address = _attach(self.ctl_id)
+        except OSError:
+            return  # gone already, parcels with it (its last holder removed them)
+        view = memoryview((ctypes.c_char * CTL_SIZE).from_address(address)).cast("B")
+        try:
+            remove_listed(view)
+        finally:
+            view.release()
+            L.shmdt(address)
 
     def _remove_subs(self) -> None:
         if not self._detached:

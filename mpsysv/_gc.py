@@ -245,11 +245,12 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
               _parcels.POOLED: "pooled"}
     parcels = []
     for slot in range(_parcels.NSLOTS):
-        segid, writer, state, reader, size = _parcels._ENTRY.unpack_from(
+        segid, p_writer, p_state, p_reader, size = _parcels._ENTRY.unpack_from(
             raw, _parcels.TABLE_OFF + slot * _parcels._ENTRY.size)
-        if state != _parcels.FREE:
-            parcels.append({"slot": slot, "segment_id": segid, "state": states.get(state, state),
-                            "writer_pid": writer, "reader_pid": reader, "size": size})
+        if p_state != _parcels.FREE:
+            parcels.append({"slot": slot, "segment_id": segid,
+                            "state": states.get(p_state, p_state), "writer_pid": p_writer,
+                            "reader_pid": p_reader, "size": size})
     return {
         "magic": _ch.MAGIC.decode(), "version": version,
         "type": _ch.KIND_NAMES.get(kind, f"kind {kind}"), "maxsize": maxsize,

@@ -262,14 +262,20 @@ class ParcelTable:
 
     def remove_all(self) -> None:
         """Remove every parcel and pooled segment (the queue itself is going away)."""
-        for slot in range(NSLOTS):
-            segid, _, state, _, _ = self._entry(slot)
-            if state != FREE and segid >= 0:
-                L.shmctl(segid, L.IPC_RMID, None)
-            self._set(slot, 0, 0, FREE)
+        remove_listed(self._view)
         self.detach_all()
 
     def detach_all(self) -> None:
         """Drop this process's parcel mappings (at release; pooled segments stay)."""
         for segid in list(self._maps):
             self._unmap(segid)
+
+
+def remove_listed(view: memoryview) -> None:
+    """Remove every segment the parcel table in control segment *view* lists."""
+    for slot in range(NSLOTS):
+        offset = TABLE_OFF + slot * _ENTRY.size
+        segid, _, state, _, _ = _ENTRY.unpack_from(view, offset)
+        if state != FREE and segid >= 0:
+            L.shmctl(segid, L.IPC_RMID, None)
+        _ENTRY.pack_into(view, offset, 0, 0, FREE, 0, 0)

@@ -131,7 +131,8 @@ def test_stat_shows_the_kernel_view_and_mpsysvs_view(capsys, objects):
     assert main_q["kernel"]["msg_qnum"] == 1 and main_q["kernel"]["msg_qbytes"] > 0
 
     # Any object of a queue, by id, names the whole queue; text output has both views.
-    code, out, _ = run(capsys, "stat", str(q._chan.stream_qid))
+    # (--type: ids of different kinds may be equal in one namespace)
+    code, out, _ = run(capsys, "stat", str(q._chan.stream_qid), "--type", "msg")
     assert code == 0
     assert out.startswith("queue (shm id=") and "kernel:" in out and "mpsysv:" in out
     assert "msg_qbytes" in out and "free_slots" in out
@@ -192,9 +193,10 @@ def test_clean_removes_garbage_only_and_dry_run_removes_nothing(capsys, objects)
 def test_rm_removes_every_object_of_a_queue_and_segments(capsys, objects):
     q, jq, seg = objects
     before = {(o.kind, o.id) for o in _gc.scan().objects}
-    report = run_json(capsys, "rm", jq.name, str(seg.id))
-    assert not report["failed"]
-    gone = {(o["kind"], o["id"]) for o in report["removed"]}
+    report = run_json(capsys, "rm", jq.name)
+    by_id = run_json(capsys, "rm", str(seg.id), "--type", "shm")  # ids of kinds may be equal
+    assert not report["failed"] and not by_id["failed"]
+    gone = {(o["kind"], o["id"]) for o in report["removed"] + by_id["removed"]}
     assert gone == {("shm", jq._chan.ctl_id), ("msg", jq._chan.main_qid),
                     ("msg", jq._chan.stream_qid), ("sem", jq._chan.semid), ("shm", seg.id)}
     # Still attached here: the segments linger (marked) until detached; names are free.
@@ -209,7 +211,7 @@ def test_rm_removes_every_object_of_a_queue_and_segments(capsys, objects):
 
 def test_rm_of_a_live_anonymous_queue_makes_its_holders_raise(capsys):
     q = Queue()
-    code, out, _ = run(capsys, "rm", str(q._chan.ctl_id))
+    code, out, _ = run(capsys, "rm", str(q._chan.ctl_id), "--type", "shm")
     assert code == 0 and out.count("removed ") == 4
     with pytest.raises(RemovedError, match="python -m mpsysv rm"):
         q.put("x")
@@ -246,3 +248,21 @@ def test_real_command_line_round_trip():
     finally:
         _gc.collect_garbage(force=True)
         q.close()
+
+
+def test_stat_keeps_the_stream_marker_apart_from_the_parcel_table(capsys):
+    q = Queue(name=unique_name("q"), create=True)
+    try:
+        q.put(b"p" * 100_000)  # a parcel: a sent entry in the table
+        q._chan._set_mark(os.getpid(), 1234, 1)  # as if a stream were going out
+        try:
+            ctl = run_json(capsys, "stat", q.name)["objects"][0]["mpsysv"]
+        finally:
+            q._chan._set_mark(0, 0, 0)
+        assert [p["state"] for p in ctl["parcels"]] == ["sent"]
+        assert ctl["stream_marker"] == {"writer_pid": os.getpid(), "reader_pid": 0,
+                                        "stream_id": 1234, "state": "streaming"}
+        assert q.get(timeout=5) == b"p" * 100_000
+    finally:
+        q.close()
+        q.unlink()

@@ -694,3 +694,13 @@ def test_a_queue_whose_other_holders_were_killed_is_removed_when_the_program_end
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= before["msg"] + 2, "the orphaned queue was not there to collect"
     assert sysv_counts() == before
+
+
+def test_unlink_after_close_removes_the_named_queues_parcels_too():
+    before = sysv_counts()
+    q = Queue(name=unique_name("q"), create=True)
+    q.put(b"p" * 100_000)  # a parcel segment, listed in the queue's table
+    assert sysv_counts()["shm"] == before["shm"] + 2
+    q.close()
+    q.unlink()
+    assert sysv_counts() == before
