@@ -51,6 +51,9 @@ class ForeignSegmentError(FileExistsError):
 _known_names: dict = {}
 
 
+_collected = [False]  # this program ran its garbage collection (see _gc)
+
+
 def _name_and_key(name: str) -> tuple:
     """``(bare name, key)`` of a user's name; TypeError/ValueError for an invalid one."""
     known = _known_names.get(name) if type(name) is str else None
@@ -251,6 +254,11 @@ class SharedMemory:
         flags = L.IPC_CREAT | L.IPC_EXCL | _check_mode(mode) | (L.SHM_HUGETLB if hugetlb else 0)
         if size > _MAX_SIZE:
             _raise_create_error(errno.EINVAL, size, hugetlb)
+        if not _collected[0]:
+            # Once per program (as for queues): remove what killed programs left.
+            _collected[0] = True
+            from . import _gc
+            _gc.collect_garbage()
         if name is not None:
             bare, key = _name_and_key(name)
         creator = process_identity()

@@ -796,10 +796,19 @@ def test_killed_program_and_tracker_leave_nothing_once_collected():
     assert _gc_snapshot() == before
 
 
+_FIRST_OBJECT = {
+    "queue": "import mpsysv; q = mpsysv.Queue(); q.close()",
+    "segment": "import mpsysv; s = mpsysv.SharedMemory(create=True, size=10); s.close(); "
+               "s.unlink()",
+}
+
+
+@pytest.mark.parametrize("first", sorted(_FIRST_OBJECT))
 @pytest.mark.parametrize("tracker_too", [False, True])
-def test_next_program_collects_everything_a_killed_program_left(tracker_too):
-    """Within seconds of the next mpsysv program's first queue, nothing is left: the
-    tracker took the track=True segment (or, killed as well, the collection did)."""
+def test_next_program_collects_everything_a_killed_program_left(tracker_too, first):
+    """Within seconds of the next mpsysv program's first queue or segment, nothing is
+    left: the tracker took the track=True segment (or, killed as well, the collection
+    did)."""
     before = _gc_snapshot()
     p, _, tracker = _run_program()
     if tracker_too:
@@ -809,8 +818,7 @@ def test_next_program_collects_everything_a_killed_program_left(tracker_too):
     p.stdout.close()
     try:
         assert _leftovers(before)
-        subprocess.run([sys.executable, "-c", "import mpsysv; q = mpsysv.Queue(); q.close()"],
-                       check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", _FIRST_OBJECT[first]], check=True, timeout=60)
         assert _gc_snapshot() == before
     finally:
         _gc.collect_garbage(force=True)
