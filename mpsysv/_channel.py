@@ -32,6 +32,7 @@ from . import _wire
 from ._journal import Journal
 from ._parcels import ParcelTable, _alive, remove_listed
 from ._psem import PosixSemaphore
+from .primitives import segment_owner_and_mode
 
 __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
 
@@ -974,21 +975,11 @@ _exit_collect = [0]  # the pid that registered _collect_now
 
 def _permission_error(call: str, name: str, key: int) -> PermissionError:
     """A PermissionError that says whose queue it is and what its mode allows."""
-    owner = mode = "?"
-    try:
-        with open("/proc/sysvipc/shm") as f:
-            header = f.readline().split()
-            for line in f:
-                row = dict(zip(header, line.split()))
-                if int(row["key"]) & 0xFFFFFFFF == key:
-                    owner, mode = row["uid"], row["perms"]
-                    break
-    except (OSError, ValueError, KeyError):
-        pass
+    owner, mode = segment_owner_and_mode(key)
     return PermissionError(_E.EACCES, f"{call}: Permission denied: mpsysv queue {name!r} belongs "
-                                      f"to uid {owner} "
-                                      f"with mode {mode}, which does not let uid {os.getuid()} "
-                                      "in; ask its owner to create it with mode=0o660 or 0o666")
+                                      f"to {owner} with mode {mode}, which does not let uid "
+                                      f"{os.getuid()} in; ask its owner to create it with "
+                                      "mode=0o660 or 0o666")
 
 
 def _attach(ctl_id: int) -> int:

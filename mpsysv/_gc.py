@@ -463,7 +463,7 @@ def _classify_parcel(seg: IpcObject, shm_ids: set) -> bool:
         raw = ctypes.string_at(address, _parcels.HEADER.size)
     finally:
         L.shmdt(address)
-    magic, owner, writer, created = _parcels.HEADER.unpack(raw)
+    magic, owner, writer, created = _parcels.HEADER.unpack(raw)[:4]
     if magic != _parcels.MAGIC:
         return False
     seg.role, seg.queue, seg.holders = QUEUE_PARCEL, owner, seg.fields["nattch"]

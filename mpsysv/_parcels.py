@@ -51,7 +51,8 @@ FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
 POOL_LIMIT = 256 << 20  # bytes of idle segments a queue keeps for reuse
 _POOL_ALWAYS = 1 << 20  # segments up to this size are always kept (48 slots bound them)
 MAGIC = b"MPSYSVP1"
-HEADER = struct.Struct("<8siid")  # magic, owner control segment id, writer pid, created
+# magic, owner control segment id, writer pid, created, nonce (as in the message), length
+HEADER = struct.Struct("<8siidQQ")
 _HDR_SIZE = 64
 _FAILED = ctypes.c_void_p(-1).value
 STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue unread
@@ -138,14 +139,15 @@ class ParcelTable:
             L.shmctl(segid, L.IPC_RMID, None)
             self._set(slot, 0, 0, FREE)
             return None
+        nonce = int.from_bytes(os.urandom(8), "little")
         HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
-                         self._owner, me, time.time())
+                         self._owner, me, time.time(), nonce, n)
         ctypes.memmove(address + _HDR_SIZE, payload, n)
         # Complete: from here on the parcel belongs to the queue, even if this process
         # dies before (or while) its message goes out; only the slot's owner writes it
         # until a reader takes it, so no later update can race with that reader.
         self._set(slot, segid, me, SENT, 0, size)
-        return _wire.encode_parcel(slot, segid, n)
+        return _wire.encode_parcel(slot, segid, n, nonce)
 
     def handed(self, message) -> None:
         """The message naming one of this process's parcels is in the kernel queue."""
@@ -160,9 +162,10 @@ class ParcelTable:
         stranded = self._find_stranded()
         for slot in range(NSLOTS):
             segid, writer, state, reader, ssize = self._entry(slot)
-            if (state == FILLING and segid >= 0 and not _alive(writer)) or (
+            if (state == FILLING and not _alive(writer)) or (
                     state == READING and not _alive(reader)) or slot in stranded:
-                L.shmctl(segid, L.IPC_RMID, None)
+                if segid >= 0:  # (-1: its writer died before it made the segment)
+                    L.shmctl(segid, L.IPC_RMID, None)
                 self._set(slot, 0, 0, FREE)
                 state = FREE
             if state == FREE:
@@ -217,13 +220,14 @@ class ParcelTable:
         Raises ``WireError`` for a parcel that is gone (its writer was killed before it
         was complete and the slot reclaimed) or not ours.
         """
-        slot, segid, n = _wire.parse_parcel(message)
+        slot, segid, n, nonce = _wire.parse_parcel(message)
         if not 0 <= slot < NSLOTS:
             raise _wire.WireError(f"parcel slot {slot} out of range")
         segid_now, writer, state, _, size = self._entry(slot)
         if segid_now != segid or state not in (FILLING, SENT) or n + _HDR_SIZE > size:
             raise _wire.WireError(f"parcel in segment {segid} is gone "
                                   f"(slot {slot}: {(segid_now, writer, state, size)}, n={n})")
+        self._check_header(segid, size, nonce, n)
         me = os.getpid()
         self._set(slot, segid, writer, READING, me, size)
         mine = (segid, writer, READING, me, size)
@@ -234,9 +238,6 @@ class ParcelTable:
             address = self._map(segid, size)
             view = memoryview((ctypes.c_char * (_HDR_SIZE + n)).from_address(address)).cast("B")
             try:
-                magic, owner, _, _ = HEADER.unpack_from(view)
-                if magic != MAGIC or owner != self._owner:
-                    raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
                 body = view[_HDR_SIZE:]
                 try:
                     result = loads(body)
@@ -256,6 +257,18 @@ class ParcelTable:
                 self._unmap(segid)
                 L.shmctl(segid, L.IPC_RMID, None)
                 self._set(slot, 0, 0, FREE)
+
+    def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
+        """Before touching the slot: the segment must be this queue's parcel that the
+        message names (same nonce and length), else ``WireError`` and nothing changes."""
+        address = self._map(segid, size)
+        magic, owner, _, _, nonce_now, n_now = HEADER.unpack(
+            ctypes.string_at(address, HEADER.size))
+        if magic != MAGIC or owner != self._owner:
+            raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
+        if (nonce_now, n_now) != (nonce, n):
+            raise _wire.WireError(f"parcel message for segment {segid} does not match it "
+                                  "(foreign, or its parcel was already taken)")
 
     def _pooled_bytes(self) -> int:
         return sum(e[4] for e in (self._entry(s) for s in range(NSLOTS)) if e[2] == POOLED)

@@ -9,7 +9,7 @@ frames in the stream queue whose ``mtype`` is that stream id.
     head:   b"H" | stream_id u64 | total_length u64 | nframes u32 | first chunk
     frame:  b"F" | stream_id u64 | seq u32 | chunk            (seq 1..nframes-1)
     abort:  b"A" | stream_id u64                             (the writer died)
-    parcel: b"P" | table slot u32 | segment id i32 | length u64
+    parcel: b"P" | table slot u32 | segment id i32 | length u64 | nonce u64
     batch:  b"B" | pickle of a list of objects                 (put_many)
 
 A *parcel* is the large-object path: the pickle waits in a SysV segment of its own
@@ -30,7 +30,7 @@ __all__ = [
 
 PICKLE_MARK = 0x80
 HEAD, FRAME, ABORT, PARCEL, BATCH = b"H"[0], b"F"[0], b"A"[0], b"P"[0], b"B"[0]
-_PARCEL = struct.Struct("<BIiQ")
+_PARCEL = struct.Struct("<BIiQQ")
 _HEAD = struct.Struct("<BQQI")
 _FRAME = struct.Struct("<BQI")
 _ABORT = struct.Struct("<BQ")
@@ -112,8 +112,10 @@ def encode_abort(stream_id: int) -> bytes:
     return _ABORT.pack(ABORT, stream_id)
 
 
-def encode_parcel(slot: int, segment_id: int, length: int) -> bytes:
-    return _PARCEL.pack(PARCEL, slot, segment_id, length)
+def encode_parcel(slot: int, segment_id: int, length: int, nonce: int) -> bytes:
+    """A parcel message; *nonce* (random, also in the segment's header) makes a message
+    that merely names the right slot and segment (foreign, or stale) refused."""
+    return _PARCEL.pack(PARCEL, slot, segment_id, length, nonce)
 
 
 def encode_batch(list_pickle: bytes) -> bytes:
@@ -129,8 +131,8 @@ def batch_pickle(msg) -> memoryview:
     return view[1:]
 
 
-def parse_parcel(msg) -> Tuple[int, int, int]:
-    """``(slot, segment_id, length)`` of a parcel message, or ``WireError``."""
+def parse_parcel(msg) -> Tuple[int, int, int, int]:
+    """``(slot, segment_id, length, nonce)`` of a parcel message, or ``WireError``."""
     if len(msg) != _PARCEL.size or msg[0] != PARCEL:
         raise WireError(f"not a parcel message ({len(msg)} bytes)")
     return _PARCEL.unpack(msg)[1:]

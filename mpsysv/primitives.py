@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import pwd
 import weakref
 from typing import Iterable, Optional, Sequence, Tuple
 
@@ -517,3 +518,24 @@ class Segment(_Object):
         """Mark the segment for removal: its key is freed now, its memory at the last detach."""
         if L.shmctl(self.id, L.IPC_RMID, None) == -1:
             self._fail("shmctl(IPC_RMID)")
+
+
+def segment_owner_and_mode(key: int) -> Tuple[str, str]:
+    """``("uid N (user)", "octal mode")`` of the segment with *key*, from
+    /proc/sysvipc/shm (readable by every user, unlike IPC_STAT): for permission errors
+    that say whose object it is. ``("uid ?", "?")`` when unknown."""
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header = f.readline().split()
+            for line in f:
+                row = dict(zip(header, line.split()))
+                if int(row["key"]) & 0xFFFFFFFF == key:
+                    uid = int(row["uid"])
+                    try:
+                        user = pwd.getpwuid(uid).pw_name
+                    except KeyError:
+                        user = "no user name"
+                    return f"uid {uid} ({user})", row["perms"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return "uid ?", "?"

@@ -14,7 +14,6 @@ import errno
 import functools
 import operator
 import os
-import pwd
 import struct
 import time
 import types
@@ -27,7 +26,7 @@ from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
                        PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, live_segments,
                        match_identity, pack_identity, parse_identity, process_identity,
                        read_trailer, register, register_raw)
-from .primitives import Attachment, Segment, SegmentStat
+from .primitives import Attachment, Segment, SegmentStat, segment_owner_and_mode
 
 __all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError"]
 
@@ -353,7 +352,7 @@ def _wait_for_trailer(address: int) -> bytes:
 
 def _permission_error(call: str, bare: str, key: int, readonly: bool = True) -> PermissionError:
     """A PermissionError that says whose segment it is and what its mode allows."""
-    owner, mode = _owner_and_mode(key)
+    owner, mode = segment_owner_and_mode(key)
     if readonly:
         access, hint = "reading", "ask its owner for mode=0o640 or 0o644 (or set_mode())"
     else:
@@ -362,29 +361,6 @@ def _permission_error(call: str, bare: str, key: int, readonly: bool = True) -> 
     return PermissionError(
         errno.EACCES, f"{call}: Permission denied: shared memory {bare!r} belongs to {owner} "
         f"with mode {mode}, which does not allow {access} by uid {os.geteuid()}; {hint}", bare)
-
-
-def _owner_and_mode(key: int) -> tuple:
-    """``("uid N (user)", "octal mode")`` of the segment holding *key*, from
-    /proc/sysvipc/shm (readable by every user, unlike IPC_STAT); "?" when unknown."""
-    try:
-        with open("/proc/sysvipc/shm") as f:
-            header = f.readline().split()
-            for line in f:
-                row = dict(zip(header, line.split()))
-                if int(row["key"]) & 0xFFFFFFFF == key:
-                    uid = int(row["uid"])
-                    return f"uid {uid} ({_user_name(uid)})", row["perms"]
-    except (OSError, ValueError, KeyError):
-        pass
-    return "uid ?", "?"
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return "no user name"
 
 
 def _exists_error(bare: str, key: int) -> FileExistsError:

@@ -1021,3 +1021,20 @@ def test_large_put_after_removal_from_outside_is_reported(size):
         except RemovedError:
             return
     assert any("removed" in str(w.message) for w in caught), "the object vanished silently"
+
+
+def test_a_parcel_slot_claimed_by_a_writer_killed_before_it_made_the_segment_is_reclaimed():
+    q = Queue()
+    try:
+        dead = os.fork()
+        if dead == 0:
+            os._exit(0)
+        os.waitpid(dead, 0)
+        # As a writer killed between claiming slot 0 and creating its segment leaves it.
+        q._chan.parcels._set(0, -1, dead, _parcels.FILLING, 0, 1 << 20)
+        q.put(b"n" * 100_000)  # the next claim looks at every slot
+        assert q.get(timeout=5) == b"n" * 100_000
+        entries = [q._chan.parcels._entry(s) for s in range(_parcels.NSLOTS)]
+        assert not [e for e in entries if e[2] == _parcels.FILLING], entries
+    finally:
+        close_queue(q)

@@ -228,15 +228,18 @@ def test_foreign_parcel_messages_are_dropped():
     main, _ = raw_parts(q)
     try:
         q.put(b"real" * 10_000)
-        slot, segid, n = W.parse_parcel(q._chan.parcels and _first_raw(main))
-        for forged in [(slot + 1, segid, n), (slot, segid + 1, n), (slot, segid, 2 ** 60),
-                       (_parcels.NSLOTS, segid, n), (2 ** 32 - 1, -1, 0)]:
+        slot, segid, n, nonce = W.parse_parcel(q._chan.parcels and _first_raw(main))
+        # Naming the right slot and segment is not enough: the nonce and length must match.
+        for forged in [(slot + 1, segid, n, nonce), (slot, segid + 1, n, nonce),
+                       (slot, segid, 2 ** 60, nonce), (_parcels.NSLOTS, segid, n, nonce),
+                       (2 ** 32 - 1, -1, 0, 0), (slot, segid, n, nonce ^ 1),
+                       (slot, segid, n - 1, nonce)]:
             main.send(W.encode_parcel(*forged), 1)
-        main.send(W.encode_parcel(slot, segid, n), 1)  # the real one, after the forgeries
+        main.send(W.encode_parcel(slot, segid, n, nonce), 1)  # the real one, after them
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             assert q.get(timeout=5) == b"real" * 10_000
-        assert len([w for w in caught if "dropped" in str(w.message)]) == 5
+        assert len([w for w in caught if "dropped" in str(w.message)]) == 7
     finally:
         q.close()
 
