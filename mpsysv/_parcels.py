@@ -164,8 +164,10 @@ class ParcelTable:
             segid, writer, state, reader, ssize = self._entry(slot)
             if (state == FILLING and not _alive(writer)) or (
                     state == READING and not _alive(reader)) or slot in stranded:
-                if segid >= 0:  # (-1: its writer died before it made the segment)
+                if segid >= 0:
                     L.shmctl(segid, L.IPC_RMID, None)
+                elif state == FILLING:  # its writer died before it noted the segment's id
+                    _remove_unlisted(writer, ssize)
                 self._set(slot, 0, 0, FREE)
                 state = FREE
             if state == FREE:
@@ -292,3 +294,23 @@ def remove_listed(view: memoryview) -> None:
         if state != FREE and segid >= 0:
             L.shmctl(segid, L.IPC_RMID, None)
         _ENTRY.pack_into(view, offset, 0, 0, FREE, 0, 0)
+
+
+def _remove_unlisted(writer: int, size: int) -> None:
+    """Remove the segment a writer killed between ``shmget`` and noting its id may have
+    left: private (key 0), created by that dead pid, of the slot's exact size, this
+    user's, attached nowhere. Nothing else lists it, so nothing else would remove it."""
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            header = f.readline().split()
+            rows = [dict(zip(header, line.split())) for line in f]
+    except OSError:
+        return
+    me = os.geteuid()
+    for row in rows:
+        try:
+            if (int(row["key"]) == 0 and int(row["cpid"]) == writer and int(row["size"]) == size
+                    and int(row["nattch"]) == 0 and int(row["uid"]) == me):
+                L.shmctl(int(row["shmid"]), L.IPC_RMID, None)
+        except (KeyError, ValueError):
+            continue

@@ -1023,18 +1023,27 @@ def test_large_put_after_removal_from_outside_is_reported(size):
     assert any("removed" in str(w.message) for w in caught), "the object vanished silently"
 
 
-def test_a_parcel_slot_claimed_by_a_writer_killed_before_it_made_the_segment_is_reclaimed():
+@pytest.mark.parametrize("made_it", [False, True])
+def test_a_parcel_slot_whose_writer_died_before_noting_its_segment_is_reclaimed(made_it):
+    """A writer killed after claiming a slot, before (or right after) its shmget: the
+    slot comes back, and a segment it made but never listed is removed too."""
     q = Queue()
     try:
+        before = sysv_counts()
+        size = 1 << 20
         dead = os.fork()
         if dead == 0:
+            if made_it:
+                L.shmget(L.IPC_PRIVATE, size, L.IPC_CREAT | 0o600)
             os._exit(0)
         os.waitpid(dead, 0)
-        # As a writer killed between claiming slot 0 and creating its segment leaves it.
-        q._chan.parcels._set(0, -1, dead, _parcels.FILLING, 0, 1 << 20)
+        assert sysv_counts()["shm"] == before["shm"] + made_it
+        q._chan.parcels._set(0, -1, dead, _parcels.FILLING, 0, size)
         q.put(b"n" * 100_000)  # the next claim looks at every slot
         assert q.get(timeout=5) == b"n" * 100_000
         entries = [q._chan.parcels._entry(s) for s in range(_parcels.NSLOTS)]
         assert not [e for e in entries if e[2] == _parcels.FILLING], entries
+        parcels = [e for e in entries if e[2] == _parcels.POOLED]
+        assert sysv_counts()["shm"] == before["shm"] + len(parcels)
     finally:
         close_queue(q)
