@@ -444,6 +444,20 @@ def test_producer_killed_while_its_head_waits_behind_other_objects(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # killed inside a multi-step update
 
+def _kill_a_consumer_before_its_slot_release(q) -> None:
+    """A forked consumer takes one object and is SIGKILLed just before it gives the
+    object's slot back."""
+    class Dying:
+        def post(self):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def victim():
+        q._chan.sems[C.SLOTS] = Dying()
+        q.get(timeout=5)
+
+    wait_pid(fork_run(victim), WATCHDOG)
+
+
 @pytest.mark.xfail(strict=True, reason="known gap: a consumer killed between msgrcv and the "
                    "slot post loses a slot of a bounded queue until a putter has waited "
                    "through a second in which the queue did not move (a journal note would be "
@@ -454,16 +468,7 @@ def test_consumer_killed_between_receive_and_slot_release_keeps_slots_exact():
     q = Queue(2)
     q.put("a")
     q.put("b")
-
-    class Dying:
-        def post(self):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def victim():
-        q._chan.sems[C.SLOTS] = Dying()
-        q.get(timeout=5)
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _kill_a_consumer_before_its_slot_release(q)
     # "a" was in flight in the dead consumer (lost, as documented); "b" is queued: 1 free.
     assert q.qsize() == 1
     q.put_nowait("c")
@@ -474,20 +479,12 @@ def test_putter_waiting_on_a_quiet_queue_recovers_the_slot_of_a_consumer_killed_
     q = Queue(1)
     q.put("a")
 
-    class Dying:
-        def post(self):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def victim():
-        q._chan.sems[C.SLOTS] = Dying()
-        q.get(timeout=5)
-
     def putter():
         started = time.monotonic()
         q.put("b", timeout=10)
         assert time.monotonic() - started >= C._QUIET, "recovered before the queue was quiet"
 
-    wait_pid(fork_run(victim), WATCHDOG)
+    _kill_a_consumer_before_its_slot_release(q)
     try:
         assert wait_pid(fork_run(putter), WATCHDOG) == 0, "the lost slot never came back"
         assert q.get(timeout=5) == "b"
