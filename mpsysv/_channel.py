@@ -7,11 +7,12 @@
 * the main message queue: exactly one message per object (a whole pickle, or the
   head of a stream), so ``msg_qnum`` is the exact object count and user ``mtype``
   selection works as msgrcv(2) says;
-* the stream queue: continuation frames of the one large object in flight;
+* the stream queue: continuation frames of the one large object in flight (_streams);
 * a semaphore set: the stream lock and the state lock (both ``SEM_UNDO``, so a
   killed holder releases them) and the join gate of a JoinableQueue.
 
-This module moves bytes; pickling, buffering and the stdlib API live in queues.py.
+The layout of the control segment is in _layout. This module moves bytes; pickling,
+buffering and the stdlib API live in queues.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import atexit
 import ctypes
 import errno
 import os
-import struct
 import threading
 import time
 import warnings
@@ -31,48 +31,20 @@ from . import _names
 from . import _wire
 from ._journal import Journal
 from ._parcels import ParcelTable, _alive, remove_listed
+from ._layout import (  # noqa: F401 - re-exported: _gc and _admin read the layout here
+    _EXTRA, _EXTRA_OFF, _FLAG_NAMED, _HDR, _MARK, _MARK_OFF, _NAME_OFF, _NSEMS, _READER,
+    _RECOVERED, _RECOVERED_OFF, _SEM_OFF, _STATE, _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
+    CTL_SIZE, DONE, KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MAGIC, MTYPE_MAX, ROOM,
+    RW, SEM_GATE, SEM_STATE, SEM_STREAM, SLOTS, SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE, TW,
+    UNFINISHED, WAKE)
 from ._psem import PosixSemaphore
+from ._streams import _SLICE, StreamSide
 from .primitives import segment_owner_and_mode
 
 __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
 
-KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
-KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
-MTYPE_MAX = 2 ** 62 - 1
-MAGIC = b"MPSYSVQ1"
-CTL_SIZE = 4096
-# Control segment layout.
-_HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flags created
-#                                       main_qid stream_qid semid msgmax
-_NAME_OFF = 64
-_SEM_OFF = 320
-# Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
-# (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
-_NSEMS = 9
-_MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
-_READER = struct.Struct("<i")
-_STATE = struct.Struct("<I")
-_MARK_OFF = 640
-_STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
-# Objects beyond the first of every batch message in the queue, so qsize() stays exact.
-_EXTRA = struct.Struct("<q")
-_RECOVERED = struct.Struct("<I")
-_EXTRA_OFF = 672
-# Slot recoveries so far (a putter's snapshot must not predate one), and a flag set once
-# a process took slots it could not note in the journal (recoveries then stop).
-_RECOVERED_OFF = 680
-_UNNOTED_OFF = 684
-# 688..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
-_FLAG_NAMED = 1
-# Semaphore set members.
-SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
-# Stream marker states.
-ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
 _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
 _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
-_SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
-_UNCLAIMED = 1.0  # how long a taken stream head may stay without a registered reader
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 _QUIET = 0.9  # how long a bounded queue must not move before slots nobody holds come back
 
@@ -102,7 +74,7 @@ class _Buffers:
         return raw, ctypes.c_long.from_buffer(raw), memoryview(raw).cast("B")
 
 
-class Channel:
+class Channel(StreamSide):
     """One queue's kernel objects, attached in this process."""
 
     def __init__(self, ctl_id: int, address: int, *, owner: bool = False):
@@ -465,170 +437,6 @@ class Channel:
         """``(messages in the main queue, pid of the last process that took one)``."""
         ds = self._stat_main()
         return ds.msg_qnum, ds.msg_lrpid
-
-    # -- streams (objects larger than one message) ---------------------------------
-
-    def send_stream(self, payload, mtype: int, counted: bool = False) -> None:
-        """Send a multi-frame object: one head in the main queue, frames in the stream queue.
-
-        Streams go one at a time (the stream lock, held until the reader acknowledged
-        the last frame), so the stream queue never holds two objects' frames and small
-        objects can never take the capacity a stream needs. A *counted* object's slot
-        is in the queue once its head is (its reader gives the slot back on the head).
-        """
-        with self._counter_lock:
-            self._counter += 1
-            counter = self._counter
-        sid = _wire.stream_id_for(_getpid(), counter)
-        head, frames = _wire.split(payload, sid, self.msgmax)
-        self._lock(SEM_STREAM)
-        try:
-            self._repair_stream()
-            self._purge_others(sid)
-            for i in (SPACE, AVAIL, DONE):
-                while self.sems[i].try_acquire():
-                    pass
-            self._set_mark(_getpid(), sid, ST_HEAD)
-            self._headless_since = None
-            self._send_msg(self.main_qid, head, mtype, 0)
-            if counted and self.maxsize > 0:
-                self.journal.sent(0, 1)
-            if self._tw_word[0]:
-                self._wake_timed()
-            for frame in frames:
-                if not self._send_frame(frame, sid):
-                    return
-                self.sems[AVAIL].post()
-            self._await_reader(sid)
-        finally:
-            self._set_mark(0, 0, ST_IDLE)
-            self._unlock(SEM_STREAM)
-
-    def _send_frame(self, frame: bytes, sid: int) -> bool:
-        """Send one frame; False when the reader died and the stream was dropped."""
-        while not self._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
-            if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
-                if self._reader_gone(sid):
-                    return False
-                self._purge_others(sid)
-        return True
-
-    def _await_reader(self, sid: int) -> None:
-        """Wait until the reader has taken the last frame (or died)."""
-        while not self.sems[DONE].acquire(time.monotonic() + _SLICE):
-            if self._reader_gone(sid):
-                return
-
-    def _reader_gone(self, sid: int) -> bool:
-        """True (after dropping the stream's frames) when the reader of *sid* died."""
-        reader = self._mark()[1]
-        if reader == 0:
-            if not self._head_lost():
-                return False
-        elif _alive(reader):
-            return False
-        self._purge(sid)
-        return True
-
-    def _head_lost(self) -> bool:
-        """No reader registered for our head: True when a process took it and died
-        before it could. The head is out of the main queue when that queue is empty
-        (it went in before); its reader registers within microseconds of taking it, so
-        it is dead when the last process that took a message is dead, or when it still
-        has not registered after ``_UNCLAIMED`` seconds. (A live reader stalled there
-        that long, or while another process takes a message and dies, loses the object:
-        it finds the stream gone.) While other messages wait in the queue the head may
-        be among them, and the writer keeps waiting."""
-        qnum, last = self._queue_state()
-        if qnum:
-            self._headless_since = None
-            return False
-        if not _alive(last):
-            return True
-        now = time.monotonic()
-        if self._headless_since is None:
-            self._headless_since = now
-        return now - self._headless_since >= _UNCLAIMED
-
-    def _purge(self, sid: int) -> None:
-        raw = (ctypes.c_char * (8 + self.msgmax))()
-        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT | L.MSG_NOERROR) >= 0:
-            pass
-
-    def _purge_others(self, sid: int) -> None:
-        """Under the stream lock only *sid*'s frames belong in the stream queue: drop
-        anything else (a foreign program's messages, a dead stream's leftovers) so it
-        cannot take the room the stream needs. Readers of a dead stream notice its
-        writer is gone and drop their object."""
-        raw = (ctypes.c_char * (8 + self.msgmax))()
-        flags = L.IPC_NOWAIT | L.MSG_NOERROR | L.MSG_EXCEPT
-        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, flags) >= 0:
-            pass
-
-    def _repair_stream(self) -> None:
-        """Under the stream lock: forget a stream whose writer died holding the lock.
-        Its frames go with the purge that follows; its reader (present or future)
-        sees the marker no longer names its stream and drops the object."""
-        if self._mark()[3] != ST_IDLE:
-            self._set_mark(0, 0, ST_IDLE)
-
-    def _read_stream(self, head: bytes) -> Optional[bytes]:
-        """Collect the frames of the stream *head* starts; None if it was dropped."""
-        try:
-            assembly = _wire.Reassembly(head)
-        except _wire.WireError as exc:
-            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
-                          stacklevel=4)
-            return None
-        sid = assembly.stream_id
-        if self._mark()[2] == sid:
-            _READER.pack_into(self._view, _MARK_OFF + 4, _getpid())
-        raw = (ctypes.c_char * (8 + self.msgmax))()
-        view = memoryview(raw).cast("B")
-        avail, space = self.sems[AVAIL], self.sems[SPACE]
-        while not assembly.complete:
-            # The frame itself decides; AVAIL is only a doorbell (a token may belong to
-            # another stream), so a missed or stolen token costs at most one slice.
-            n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
-            if n < 0:
-                err = L.get_errno()
-                if err == _E.EINTR:
-                    continue
-                if err != _E.ENOMSG:
-                    self._fail("msgrcv", err)
-                if not avail.acquire(time.monotonic() + _SLICE) and self._writer_gone(sid):
-                    warnings.warn(f"{self._what()}: dropped an object whose writer (pid "
-                                  f"{_wire.writer_pid(sid)}) died while sending it",
-                                  RuntimeWarning, stacklevel=4)
-                    return None
-                continue
-            try:
-                assembly.add(view[8:8 + n])
-            except _wire.WireError as exc:
-                self._purge(sid)
-                warnings.warn(f"{self._what()}: dropped an incomplete object ({exc})",
-                              RuntimeWarning, stacklevel=4)
-                return None
-            space.post()
-        self.sems[DONE].post()
-        return assembly.payload()
-
-    def _writer_gone(self, sid: int) -> bool:
-        """True (after dropping its frames) when the writer of *sid* died mid-stream."""
-        writer, _, msid, _ = self._mark()
-        if msid == sid:
-            if _alive(writer):
-                return False
-            _STATE.pack_into(self._view, _MARK_OFF + 16, ST_ABANDONED)
-        self._purge(sid)
-        return True
-
-    def _mark(self) -> tuple:
-        return _MARK.unpack_from(self._view, _MARK_OFF)
-
-    def _set_mark(self, writer: int, sid: int, state: int) -> None:
-        """The writer's fields (and a cleared reader field: only a reader sets it)."""
-        _MARK.pack_into(self._view, _MARK_OFF, writer, 0, sid, state)
 
     # -- locks and the task count of a JoinableQueue ---------------------------------
 

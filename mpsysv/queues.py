@@ -3,7 +3,7 @@
 Objects are pickled in the caller and handed to the kernel at once when the queue
 has room (one ``msgsnd``); otherwise they wait in a per-process buffer that a feeder
 thread flushes, so ``put`` on an unbounded queue never blocks, as in the stdlib.
-Large objects always go through the feeder (see ``_channel`` for the stream protocol).
+Large objects always go through the feeder (see ``_streams`` for the stream protocol).
 """
 
 from __future__ import annotations

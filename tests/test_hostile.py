@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mpsysv
-from mpsysv import _channel as C
 from mpsysv import _gc
 from mpsysv import _libc as L
 from mpsysv import _parcels
+from mpsysv import _streams
 from mpsysv import _wire as W
 from mpsysv import JoinableQueue, MessageQueue, Queue, SimpleQueue
 from mpsysv.shared import ShareableList, SharedMemory
@@ -120,7 +120,7 @@ def _fuzz_main_queue(q, main, plan):
 
 def test_foreign_messages_in_the_main_queue_never_stop_good_objects(monkeypatch):
     # A forged head waits one slice for frames that never come: shorten the slice.
-    monkeypatch.setattr(C, "_SLICE", 0.02)
+    monkeypatch.setattr(_streams, "_SLICE", 0.02)
     q = Queue()
     main, _ = raw_parts(q)
     try:
@@ -175,7 +175,7 @@ def test_foreign_messages_filling_the_stream_queue_do_not_stop_streams():
 
 
 def test_forged_heads_while_real_objects_stream(monkeypatch):
-    monkeypatch.setattr(C, "_SLICE", 0.02)  # a forged head costs its reader one slice
+    monkeypatch.setattr(_streams, "_SLICE", 0.02)  # a forged head costs its reader one slice
     q = Queue()
     main, _ = raw_parts(q)
     objs = [(i, b"s" * 12_000) for i in range(60)]

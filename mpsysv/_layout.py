@@ -1,0 +1,41 @@
+"""The control segment of a queue: its layout, shared by the protocol's modules.
+
+Pure data (offsets, structs, counter and semaphore indices, marker states); the
+garbage collector and the command line read the same layout from outside.
+"""
+
+import struct
+
+KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
+KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
+MTYPE_MAX = 2 ** 62 - 1
+MAGIC = b"MPSYSVQ1"
+CTL_SIZE = 4096
+# Control segment layout.
+_HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flags created
+#                                       main_qid stream_qid semid msgmax
+_NAME_OFF = 64
+_SEM_OFF = 320
+# Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
+# (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
+_NSEMS = 9
+_MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
+_READER = struct.Struct("<i")
+_STATE = struct.Struct("<I")
+_MARK_OFF = 640
+_STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
+# Objects beyond the first of every batch message in the queue, so qsize() stays exact.
+_EXTRA = struct.Struct("<q")
+_RECOVERED = struct.Struct("<I")
+_EXTRA_OFF = 672
+# Slot recoveries so far (a putter's snapshot must not predate one), and a flag set once
+# a process took slots it could not note in the journal (recoveries then stop).
+_RECOVERED_OFF = 680
+_UNNOTED_OFF = 684
+# 688..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
+_FLAG_NAMED = 1
+# Semaphore set members.
+SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
+# Stream marker states.
+ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
