@@ -114,8 +114,9 @@ class ParcelTable:
             L.shmdt(hit[0])
 
     def wrap(self, payload) -> Optional[bytes]:
-        """Copy *payload* into a parcel; the message that names it, or None (no free
-        slot, or the kernel refused a segment) so the caller streams instead."""
+        """Copy *payload* (a buffer, or pieces with ``parts`` and ``len()``) into a
+        parcel; the message that names it, or None (no free slot, or the kernel refused
+        a segment) so the caller streams instead."""
         me = os.getpid()
         n = len(payload)
         size = _size_class(n)
@@ -142,7 +143,14 @@ class ParcelTable:
         nonce = int.from_bytes(os.urandom(8), "little")
         HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
                          self._owner, me, time.time(), nonce, n)
-        ctypes.memmove(address + _HDR_SIZE, payload, n)
+        parts = getattr(payload, "parts", None)  # a pickle in pieces (queues._Pieces)
+        if parts is None:
+            ctypes.memmove(address + _HDR_SIZE, payload, n)
+        else:
+            at = address + _HDR_SIZE
+            for part in parts:
+                ctypes.memmove(at, part, len(part))
+                at += len(part)
         # Complete: from here on the parcel belongs to the queue, even if this process
         # dies before (or while) its message goes out; only the slot's owner writes it
         # until a reader takes it, so no later update can race with that reader.

@@ -704,3 +704,24 @@ def test_unlink_after_close_removes_the_named_queues_parcels_too():
     q.close()
     q.unlink()
     assert sysv_counts() == before
+
+
+@pytest.mark.parametrize("parcels", [True, False])
+def test_large_bytes_arrive_whole_as_parcels_or_streamed_when_no_parcel_is_free(
+        monkeypatch, parcels):
+    # bytes from the parcel size on are copied straight into the parcel (pieces of a
+    # pickle); when no parcel can be had they must stream as a whole pickle instead.
+    if not parcels:
+        monkeypatch.setattr(mpsysv._parcels.ParcelTable, "wrap", lambda self, payload: None)
+    q = Queue()
+    sizes = [mpsysv._parcels.PARCEL_MIN - 1, mpsysv._parcels.PARCEL_MIN, 100_001, 3 << 20]
+    try:
+        for n in sizes:
+            q.put(bytes(range(251)) * (n // 251) + b"z" * (n % 251))
+        for n in sizes:
+            got = q.get(timeout=10)
+            assert type(got) is bytes and len(got) == n
+            assert got == bytes(range(251)) * (n // 251) + b"z" * (n % 251)
+    finally:
+        q.close()
+        q.join_thread()
