@@ -55,6 +55,9 @@ _msgsnd, _msgrcv, _size_arg = L.msgsnd_fast, L.msgrcv_fast, L.size_arg
 _TYPE1 = (1).to_bytes(8, "little")
 _ANY = ctypes.c_long(0)
 _NOWAIT = L.IPC_NOWAIT
+_PICKLE_MARK = _wire.PICKLE_MARK
+# First bytes of the messages that each hold one object's slot of a bounded queue.
+_ONE_OBJECT = frozenset((_wire.PICKLE_MARK, _wire.HEAD, _wire.PARCEL, _wire.BATCH))
 _getpid = os.getpid
 _collected = [False]
 
@@ -315,11 +318,12 @@ class Channel(StreamSide):
                         self._wake_room()
                 view = item[2]
                 first = view[8] if n > 0 else -1
-                if self.maxsize > 0 and (first == _wire.PICKLE_MARK or first == _wire.HEAD
-                                         or first == _wire.PARCEL or first == _wire.BATCH):
+                if first == _PICKLE_MARK and not self.maxsize:  # the common case first
+                    return loads(view[8:8 + n])
+                if self.maxsize > 0 and first in _ONE_OBJECT:
                     # (a batch releases its other objects' slots in _take_batch)
                     self.sems[SLOTS].post()
-                if first == _wire.PICKLE_MARK:
+                if first == _PICKLE_MARK:
                     return loads(view[8:8 + n])
                 if first == _wire.BATCH:
                     return self._take_batch(view[8:8 + n], loads, item[1].value)
