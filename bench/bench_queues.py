@@ -7,6 +7,7 @@ the ratio to ``multiprocessing.Queue`` from the same run.
     python bench/bench_queues.py                 # the full table
     python bench/bench_queues.py --quick         # fewer objects and rounds
     python bench/bench_queues.py --json out.json --png chart.png
+    python bench/bench_queues.py --from-json out.json --png chart.png   # redraw only
 """
 
 from __future__ import annotations
@@ -219,7 +220,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="run only cases whose title contains this text")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--png", help="draw a chart of the ratios (needs matplotlib)")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="run nothing: print the table (and --png chart) of a --json file")
     args = ap.parse_args(argv)
+    if args.from_json:
+        return _replay(args.from_json, args.png)
     rounds = 3 if args.quick and args.rounds == 5 else args.rounds
     impls = backends()
     todo = [c for c in cases(args.quick) if not args.only or args.only in c[0]]
@@ -238,6 +243,19 @@ def main(argv=None) -> int:
                        "units": {t: u for t, u, _ in todo}}, f, indent=1)
     if args.png:
         chart(todo, results, impls, args.png)
+    return 0
+
+
+def _replay(path: str, png) -> int:
+    """The table and chart of results saved by ``--json``, without running anything."""
+    with open(path) as f:
+        saved = json.load(f)
+    results, units = saved["results"], saved["units"]
+    todo = [(title, units[title], None) for title in results]
+    impls = list(next(iter(results.values())))
+    report(todo, results, impls, saved["rounds"])
+    if png:
+        chart(todo, results, impls, png)
     return 0
 
 
