@@ -80,7 +80,7 @@ class _Buffers:
 class Channel(StreamSide):
     """One queue's kernel objects, attached in this process."""
 
-    def __init__(self, ctl_id: int, address: int, *, owner: bool = False):
+    def __init__(self, ctl_id: int, address: int):
         self.ctl_id = ctl_id
         self._address = address
         self._mem = (ctypes.c_char * CTL_SIZE).from_address(address)
@@ -173,7 +173,7 @@ class Channel(StreamSide):
             if name:
                 L.shmctl(ctl_id, L.IPC_RMID, None)
             raise
-        return cls(ctl_id, address, owner=True)
+        return cls(ctl_id, address)
 
     @classmethod
     def open_name(cls, name: str) -> "Channel":
@@ -241,12 +241,6 @@ class Channel(StreamSide):
         if self._tw_word[0]:
             self._wake_timed()
         return True
-
-    def send(self, payload, mtype: int) -> None:
-        """Send a one-message object, waiting while the queue is full."""
-        self._send_msg(self.main_qid, payload, mtype, 0)
-        if self._tw_word[0]:
-            self._wake_timed()
 
     def _send_msg(self, qid: int, payload, mtype: int, flags: int) -> bool:
         """msgsnd *payload* typed *mtype* to *qid*; False on a full queue with IPC_NOWAIT.
@@ -318,8 +312,6 @@ class Channel(StreamSide):
                         self._wake_room()
                 view = item[2]
                 first = view[8] if n > 0 else -1
-                if first == _PICKLE_MARK and not self.maxsize:  # the common case first
-                    return loads(view[8:8 + n])
                 if self.maxsize > 0 and first in _ONE_OBJECT:
                     # (a batch releases its other objects' slots in _take_batch)
                     self.sems[SLOTS].post()

@@ -24,6 +24,8 @@ from . import _libc as L
 from . import _names
 from . import _parcels
 from . import _tracker
+from ._procs import proc_stat
+from .primitives import ipc_table
 
 __all__ = ["IpcObject", "Scan", "scan", "collect_garbage", "remove", "group_of", "process_alive"]
 
@@ -125,35 +127,17 @@ class Scan:
 
 def _read_table(kind: str) -> List[IpcObject]:
     rows = []
-    try:
-        f = open(f"/proc/sysvipc/{kind}")
-    except OSError:
-        return rows
-    with f:
-        header = f.readline().split()
-        for line in f:
-            values = line.split()
-            if len(values) < len(header):
-                continue
-            cols = {}
-            for name, value in zip(header, values):
-                cols[name] = int(value, 8) if name == "perms" else int(value)
-            ident = cols.get("msqid", cols.get("semid", cols.get("shmid")))
-            rows.append(IpcObject(kind, ident, cols["key"] & 0xFFFFFFFF, cols["perms"],
-                                  cols["uid"], cols["cuid"], cols))
+    for cols in ipc_table(kind):
+        ident = cols.get("msqid", cols.get("semid", cols.get("shmid")))
+        rows.append(IpcObject(kind, ident, cols["key"], cols["perms"], cols["uid"],
+                              cols["cuid"], cols))
     return rows
 
 
 def _proc_stat(pid: int) -> Optional[List[bytes]]:
     """The fields of /proc/PID/stat after the command name; None when gone or a zombie."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if rest[0] in (b"Z", b"X") else rest
+    rest = proc_stat(pid)
+    return None if rest is None or rest[0] in (b"Z", b"X") else rest
 
 
 def process_start(pid: int) -> Optional[float]:

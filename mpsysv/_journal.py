@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Iterator, Optional, Tuple
 
+from ._procs import alive, start_ticks
+
 __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"]
 
 JOURNAL_OFF = 2240
@@ -45,44 +47,6 @@ _PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF, _START, _PARCELS = 0, 4, 8, 12, 16, 
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _getpid = os.getpid
-
-
-def _proc_stat(pid: int) -> Optional[list]:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _ticks(rest: Optional[list]) -> int:
-    try:
-        return int(rest[19]) if rest else 0
-    except (IndexError, ValueError):
-        return 0
-
-
-def start_ticks(pid: int) -> int:
-    """When *pid* started, in clock ticks since boot (0 when unknown)."""
-    return _ticks(_proc_stat(pid))
-
-
-def alive(pid: int, start: int = 0) -> bool:
-    """True while process *pid* exists, is not a zombie (a killed process is a zombie
-    until its parent waits for it) and, when *start* is given, started then."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    rest = _proc_stat(pid)
-    if not rest or rest[0] == b"Z":
-        return False
-    return not start or _ticks(rest) in (0, start)
 
 
 class Journal:

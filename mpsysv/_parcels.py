@@ -37,7 +37,8 @@ from typing import Callable, Optional
 
 from . import _libc as L
 from . import _wire
-from ._journal import alive as _alive
+from ._procs import alive as _alive
+from .primitives import ipc_table
 
 __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
@@ -175,7 +176,7 @@ class ParcelTable:
                 if segid >= 0:
                     L.shmctl(segid, L.IPC_RMID, None)
                 elif state == FILLING:  # its writer died before it noted the segment's id
-                    _remove_unlisted(writer, ssize)
+                    _remove_unnoted_segment(writer, ssize)
                 self._set(slot, 0, 0, FREE)
                 state = FREE
             if state == FREE:
@@ -304,21 +305,12 @@ def remove_listed(view: memoryview) -> None:
         _ENTRY.pack_into(view, offset, 0, 0, FREE, 0, 0)
 
 
-def _remove_unlisted(writer: int, size: int) -> None:
+def _remove_unnoted_segment(writer: int, size: int) -> None:
     """Remove the segment a writer killed between ``shmget`` and noting its id may have
     left: private (key 0), created by that dead pid, of the slot's exact size, this
     user's, attached nowhere. Nothing else lists it, so nothing else would remove it."""
-    try:
-        with open("/proc/sysvipc/shm") as f:
-            header = f.readline().split()
-            rows = [dict(zip(header, line.split())) for line in f]
-    except OSError:
-        return
     me = os.geteuid()
-    for row in rows:
-        try:
-            if (int(row["key"]) == 0 and int(row["cpid"]) == writer and int(row["size"]) == size
-                    and int(row["nattch"]) == 0 and int(row["uid"]) == me):
-                L.shmctl(int(row["shmid"]), L.IPC_RMID, None)
-        except (KeyError, ValueError):
-            continue
+    for row in ipc_table("shm"):
+        if (row["key"] == 0 and row["cpid"] == writer and row["size"] == size
+                and row["nattch"] == 0 and row["uid"] == me):
+            L.shmctl(row["shmid"], L.IPC_RMID, None)

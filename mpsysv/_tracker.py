@@ -26,7 +26,8 @@ import traceback
 import warnings
 from typing import NamedTuple, Optional, Tuple
 
-from .primitives import Segment
+from ._procs import start_ticks
+from .primitives import Segment, ipc_table
 
 __all__ = ["TRAILER_SIZE", "MAGIC", "VERSION", "FLAG_TRACKED", "FLAG_HUGETLB",
            "PURPOSE_SHARED_MEMORY", "PURPOSE_SHAREABLE_LIST", "Identity", "pack_identity",
@@ -113,23 +114,7 @@ def read_trailer(segment: Segment) -> Optional[bytes]:
 
 def live_segments() -> list:
     """``(key, id, cuid, size)`` of every segment in /proc/sysvipc/shm."""
-    rows = []
-    with open("/proc/sysvipc/shm") as f:
-        next(f)
-        for line in f:
-            fields = line.split()
-            if len(fields) > 9:
-                rows.append((int(fields[0]) & 0xFFFFFFFF, int(fields[1]), int(fields[9]),
-                             int(fields[3])))
-    return rows
-
-
-def _start_ticks(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
+    return [(r["key"], r["shmid"], r["cuid"], r["size"]) for r in ipc_table("shm")]
 
 
 def _ipc_namespace() -> str:
@@ -168,7 +153,7 @@ os.register_at_fork(after_in_child=_state.after_fork_in_child)
 def process_identity() -> Tuple[int, int]:
     """``(pid, start ticks)`` of this process, cached (and renewed after fork)."""
     if _state.start is None:
-        _state.start = _start_ticks(_state.pid)
+        _state.start = start_ticks(_state.pid)
     return _state.pid, _state.start
 
 
@@ -304,7 +289,7 @@ def _start_tracker() -> None:
         os.close(read_end)
         listener.close()
     _state.fd, _state.popen, _state.popen_owner = write_end, popen, os.getpid()
-    _state.tracker = (popen.pid, _start_ticks(popen.pid))
+    _state.tracker = (popen.pid, start_ticks(popen.pid))
     os.environ[ENV] = f"{_ipc_namespace()}|{address}"
 
 
@@ -333,7 +318,7 @@ def _serve(pipe_fd: int, listener: socket.socket, registry: dict) -> None:
     partial = {pipe_fd: b""}
     connections: dict = {}
     limit = 1024
-    me = f"OK {os.getpid()} {_start_ticks(os.getpid())}\n".encode()
+    me = f"OK {os.getpid()} {start_ticks(os.getpid())}\n".encode()
     while True:
         if not partial and not _accept_all(listener, me, selector, partial, connections):
             listener.close()

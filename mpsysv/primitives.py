@@ -11,7 +11,7 @@ import ctypes
 import errno
 import pwd
 import weakref
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import _libc as L
 
@@ -520,22 +520,37 @@ class Segment(_Object):
             self._fail("shmctl(IPC_RMID)")
 
 
-def segment_owner_and_mode(key: int) -> Tuple[str, str]:
-    """``("uid N (user)", "octal mode")`` of the segment with *key*, from
-    /proc/sysvipc/shm (readable by every user, unlike IPC_STAT): for permission errors
-    that say whose object it is. ``("uid ?", "?")`` when unknown."""
+def ipc_table(kind: str) -> List[Dict[str, int]]:
+    """Every row of /proc/sysvipc/*kind* ("msg", "sem" or "shm"; readable by every
+    user, unlike IPC_STAT) as its columns: ``key`` as the unsigned 32-bit key, ``perms``
+    as mode bits; [] when the table cannot be read."""
+    rows = []
     try:
-        with open("/proc/sysvipc/shm") as f:
-            header = f.readline().split()
-            for line in f:
-                row = dict(zip(header, line.split()))
-                if int(row["key"]) & 0xFFFFFFFF == key:
-                    uid = int(row["uid"])
-                    try:
-                        user = pwd.getpwuid(uid).pw_name
-                    except KeyError:
-                        user = "no user name"
-                    return f"uid {uid} ({user})", row["perms"]
-    except (OSError, ValueError, KeyError):
-        pass
+        f = open(f"/proc/sysvipc/{kind}")
+    except OSError:
+        return rows
+    with f:
+        header = f.readline().split()
+        for line in f:
+            values = line.split()
+            if len(values) < len(header):
+                continue
+            row = {name: int(value, 8) if name == "perms" else int(value)
+                   for name, value in zip(header, values)}
+            row["key"] &= 0xFFFFFFFF
+            rows.append(row)
+    return rows
+
+
+def segment_owner_and_mode(key: int) -> Tuple[str, str]:
+    """``("uid N (user)", "octal mode")`` of the segment with *key*, for permission
+    errors that say whose object it is. ``("uid ?", "?")`` when unknown."""
+    for row in ipc_table("shm"):
+        if row["key"] == key:
+            uid = row["uid"]
+            try:
+                user = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                user = "no user name"
+            return f"uid {uid} ({user})", f"{row['perms']:o}"
     return "uid ?", "?"

@@ -1,9 +1,9 @@
 """``Queue``, ``SimpleQueue`` and ``JoinableQueue`` with the API of ``multiprocessing``.
 
 Objects are pickled in the caller and handed to the kernel at once when the queue
-has room (one ``msgsnd``); otherwise they wait in a per-process buffer that a feeder
-thread flushes, so ``put`` on an unbounded queue never blocks, as in the stdlib.
-Large objects always go through the feeder (see ``_streams`` for the stream protocol).
+has room (one ``msgsnd``; a large object's parcel message likewise); otherwise they
+wait in a per-process buffer, so ``put`` on an unbounded queue never blocks, as in the
+stdlib. Streamed objects (see ``_streams``) always go through the buffer.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"
 _SENTINEL = object()
 _IDLE = 0.001  # a putting thread quiet this long leaves the flushing to the feeder thread
 _PROBE_BYTES = 1024  # buffered bytes (+64 per object) between flush attempts of the putter
-_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
-# Pickled with protocol 3: no 9-byte FRAME opcode, so 2.5x more of them fit the queue.
-_SCALARS = frozenset((int, float, bool, type(None)))
+_PLAIN = frozenset((str, bytes))
+_SCALARS = frozenset((int, float, bool, type(None)))  # see _Pickler
 _loads = pickle.loads
 _dumps = pickle.dumps
 _live: "weakref.WeakSet[_Base]" = weakref.WeakSet()
@@ -58,7 +57,9 @@ def _check_timeout(timeout) -> None:
 
 
 class _Pickler:
-    """Pickles with multiprocessing's reducers; plain scalars take ``pickle.dumps``."""
+    """Pickles with multiprocessing's reducers; plain objects take ``pickle.dumps``
+    (scalars with protocol 3, whose pickles have no 9-byte FRAME opcode, so 2.5x more of
+    them fit the queue)."""
 
     __slots__ = ("_pool",)
 
@@ -66,7 +67,10 @@ class _Pickler:
         self._pool = []
 
     def dumps(self, obj) -> bytes:
-        if type(obj) in _PLAIN:
+        kind = type(obj)
+        if kind in _SCALARS:
+            return _dumps(obj, 3)
+        if kind in _PLAIN:
             return _dumps(obj, 5)
         try:
             f, p = self._pool.pop()
@@ -107,9 +111,9 @@ class _Feeder:
     thread that flushes it. It holds no queue reference, so a forgotten queue can be
     collected while its data drains.
 
-    Objects leave the buffer strictly in order. The putting thread flushes too (without
-    blocking) whenever it adds to a backlog, and the thread sleeps on a futex, not in
-    msgsnd, while the queue is full: so neither waits for the other or for the GIL.
+    Objects leave the buffer strictly in order. While the putting thread keeps adding
+    to a backlog it flushes it too (without blocking); the thread takes over once the
+    putter is quiet and sleeps on a futex, not in msgsnd, while the queue is full.
     """
 
     def __init__(self, chan: Channel, error_hook):
@@ -352,7 +356,7 @@ class _Base:
             _check_mtype(mtype, False)
         try:
             kind = type(obj)
-            if kind in _SCALARS:
+            if kind in _SCALARS:  # _Pickler's rule, inlined on the hot path
                 payload = _dumps(obj, 3)
             elif kind is bytes and len(obj) >= _parcels.PARCEL_MIN:
                 payload = _Pieces(obj)
@@ -365,10 +369,10 @@ class _Base:
             return
         if self._chan.counted:
             self._put_counted(payload, mtype, block, timeout)
-        elif len(payload) > self._msgmax or self._feeder.buffer:
-            self._send(payload, mtype)
-        elif not self._chan.try_send(payload, mtype):
-            self._feeder.enqueue(payload, mtype)
+        elif len(payload) > self._msgmax:
+            self._send_large(payload, mtype)
+        elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
+            self._feeder.enqueue(payload, mtype)  # (_send(), inlined: the hot path)
 
     def _send(self, payload, mtype: int) -> bool:
         """Hand one message's worth to the kernel now (True), or to the feeder, in order."""

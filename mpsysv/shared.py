@@ -20,6 +20,7 @@ import types
 import weakref
 from typing import Iterable, Iterator, NoReturn, Optional
 
+from . import _gc
 from . import _libc as L
 from ._names import check_name, name_key, random_name
 from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
@@ -48,9 +49,6 @@ class ForeignSegmentError(FileExistsError):
 # name as given -> (bare name, key): checking and hashing a name cost more than the
 # dict lookup that skips both for names seen before (made or attached here).
 _known_names: dict = {}
-
-
-_collected = [False]  # this program ran its garbage collection (see _gc)
 
 
 def _name_and_key(name: str) -> tuple:
@@ -253,11 +251,7 @@ class SharedMemory:
         flags = L.IPC_CREAT | L.IPC_EXCL | _check_mode(mode) | (L.SHM_HUGETLB if hugetlb else 0)
         if size > _MAX_SIZE:
             _raise_create_error(errno.EINVAL, size, hugetlb)
-        if not _collected[0]:
-            # Once per program (as for queues): remove what killed programs left.
-            _collected[0] = True
-            from . import _gc
-            _gc.collect_garbage()
+        _gc.collect_garbage()  # once per program, as for queues: what killed programs left
         if name is not None:
             bare, key = _name_and_key(name)
         creator = process_identity()
