@@ -32,11 +32,11 @@ from . import _wire
 from ._journal import Journal
 from ._parcels import ParcelTable, _alive, remove_listed
 from ._layout import (  # noqa: F401 - re-exported: _gc and _admin read the layout here
-    _EXTRA, _EXTRA_OFF, _FLAG_NAMED, _HDR, _MARK, _MARK_OFF, _NAME_OFF, _NSEMS, _READER,
-    _RECOVERED, _RECOVERED_OFF, _SEM_OFF, _STATE, _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
+    _EXTRA, _EXTRA_OFF, _FLAG_NAMED, _HDR, _MARK, _MARK_OFF, _NAME_OFF, _READER,
+    _RECOVERED, _RECOVERED_OFF, _STATE, _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
     CTL_SIZE, DONE, KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MAGIC, MTYPE_MAX, ROOM,
-    RW, SEM_GATE, SEM_STATE, SEM_STREAM, SLOTS, SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE, TW,
-    UNFINISHED, WAKE)
+    RW, SEM_GATE, SEM_OFFS, SEM_STATE, SEM_STREAM, SLOTS, SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE,
+    SW, SWAKE, TW, UNFINISHED, WAKE)
 from ._psem import PosixSemaphore
 from ._streams import _SLICE, StreamSide
 from .primitives import segment_owner_and_mode
@@ -46,7 +46,7 @@ __all__ = ["Channel", "KIND_QUEUE", "KIND_SIMPLE", "KIND_JOINABLE", "MTYPE_MAX"]
 _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for room
 _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
-_QUIET = 0.9  # how long a bounded queue must not move before slots nobody holds come back
+_SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
 
 _E = errno
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
@@ -96,12 +96,11 @@ class Channel(StreamSide):
                                                                    msgmax)
         n = int.from_bytes(self._view[_NAME_OFF:_NAME_OFF + 2], "little")
         self.name = bytes(self._view[_NAME_OFF + 2:_NAME_OFF + 2 + n]).decode() if n else None
-        self.sems = [PosixSemaphore(address + _SEM_OFF + 32 * i, f"{self._what()} counter {i}")
-                     for i in range(_NSEMS)]
+        self.sems = [PosixSemaphore(address + off, f"{self._what()} counter {i}")
+                     for i, off in enumerate(SEM_OFFS)]
         # The count word of a glibc sem_t (checked at import): read without a call.
-        self._tw_word = self._view[_SEM_OFF + 32 * TW:_SEM_OFF + 32 * TW + 4].cast("I")
-        self._rw_word = self._view[_SEM_OFF + 32 * RW:_SEM_OFF + 32 * RW + 4].cast("I")
-        self._room_word = self._view[_SEM_OFF + 32 * ROOM:_SEM_OFF + 32 * ROOM + 4].cast("I")
+        self._tw_word, self._rw_word, self._room_word, self._sw_word = (
+            self._view[SEM_OFFS[i]:SEM_OFFS[i] + 4].cast("I") for i in (TW, RW, ROOM, SW))
         self._freed = 0
         self._bufs = _Buffers(msgmax)
         self._c_msgmax = ctypes.c_size_t(msgmax)
@@ -110,7 +109,6 @@ class Channel(StreamSide):
         self.counted = kind == KIND_JOINABLE or maxsize > 0
         self._batches = {}  # id of a batch message in the feeder -> its object count
         self._next_repair = 0.0
-        self._slot_seen = None  # (time, slot snapshot) a waiting putter took
         self._headless_since = None
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
                                    self.journal, self._journal_entry, self._queue_state)
@@ -159,9 +157,8 @@ class Channel(StreamSide):
                 raw = name.encode()
                 view[_NAME_OFF:_NAME_OFF + 2] = len(raw).to_bytes(2, "little")
                 view[_NAME_OFF + 2:_NAME_OFF + 2 + len(raw)] = raw
-            for i in range(_NSEMS):
-                value = (maxsize if maxsize > 0 else 0) if i == SLOTS else 0
-                PosixSemaphore(address + _SEM_OFF + 32 * i).init(value)
+            for i, off in enumerate(SEM_OFFS):
+                PosixSemaphore(address + off).init(maxsize if i == SLOTS and maxsize > 0 else 0)
             # The magic goes in last: openers by name wait for it.
             _HDR.pack_into(view, 0, MAGIC, 1, kind, maxsize, _getpid(),
                            (_FLAG_NAMED if name else 0) | (mode << 8), time.time(), main_qid,
@@ -294,15 +291,21 @@ class Channel(StreamSide):
                 deadline: Optional[float] = None):
         """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
         free = self._bufs.free
+        bounded = self.maxsize > 0
         while True:
             item = free.pop() if free else self._bufs.new()
+            taking = None
             try:
+                if bounded:
+                    # A getter of a bounded queue notes that it is taking until its slot
+                    # is back (see repair_slots), and so never sleeps inside msgrcv.
+                    taking = self._begin_take()
                 # The first attempt inline: the hot path is this one call.
                 n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
                             _ANY if mtype == 0 else ctypes.c_long(mtype),
-                            0 if block and deadline is None else _NOWAIT)
+                            0 if block and deadline is None and taking is None else _NOWAIT)
                 if n < 0:
-                    n = self._recv_again(item[0], mtype, block, deadline)
+                    n = self._recv_again(item[0], mtype, block, deadline, taking)
                 if self._rw_word[0]:
                     # A feeder sleeps until there is room; wake it once enough was freed
                     # (each wake-up costs both sides a syscall).
@@ -312,15 +315,17 @@ class Channel(StreamSide):
                         self._wake_room()
                 view = item[2]
                 first = view[8] if n > 0 else -1
-                if self.maxsize > 0 and first in _ONE_OBJECT:
+                if bounded and first in _ONE_OBJECT:
                     # (a batch releases its other objects' slots in _take_batch)
-                    self.sems[SLOTS].post()
+                    self._slots_freed(1)
                 if first == _PICKLE_MARK:
                     return loads(view[8:8 + n])
                 if first == _wire.BATCH:
                     return self._take_batch(view[8:8 + n], loads, item[1].value)
                 head = view[8:8 + n].tobytes()
             finally:
+                if taking is not None:
+                    self.journal.end_take(taking)
                 free.append(item)
             if first == _wire.PARCEL:
                 try:
@@ -335,6 +340,13 @@ class Channel(StreamSide):
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
+    def _begin_take(self) -> Optional[memoryview]:
+        """``journal.begin_take()``, claiming this process's entry on first use."""
+        taking = self.journal.begin_take()
+        if taking is None and self._own_entry():
+            taking = self.journal.begin_take()
+        return taking
+
     def _take_batch(self, msg, loads: Callable, mtype: int) -> "Batch":
         try:
             objs = loads(_wire.batch_pickle(msg))
@@ -345,10 +357,8 @@ class Channel(StreamSide):
                           stacklevel=4)
             return Batch([], mtype)
         self._add_extra(1 - len(objs))
-        slots = self.sems[SLOTS]
         if self.maxsize > 0:
-            for _ in range(len(objs) - 1):
-                slots.post()
+            self._slots_freed(len(objs) - 1)
         return Batch(objs, mtype)
 
     def batch_added(self, count: int) -> None:
@@ -361,19 +371,20 @@ class Channel(StreamSide):
             extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             _EXTRA.pack_into(self._view, _EXTRA_OFF, extra + delta)
 
-    def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float]) -> int:
+    def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float],
+                    taking: Optional[memoryview]) -> int:
         """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
             self._fail("msgrcv", err)
-        if block and deadline is None:
+        if block and deadline is None and taking is None:
             return self._recv_main(raw, mtype, True)
         n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
         if n >= 0:
             return n
         if not block:
             raise _Empty
-        return self._wait_main(raw, mtype, deadline)
+        return self._wait_main(raw, mtype, deadline, taking)
 
     def _recv_main(self, raw, mtype: int, block: bool) -> int:
         flags = 0 if block else L.IPC_NOWAIT
@@ -388,16 +399,26 @@ class Channel(StreamSide):
             if err != _E.EINTR:
                 self._fail("msgrcv", err)
 
-    def _wait_main(self, raw, mtype: int, deadline: float) -> int:
-        """Wait in the kernel (a futex) for a message until *deadline*."""
+    def _wait_main(self, raw, mtype: int, deadline: Optional[float],
+                   taking: Optional[memoryview]) -> int:
+        """Wait in the kernel (a futex) for a message until *deadline* (None: forever);
+        a getter's *taking* note is down while it sleeps."""
         tw, wake = self.sems[TW], self.sems[WAKE]
+        journal = self.journal
         tw.post()
         try:
             while True:
                 n = self._recv_main(raw, mtype, False)
                 if n >= 0:
                     return n
-                if not self.wait(wake, deadline):
+                if taking is not None:
+                    journal.end_take(taking)
+                try:
+                    woke = self.wait(wake, deadline)
+                finally:
+                    if taking is not None:
+                        journal.resume_take(taking)
+                if not woke:
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
                         return n
@@ -406,12 +427,12 @@ class Channel(StreamSide):
             tw.try_acquire()
 
     def wait(self, sem: PosixSemaphore, deadline: Optional[float],
-             idle: Optional[Callable[[], None]] = None) -> bool:
-        """Take *sem* by *deadline*, checking about once a second that the queue still
+             idle: Optional[Callable[[], None]] = None, every: float = _ALIVE_CHECK) -> bool:
+        """Take *sem* by *deadline*, checking *every* second or so that the queue still
         exists: a futex in our own mapping would never report a removal from outside.
         *idle* runs at each of those checks too."""
         while True:
-            step = time.monotonic() + _ALIVE_CHECK
+            step = time.monotonic() + every
             if sem.acquire(step if deadline is None or deadline > step else deadline):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -520,20 +541,11 @@ class Channel(StreamSide):
             with self._state_locked():
                 self._repair_journal()
 
-    def repair_soon(self) -> None:
-        """``repair()``, at most every ``_REPAIR_EVERY`` s (for putters finding no slot)."""
-        now = time.monotonic()
-        if now >= self._next_repair:
-            self._next_repair = now + _REPAIR_EVERY
-            self.repair()
-
     def _repair_journal(self) -> None:
-        """Under the state lock: roll back the entries of dead processes."""
+        """Under the state lock: roll back the entries of dead processes (their slots
+        come back through ``repair_slots``)."""
         unfinished = self.sems[UNFINISHED]
-        tasks, slots = self.journal.collect_dead(unfinished.value)
-        if self.maxsize > 0:
-            for _ in range(slots):
-                self.sems[SLOTS].post()
+        tasks = self.journal.collect_dead(unfinished.value)
         if tasks:
             for _ in range(tasks):
                 unfinished.try_acquire()
@@ -552,8 +564,9 @@ class Channel(StreamSide):
                 off = journal.claim()
         return off
 
-    def slot_taken(self, n: int = 1) -> None:
-        """This process took *n* slots of a bounded queue for objects not sent yet."""
+    def _own_entry(self) -> bool:
+        """Claim this process's journal entry if it has none; False (and slot recoveries
+        stop for good) while every entry is taken by a live process."""
         journal = self.journal
         if journal.mine() is None:
             if journal.may_claim():
@@ -561,56 +574,108 @@ class Channel(StreamSide):
                     self._journal_entry()
             if journal.mine() is None:
                 self._view[_UNNOTED_OFF] = 1
-        journal.add_slots(n)
+                return False
+        return True
+
+    # -- the slots of a bounded queue -------------------------------------------------
+
+    def take_slots(self, n: int, block: bool, deadline: Optional[float]) -> bool:
+        """Take *n* slots (all or none), waiting until *deadline* (None: for good) when
+        *block*; False when they could not be had.
+
+        A slot is noted in the journal before it is taken, so ``repair_slots`` never
+        finds a slot that a live putter holds and no count shows. For the same reason
+        a putter without a slot does not sleep on the slot count (whose taking could
+        not be noted first) but on a wake-up of its own, looking for lost slots while
+        it waits.
+        """
+        self._own_entry()
+        taken = 0
+        waiting = False
+        try:
+            while taken < n:
+                if self._try_slot():
+                    taken += 1
+                elif not block:
+                    self.repair_slots()
+                    if not self._try_slot():
+                        return False
+                    taken += 1
+                elif not waiting:
+                    # Counted as waiting before the next try: a getter that frees a slot
+                    # after that try sees a waiter to wake.
+                    self.sems[SW].post()
+                    waiting = True
+                    self.repair_slots()
+                elif not self.wait(self.sems[SWAKE], deadline, self.repair_slots,
+                                   _SLOT_CHECK):
+                    return False
+            taken = 0
+            return True
+        finally:
+            if waiting:
+                self.sems[SW].try_acquire()
+            if taken:  # giving up, or an exception: hand back what was taken
+                self._slots_freed(taken)
+                self.journal.sent(0, taken)
+
+    def _try_slot(self) -> bool:
+        journal = self.journal
+        journal.add_slots(1)
+        if self.sems[SLOTS].try_acquire():
+            return True
+        journal.sent(0, 1)
+        return False
+
+    def _slots_freed(self, n: int) -> None:
+        """*n* slots are free again: count them, and wake as many waiting putters."""
+        slots = self.sems[SLOTS]
+        for _ in range(n):
+            slots.post()
+        waiting = self._sw_word[0]
+        if waiting:
+            wake = self.sems[SWAKE]
+            for _ in range(min(n, waiting - wake.value)):
+                wake.post()
 
     def repair_slots(self) -> None:
-        """What a putter waiting for a slot runs about once a second: ``repair()``, and
-        the recovery of slots nobody holds.
+        """Give back the slots that no count shows, at most every ``_REPAIR_EVERY`` s
+        (what a putter that finds no slot runs).
 
-        A consumer killed between taking a message and giving its slot back leaves a
-        slot that no count shows: free slots + objects in the queue + slots noted in
-        the journal fall short of ``maxsize``. A live process in that spot (or between
-        taking a slot and noting it) makes the same shortfall for microseconds, so a
-        shortfall counts only when nothing moved for ``_QUIET`` seconds: the same free
-        slots, queue (count, last sender and taker and their times), batch count,
-        journal notes and recoveries, at both ends of that time. A process stopped for
-        that long in one of those spots is counted as lost (the queue then holds one
-        object more than ``maxsize``); one that counts without notes stops recoveries.
+        The free-slot count is only a cache. The truth is ``maxsize`` minus the objects
+        in the kernel queue (``msg_qnum`` plus the batch count) minus the slots live
+        processes noted (dead processes' notes are dropped first). What a killed
+        process took and never sent or gave back (a putter between taking a slot and
+        sending, a getter between its msgrcv and giving the slot back) shows as a
+        shortfall. The counts are read in the order an object moves through them
+        (free, noted, queued), so a live putter can be counted twice but never
+        missed. A live getter between msgrcv and its post would be missed, so the
+        shortfall counts only if no live getter was in that window at any time while
+        the counts were read (the journal's ``taking`` words, before and after).
         """
-        self.repair()
-        if self._view[_UNNOTED_OFF]:
-            return
         now = time.monotonic()
-        seen = self._slot_seen
-        if seen is not None and now - seen[0] < _QUIET:
+        if now < self._next_repair:
             return
-        short, snapshot = self._slot_shortfall()
-        self._slot_seen = (now, snapshot) if short > 0 else None
-        if seen is None or short <= 0 or seen[1] != snapshot:
-            return
+        self._next_repair = now + _REPAIR_EVERY
+        journal = self.journal
         with self._state_locked():
-            again, snapshot_now = self._slot_shortfall()
-            if snapshot_now != snapshot or again <= 0:
+            self._repair_journal()
+            if self._view[_UNNOTED_OFF]:
                 return
-            recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
-            _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + 1) & 0xFFFFFFFF)
-            for _ in range(again):
-                self.sems[SLOTS].post()
-        self._slot_seen = None
-
-    def _slot_shortfall(self) -> tuple:
-        """``(slots nobody holds, snapshot of what decides it)``."""
-        ds = self._stat_main()
-        free = self.sems[SLOTS].value
-        extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
-        noted = self.journal.slots_noted()
-        snapshot = (free, ds.msg_qnum, ds.msg_lspid, ds.msg_lrpid, ds.msg_stime, ds.msg_rtime,
-                    extra, noted, _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0])
-        return self.maxsize - free - ds.msg_qnum - extra - noted, snapshot
-
-    def slots_returned(self, n: int) -> None:
-        """This process gave back *n* slots it had taken (a put that raised)."""
-        self.journal.sent(0, n)
+            before = journal.takers()
+            if before is None:
+                return
+            free = self.sems[SLOTS].value
+            noted = journal.slots_noted()
+            extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+            queued = self._stat_main().msg_qnum
+            if journal.takers() != before:
+                return
+            lost = self.maxsize - free - noted - extra - queued
+            if lost > 0:
+                recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
+                _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + lost) & 0xFFFFFFFF)
+                self._slots_freed(lost)
 
     def note_batch(self, message, n: int) -> None:
         """A batch message of *n* objects of a counted queue is about to be sent."""
@@ -680,9 +745,8 @@ class Channel(StreamSide):
             self._detached = True
             self.journal.release()
             self.parcels.detach_all()
-            self._tw_word.release()
-            self._rw_word.release()
-            self._room_word.release()
+            for word in (self._tw_word, self._rw_word, self._room_word, self._sw_word):
+                word.release()
             self._view.release()
             L.shmdt(self._address)
 

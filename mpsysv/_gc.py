@@ -203,8 +203,7 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
             return None
         try:
             raw = ctypes.string_at(address, _ch.CTL_SIZE)
-            counters = [_ch.PosixSemaphore(address + _ch._SEM_OFF + 32 * i).value
-                        for i in range(_ch._NSEMS)]
+            counters = [_ch.PosixSemaphore(address + off).value for off in _ch.SEM_OFFS]
         finally:
             L.shmdt(address)
     finally:
@@ -224,7 +223,8 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
     writer, reader, sid, state = _ch._MARK.unpack_from(raw, _ch._MARK_OFF)
     (state_pid,) = struct.unpack_from("<i", raw, _ch._STATE_MARK_OFF)
     names = ("timed_waiters", "wakeups", "free_slots", "stream_space", "stream_frames",
-             "stream_done", "unfinished_tasks", "feeders_waiting_for_room", "room_wakeups")
+             "stream_done", "unfinished_tasks", "feeders_waiting_for_room", "room_wakeups",
+             "putters_waiting_for_a_slot", "slot_wakeups")
     states = {_parcels.FILLING: "filling", _parcels.SENT: "sent", _parcels.READING: "reading",
               _parcels.POOLED: "pooled"}
     parcels = []

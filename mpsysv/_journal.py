@@ -8,22 +8,28 @@ notes it in an entry of its own in the queue's control segment, with plain memor
 writes (no system call):
 
     entry: pid i32 | tasks i32 | slots i32 | txn tasks i32 | txn unfinished i32 |
-           reserved i32 | start time u64 (clock ticks) | unsent parcel slots u64 (bits)
+           taking u32 | start time u64 (clock ticks) | unsent parcel slots u64 (bits)
 
-``tasks`` and ``slots`` count what this process took and has not sent yet; the
+``tasks`` and ``slots`` count what this process counted and has not sent yet; the
 parcel bits name the parcel slots whose message is still in this process. The next
 process that finds the entry's owner dead (pid *and* start time, so a reused pid is
-no owner) rolls its counts back under the queue's state lock. The ``txn`` fields make
-the task count's update repairable when its owner dies inside the state lock.
+no owner) rolls its tasks back under the queue's state lock and drops its slot
+notes. The ``txn`` fields make the task count's update repairable when its owner
+dies inside the state lock.
 
-A task's count and its note change together under the state lock (the txn fields
-make that exact). What remains: a slot is noted right after it is taken, and every
-note is cleared right after the send returns; a kill between such a call returning
-and the next Python statement (a few bytecodes) still loses a slot (taken, not yet
-noted: until a waiting putter sees the queue quiet, see ``Channel.repair_slots``) or
-gives back a slot or a task too many (sent, note not yet cleared: the queue then holds
-one object more than ``maxsize``, or ``join()`` may return before that task is done,
-or a ``task_done()`` raises).
+Slots are not rolled back from notes: a slot is noted *before* it is taken and the
+note is cleared *after* the send, so a note may stand for a slot never taken or an
+object already queued. ``Channel.repair_slots`` derives the free slots from the
+kernel's message count instead, and ``taking`` is what makes that exact: its low byte
+counts this process's getters between starting a ``msgrcv`` and giving the slot
+back, its upper bits count every such take, so a repair sees whether a live getter
+was in that window at any point while it read the counts.
+
+What remains: a task's count and its note change together under the state lock (the
+txn fields make that exact), but the note is cleared right after the send returns;
+a kill between that call returning and the next Python statement (a few bytecodes)
+gives the task back although its object is queued (``join()`` may then return
+before that task is done, or a ``task_done()`` raises).
 Parcel bits are not rolled back: the parcel table's next writer reads them.
 """
 
@@ -43,7 +49,9 @@ JOURNAL_OFF = 2240
 ENTRY = struct.Struct("<iiiiiiQQ")
 NENTRIES = 46  # 46 * 40 B, up to the end of the 4096 B control segment
 _RETRY = 1.0  # seconds a process that found the table full waits before it looks again
-_PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF, _START, _PARCELS = 0, 4, 8, 12, 16, 24, 32
+_PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF = 0, 4, 8, 12, 16
+_TAKING, _START, _PARCELS = 20, 24, 32
+_TAKE = 0x101  # one more getter in the window (low byte) and one more take (upper bits)
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _getpid = os.getpid
@@ -61,6 +69,7 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
+        self._taking: Optional[memoryview] = None
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 
@@ -110,6 +119,7 @@ class Journal:
         ENTRY.pack_into(self._view, spare, 0, 0, 0, 0, 0, 0, start_ticks(me), 0)
         self._put(spare + _PID, me)
         self._off, self._pid = spare, me
+        self._taking = self._view[spare + _TAKING:spare + _TAKING + 4].cast("I")
         return spare
 
     def release(self) -> None:
@@ -122,12 +132,32 @@ class Journal:
                 if not (tasks or slots or txn or bits):
                     self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
             self._off = None
+            self._taking.release()
 
     def add_slots(self, n: int) -> None:
         off = self.mine()
         if off is not None:
             with self.mutex:
                 self._put(off + _SLOTS, self._get(off + _SLOTS) + n)
+
+    def begin_take(self) -> Optional[memoryview]:
+        """A getter of a bounded queue is about to take a message: until ``end_take`` it
+        may hold one whose slot it has not given back. Returns what ``end_take``
+        needs (None when this process has no entry)."""
+        if self.mine() is None:
+            return None
+        word = self._taking
+        self.resume_take(word)
+        return word
+
+    def end_take(self, word: memoryview) -> None:
+        with self.mutex:
+            word[0] -= 1
+
+    def resume_take(self, word: memoryview) -> None:
+        """``begin_take`` again after an ``end_take`` (a getter that slept in between)."""
+        with self.mutex:
+            word[0] = (word[0] + _TAKE) & 0xFFFFFFFF
 
     def begin_task(self, off: int, unfinished_after: int) -> None:
         """Under the state lock and ``mutex``, before the task count goes up: if this
@@ -176,6 +206,16 @@ class Journal:
                 found = False
         return found
 
+    def takers(self) -> Optional[tuple]:
+        """Every entry's ``taking`` word, or None while a live process has a getter
+        between taking a message and giving its slot back."""
+        words = []
+        for _, (pid, _, _, _, _, taking, start, _) in self.entries():
+            if pid and taking & 0xFF and alive(pid, start):
+                return None
+            words.append(taking)
+        return tuple(words)
+
     def slots_noted(self) -> int:
         """Slots every process (live or dead) noted as taken for objects not sent."""
         return sum(entry[2] for _, entry in self.entries() if entry[0])
@@ -197,18 +237,18 @@ class Journal:
                     self._put(off + _TASKS, txn_tasks)
                 self._put(off + _TXN_UNF, 0)
 
-    def collect_dead(self, unfinished: int) -> Tuple[int, int]:
+    def collect_dead(self, unfinished: int) -> int:
         """Under the state lock: free the entries of dead owners that counted something
-        and return the tasks and slots they had not sent (the caller gives them back).
-        Dead owners' empty entries are left for ``claim``."""
+        and return the tasks they had not sent (the caller gives them back; their slot
+        notes are dropped, see the module's doc). Dead owners' empty entries are left
+        for ``claim``."""
         mine = self.mine()
-        tasks_back = slots_back = 0
+        tasks_back = 0
         for off, (pid, tasks, slots, txn_tasks, txn, _, start, _) in self.entries():
             if not pid or off == mine or not (tasks or slots or txn) or alive(pid, start):
                 continue
             if txn and unfinished != txn:
                 tasks = txn_tasks
             tasks_back += tasks
-            slots_back += slots
             ENTRY.pack_into(self._view, off, 0, 0, 0, 0, 0, 0, 0, 0)
-        return tasks_back, slots_back
+        return tasks_back

@@ -17,9 +17,11 @@ _HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flag
 _NAME_OFF = 64
 _SEM_OFF = 320
 # Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
-# (space, frames available, done), unfinished tasks, feeders waiting for room and theirs.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM = range(9)
-_NSEMS = 9
+# (space, frames available, done), unfinished tasks, feeders waiting for room and theirs,
+# putters waiting for a slot and theirs. Each is a 32-byte sem_t at its offset.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE = range(11)
+_NSEMS = 11
+SEM_OFFS = tuple(_SEM_OFF + 32 * i for i in range(9)) + (704, 736)
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
 _READER = struct.Struct("<i")
 _STATE = struct.Struct("<I")
@@ -29,11 +31,12 @@ _STATE_MARK_OFF = 664  # pid of a process in the middle of a task-count update
 _EXTRA = struct.Struct("<q")
 _RECOVERED = struct.Struct("<I")
 _EXTRA_OFF = 672
-# Slot recoveries so far (a putter's snapshot must not predate one), and a flag set once
-# a process took slots it could not note in the journal (recoveries then stop).
+# Slots recovered so far (shown by ``stat``), and a flag set once a process counted
+# slots or took messages without a journal entry (recoveries then stop).
 _RECOVERED_OFF = 680
 _UNNOTED_OFF = 684
-# 688..1023 unused; the parcel table at 1024 (_parcels), the journal at 2240 (_journal).
+# 688..703 unused, counters SW and SWAKE at 704 and 736, 768..1023 unused; the parcel
+# table at 1024 (_parcels), the journal at 2240 (_journal).
 _FLAG_NAMED = 1
 # Semaphore set members.
 SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2

@@ -404,27 +404,18 @@ class _Base:
         so that if this process dies first the next user of the queue gives them back."""
         chan = self._chan
         if self._maxsize:
-            self._take_slot(block, timeout)
+            self._take_slots(1, block, timeout)
         if self._kind == KIND_JOINABLE:
             chan.task_added()
         if self._send(payload, mtype):
             chan.counted_sent(1)
 
-    def _take_slot(self, block: bool, timeout: Optional[float]) -> None:
-        chan = self._chan
-        slots = chan.sems[SLOTS]
+    def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
             _check_timeout(timeout)
-        if not slots.try_acquire():
-            # A dead process may hold slots for objects it never sent.
-            chan.repair_soon()
-            if not block:
-                if not slots.try_acquire():
-                    raise Full
-            elif not chan.wait(slots, None if timeout is None else monotonic() + timeout,
-                               chan.repair_slots):
-                raise Full
-        chan.slot_taken()
+        deadline = None if timeout is None or not block else monotonic() + timeout
+        if not self._chan.take_slots(count, block, deadline):
+            raise Full
 
     def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
         if self._closed:
@@ -524,27 +515,6 @@ class _Base:
         step = -(-len(objs) // parts)
         for i in range(0, len(objs), step):
             yield from self._pickle_chunks(objs[i:i + step])
-
-    def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
-        chan = self._chan
-        slots = chan.sems[SLOTS]
-        _check_timeout(timeout)
-        deadline = None if timeout is None else monotonic() + timeout
-        taken = 0
-        try:
-            while taken < count:
-                if not slots.try_acquire():
-                    chan.repair_soon()
-                    if not (chan.wait(slots, deadline, chan.repair_slots) if block
-                            else slots.try_acquire()):
-                        raise Full
-                taken += 1
-                chan.slot_taken()
-        except BaseException:
-            for _ in range(taken):
-                slots.post()
-            chan.slots_returned(taken)
-            raise
 
     def get_many(self, max_items: int, block: bool = True, timeout: Optional[float] = None,
                  *, mtype: int = 0) -> list:

@@ -458,12 +458,6 @@ def _kill_a_consumer_before_its_slot_release(q) -> None:
     wait_pid(fork_run(victim), WATCHDOG)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a consumer killed between msgrcv and the "
-                   "slot post loses a slot of a bounded queue until a putter has waited "
-                   "through a second in which the queue did not move (a journal note would be "
-                   "written no closer to the msgrcv than the post itself, and the counts alone "
-                   "cannot tell a lost slot from one a live process is about to give back); "
-                   "put_nowait() right after the kill still finds the queue full")
 def test_consumer_killed_between_receive_and_slot_release_keeps_slots_exact():
     q = Queue(2)
     q.put("a")
@@ -482,7 +476,7 @@ def test_putter_waiting_on_a_quiet_queue_recovers_the_slot_of_a_consumer_killed_
     def putter():
         started = time.monotonic()
         q.put("b", timeout=10)
-        assert time.monotonic() - started >= C._QUIET, "recovered before the queue was quiet"
+        assert time.monotonic() - started < 2, "the lost slot came back late"
 
     _kill_a_consumer_before_its_slot_release(q)
     try:
@@ -493,17 +487,139 @@ def test_putter_waiting_on_a_quiet_queue_recovers_the_slot_of_a_consumer_killed_
         close_queue(q)
 
 
-def test_producer_killed_between_slot_and_send_keeps_slots_exact():
+def test_a_live_getter_between_receive_and_slot_release_is_never_counted_as_lost():
+    """The repair must tell a getter stopped in that window (alive) from a dead one."""
+    q = Queue(2)
+    q.put("a")
+    q.put("b")
+
+    class Stopping:
+        def __init__(self, real):
+            self.real = real
+
+        def post(self):
+            os.kill(os.getpid(), signal.SIGSTOP)
+            self.real.post()
+
+    def getter():
+        q._chan.sems[C.SLOTS] = Stopping(q._chan.sems[C.SLOTS])
+        assert q.get(timeout=5) == "a"
+
+    pid = fork_run(getter)
+    try:
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        with pytest.raises(mpsysv.Full):
+            q.put_nowait("c")  # its slot is not given away while it lives
+        assert q._chan.sems[C.SLOTS].value == 0
+        os.kill(pid, signal.SIGCONT)
+        assert wait_pid(pid, WATCHDOG) == 0
+        q.put_nowait("c")
+        time.sleep(2 * C._REPAIR_EVERY)
+        with pytest.raises(mpsysv.Full):
+            q.put_nowait("d")  # "b" and "c" fill it: no slot came from nowhere
+        assert [q.get(timeout=5), q.get(timeout=5)] == ["b", "c"]
+    finally:
+        kill(pid)
+        close_queue(q)
+
+
+@pytest.mark.parametrize("at", ["try_acquire", "try_send", "counted_sent"])
+def test_producer_killed_around_its_slot_keeps_slots_exact(at):
+    """Killed after noting a slot but before taking it, after taking it but before
+    sending, and after sending but before clearing its note."""
     q = Queue(1)
 
     def victim():
-        _die_at(C.Channel, "try_send")
-        q.put("lost")
+        _die_at(C.PosixSemaphore if at == "try_acquire" else C.Channel, at)
+        q.put("sent")
 
     wait_pid(fork_run(victim), WATCHDOG)
-    q.put_nowait("fits")  # raises Full when the dead producer's slot is gone
-    assert q.get(timeout=1) == "fits"
-    close_queue(q)
+    try:
+        if at == "counted_sent":
+            assert q.qsize() == 1
+            with pytest.raises(mpsysv.Full):
+                q.put_nowait("x")  # the slot of the queued object is not given back
+            assert q.get(timeout=1) == "sent"
+        q.put_nowait("fits")  # raises Full when the dead producer's slot is gone
+        time.sleep(2 * C._REPAIR_EVERY)
+        with pytest.raises(mpsysv.Full):
+            q.put_nowait("x")
+        assert q.get(timeout=1) == "fits"
+        assert q._chan.sems[C.SLOTS].value == 1
+    finally:
+        close_queue(q)
+
+
+@pytest.mark.xfail(strict=True, reason="known issue (README): a consumer killed between "
+                   "taking a put_many() batch and counting its objects out leaves qsize() "
+                   "and a bounded queue's taken slots that many objects too high")
+def test_consumer_killed_between_taking_a_batch_and_counting_it_out_keeps_counts_exact():
+    q = Queue(4)
+    q.put_many([1, 2, 3])
+
+    def victim():
+        _die_at(C.Channel, "_add_extra")
+        q.get(timeout=5)
+
+    wait_pid(fork_run(victim), WATCHDOG)
+    try:
+        assert q.qsize() == 0
+        for i in range(4):
+            q.put_nowait(i)
+    finally:
+        close_queue(q)
+
+
+def _bounded_worker(q, role: str, seed: int) -> None:
+    rng = random.Random(seed)
+    while True:
+        if role == "put":
+            with suppress(mpsysv.Full):
+                q.put(rng.randrange(1 << 30), timeout=0.05)
+        else:
+            with suppress(mpsysv.Empty):
+                q.get(timeout=0.05)
+
+
+def test_random_kills_leave_the_slots_of_a_bounded_queue_exact():
+    """Producers and consumers SIGKILLed at random moments, hundreds of times, then all
+    of them: once the queue is drained, every slot is free again, none twice."""
+    maxsize = 3
+    q = Queue(maxsize)
+    rng = random.Random(os.getpid())
+    workers = {}
+    try:
+        for i in range(4):
+            role = ("put", "get")[i % 2]
+            workers[fork_run(_bounded_worker, q, role, i)] = role
+        for n in range(150):
+            time.sleep(rng.uniform(0, 0.02))
+            pid = rng.choice(list(workers))
+            role = workers.pop(pid)
+            kill(pid)
+            workers[fork_run(_bounded_worker, q, role, 100 + n)] = role
+    finally:
+        for pid in workers:
+            kill(pid)
+    try:
+        drained = 0
+        while True:
+            try:
+                q.get_nowait()
+                drained += 1
+            except mpsysv.Empty:
+                break
+        assert drained <= maxsize
+        assert q.qsize() == 0
+        for _ in range(maxsize):
+            time.sleep(2 * C._REPAIR_EVERY)
+            q.put_nowait("x")  # Full: a slot was lost
+        time.sleep(2 * C._REPAIR_EVERY)
+        with pytest.raises(mpsysv.Full):
+            q.put_nowait("y")  # a slot was given back twice
+    finally:
+        close_queue(q)
 
 
 def test_joinable_producer_killed_between_count_and_send_keeps_counts_exact():
