@@ -41,16 +41,18 @@ import threading
 import time
 from typing import Iterator, Optional, Tuple
 
+from ._layout import CTL_SIZE
 from ._procs import alive, start_ticks
 
 __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"]
 
 JOURNAL_OFF = 2240
 ENTRY = struct.Struct("<iiiiiiQQ")
-NENTRIES = 46  # 46 * 40 B, up to the end of the 4096 B control segment
+NENTRIES = (CTL_SIZE - JOURNAL_OFF) // ENTRY.size  # 353, to the end of the control segment
 _RETRY = 1.0  # seconds a process that found the table full waits before it looks again
 _PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF = 0, 4, 8, 12, 16
 _TAKING, _START, _PARCELS = 20, 24, 32
+_OFFSETS = range(JOURNAL_OFF, JOURNAL_OFF + NENTRIES * ENTRY.size, ENTRY.size)
 _TAKE = 0x101  # one more getter in the window (low byte) and one more take (upper bits)
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -86,9 +88,8 @@ class Journal:
         _I32.pack_into(self._view, off, value)
 
     def entries(self) -> Iterator[Tuple[int, tuple]]:
-        for i in range(NENTRIES):
-            off = JOURNAL_OFF + i * ENTRY.size
-            yield off, ENTRY.unpack_from(self._view, off)
+        table = bytes(self._view[JOURNAL_OFF:JOURNAL_OFF + NENTRIES * ENTRY.size])
+        return zip(_OFFSETS, ENTRY.iter_unpack(table))
 
     # -- the owner's side -----------------------------------------------------------
 

@@ -9,8 +9,8 @@ import struct
 KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
 KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
 MTYPE_MAX = 2 ** 62 - 1
-MAGIC = b"MPSYSVQ1"
-CTL_SIZE = 4096
+MAGIC = b"MPSYSVQ2"  # 2: the 16 KiB layout with slot wake-ups and take marks
+CTL_SIZE = 16384
 # Control segment layout.
 _HDR = struct.Struct("<8sIIqiidiiii")  # magic version kind maxsize creator flags created
 #                                       main_qid stream_qid semid msgmax

@@ -17,6 +17,7 @@ import pytest
 from mpsysv import _admin
 from mpsysv import _gc
 from mpsysv import _libc as L
+from mpsysv._layout import CTL_SIZE
 from mpsysv import JoinableQueue, Queue, RemovedError
 from mpsysv.cli import main
 from mpsysv.shared import SharedMemory
@@ -124,7 +125,7 @@ def test_stat_shows_the_kernel_view_and_mpsysvs_view(capsys, objects):
     ctl = report["objects"][0]
     assert ctl["mpsysv"]["counters"]["unfinished_tasks"] == 1
     assert ctl["mpsysv"]["main_qid"] == jq._chan.main_qid
-    assert ctl["kernel"]["shm_nattch"] == 1 and ctl["kernel"]["shm_segsz"] == 4096
+    assert ctl["kernel"]["shm_nattch"] == 1 and ctl["kernel"]["shm_segsz"] == CTL_SIZE
     sems = next(o for o in report["objects"] if o["role"] == "queue.sems")
     assert sems["kernel"]["values"][:2] == [1, 1]  # stream and state locks are free
     main_q = next(o for o in report["objects"] if o["role"] == "queue.main")
