@@ -33,7 +33,8 @@ from ._journal import Journal
 from ._parcels import ParcelTable, _alive, remove_listed
 from ._layout import (  # noqa: F401 - re-exported: _gc and _admin read the layout here
     _EXTRA, _EXTRA_OFF, _FLAG_NAMED, _HDR, _MARK, _MARK_OFF, _NAME_OFF, _READER,
-    _RECOVERED, _RECOVERED_OFF, _STATE, _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
+    _HELD_GONE, _HELD_GONE_OFF, _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE,
+    _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
     CTL_SIZE, DONE, KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MAGIC, MTYPE_MAX, ROOM,
     RW, SEM_GATE, SEM_OFFS, SEM_STATE, SEM_STREAM, SLOTS, SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE,
     SW, SWAKE, TW, UNFINISHED, WAKE)
@@ -107,7 +108,6 @@ class Channel(StreamSide):
         self.journal = Journal(self._view)
         # Bounded and joinable queues count before they send: those counts are journaled.
         self.counted = kind == KIND_JOINABLE or maxsize > 0
-        self._batches = {}  # id of a batch message in the feeder -> its object count
         self._next_repair = 0.0
         self._headless_since = None
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
@@ -291,61 +291,81 @@ class Channel(StreamSide):
                 deadline: Optional[float] = None):
         """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
         free = self._bufs.free
-        bounded = self.maxsize > 0
+        counted = self.counted
         while True:
-            item = free.pop() if free else self._bufs.new()
-            taking = None
+            moving = None
+            got = 0  # objects taken out of the queue for the caller (a task each)
             try:
-                if bounded:
-                    # A getter of a bounded queue notes that it is taking until its slot
-                    # is back (see repair_slots), and so never sleeps inside msgrcv.
-                    taking = self._begin_take()
-                # The first attempt inline: the hot path is this one call.
-                n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
-                            _ANY if mtype == 0 else ctypes.c_long(mtype),
-                            0 if block and deadline is None and taking is None else _NOWAIT)
-                if n < 0:
-                    n = self._recv_again(item[0], mtype, block, deadline, taking)
-                if self._rw_word[0]:
-                    # A feeder sleeps until there is room; wake it once enough was freed
-                    # (each wake-up costs both sides a syscall).
-                    self._freed += n if n > 16 else 16
-                    if self._freed >= _ROOM_BATCH:
-                        self._freed = 0
-                        self._wake_room()
-                view = item[2]
-                first = view[8] if n > 0 else -1
-                if bounded and first in _ONE_OBJECT:
-                    # (a batch releases its other objects' slots in _take_batch)
-                    self._slots_freed(1)
-                if first == _PICKLE_MARK:
-                    return loads(view[8:8 + n])
-                if first == _wire.BATCH:
-                    return self._take_batch(view[8:8 + n], loads, item[1].value)
-                head = view[8:8 + n].tobytes()
-            finally:
-                if taking is not None:
-                    self.journal.end_take(taking)
-                free.append(item)
-            if first == _wire.PARCEL:
+                if counted:
+                    # Until the object is counted out (slot back, task held) this getter
+                    # is in a window the repairs must see (see _journal), and so it
+                    # never sleeps inside msgrcv.
+                    moving = self.journal.begin_move() or self._begin_move()
+                item = free.pop() if free else self._bufs.new()
                 try:
-                    return self.parcels.unwrap(head, loads)
-                except _wire.WireError as exc:
-                    warnings.warn(f"{self._what()}: dropped an object: {exc}", RuntimeWarning,
-                                  stacklevel=3)
-            else:
-                payload = self._read_stream(head)
-                if payload is not None:
-                    return loads(payload)
+                    # The first attempt inline: the hot path is this one call.
+                    n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
+                                _ANY if mtype == 0 else ctypes.c_long(mtype),
+                                0 if block and deadline is None and moving is None
+                                else _NOWAIT)
+                    if n < 0:
+                        n = self._recv_again(item[0], mtype, block, deadline, moving)
+                    if self._rw_word[0]:
+                        # A feeder sleeps until there is room; wake it once enough was
+                        # freed (each wake-up costs both sides a syscall).
+                        self._freed += n if n > 16 else 16
+                        if self._freed >= _ROOM_BATCH:
+                            self._freed = 0
+                            self._wake_room()
+                    view = item[2]
+                    first = view[8] if n > 0 else -1
+                    if self.maxsize > 0 and first in _ONE_OBJECT:
+                        # (a batch releases its other objects' slots in _take_batch)
+                        self._slots_freed(1)
+                    if first == _PICKLE_MARK:
+                        got = 1  # (a pickle that fails to load was taken all the same)
+                        return loads(view[8:8 + n])
+                    if first == _wire.BATCH:
+                        batch = self._take_batch(view[8:8 + n], loads, item[1].value)
+                        got = len(batch)
+                        return batch
+                    head = view[8:8 + n].tobytes()
+                finally:
+                    free.append(item)
+                if first == _wire.PARCEL:
+                    try:
+                        got = 1
+                        return self.parcels.unwrap(head, loads)
+                    except _wire.WireError as exc:
+                        got = 0
+                        warnings.warn(f"{self._what()}: dropped an object: {exc}",
+                                      RuntimeWarning, stacklevel=3)
+                else:
+                    payload = self._read_stream(head)
+                    if payload is not None:
+                        got = 1
+                        return loads(payload)
+            finally:
+                if moving is not None:
+                    self.journal.end_move(moving, got if self.kind == KIND_JOINABLE else 0)
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
-    def _begin_take(self) -> Optional[memoryview]:
-        """``journal.begin_take()``, claiming this process's entry on first use."""
-        taking = self.journal.begin_take()
-        if taking is None and self._own_entry():
-            taking = self.journal.begin_take()
-        return taking
+    def _begin_move(self) -> Optional[memoryview]:
+        """``journal.begin_move()``, claiming this process's entry on first use."""
+        moving = self.journal.begin_move()
+        if moving is None and self._own_entry():
+            moving = self.journal.begin_move()
+        return moving
+
+    def begin_send(self) -> Optional[memoryview]:
+        """A putter of a JoinableQueue is about to send a counted object and clear its
+        note: a window the task recount must see (None for other queues)."""
+        return self._begin_move() if self.kind == KIND_JOINABLE else None
+
+    def end_send(self, moving: Optional[memoryview]) -> None:
+        if moving is not None:
+            self.journal.end_move(moving)
 
     def _take_batch(self, msg, loads: Callable, mtype: int) -> "Batch":
         try:
@@ -372,19 +392,19 @@ class Channel(StreamSide):
             _EXTRA.pack_into(self._view, _EXTRA_OFF, extra + delta)
 
     def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float],
-                    taking: Optional[memoryview]) -> int:
+                    moving: Optional[memoryview]) -> int:
         """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
             self._fail("msgrcv", err)
-        if block and deadline is None and taking is None:
+        if block and deadline is None and moving is None:
             return self._recv_main(raw, mtype, True)
         n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
         if n >= 0:
             return n
         if not block:
             raise _Empty
-        return self._wait_main(raw, mtype, deadline, taking)
+        return self._wait_main(raw, mtype, deadline, moving)
 
     def _recv_main(self, raw, mtype: int, block: bool) -> int:
         flags = 0 if block else L.IPC_NOWAIT
@@ -400,9 +420,9 @@ class Channel(StreamSide):
                 self._fail("msgrcv", err)
 
     def _wait_main(self, raw, mtype: int, deadline: Optional[float],
-                   taking: Optional[memoryview]) -> int:
+                   moving: Optional[memoryview]) -> int:
         """Wait in the kernel (a futex) for a message until *deadline* (None: forever);
-        a getter's *taking* note is down while it sleeps."""
+        a getter is out of its window while it sleeps."""
         tw, wake = self.sems[TW], self.sems[WAKE]
         journal = self.journal
         tw.post()
@@ -411,13 +431,13 @@ class Channel(StreamSide):
                 n = self._recv_main(raw, mtype, False)
                 if n >= 0:
                     return n
-                if taking is not None:
-                    journal.end_take(taking)
+                if moving is not None:
+                    journal.end_move(moving)
                 try:
                     woke = self.wait(wake, deadline)
                 finally:
-                    if taking is not None:
-                        journal.resume_take(taking)
+                    if moving is not None:
+                        journal.resume_move(moving)
                 if not woke:
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
@@ -477,19 +497,13 @@ class Channel(StreamSide):
     def task_added(self) -> None:
         """Count one task; this process's journal entry notes it until it is sent."""
         with self._state_locked():
-            unfinished = self.sems[UNFINISHED]
-            off = self._journal_entry()
-            if off is None:
-                unfinished.post()
-                value = unfinished.value
+            if self._journal_entry() is not None:
+                self.journal.add_task()
             else:
-                journal = self.journal
-                with journal.mutex:
-                    value = unfinished.value + 1
-                    journal.begin_task(off, value)
-                    unfinished.post()
-                    journal.end_task(off)
-            if value == 1:
+                self._view[_UNNOTED_OFF] = 1
+            unfinished = self.sems[UNFINISHED]
+            unfinished.post()
+            if unfinished.value == 1:
                 self._set_gate(1)
 
     def task_done(self) -> None:
@@ -497,6 +511,10 @@ class Channel(StreamSide):
             unfinished = self.sems[UNFINISHED]
             if not unfinished.try_acquire():
                 raise ValueError("task_done() called too many times")
+            if self._journal_entry() is not None:
+                self.journal.task_done()
+            else:
+                self._view[_UNNOTED_OFF] = 1
             if unfinished.value == 0:
                 self._set_gate(0)
 
@@ -525,32 +543,80 @@ class Channel(StreamSide):
             self._fail("semctl(SETVAL)", L.get_errno())
 
     def _repair_state(self, dead: int) -> None:
-        """Under the state lock: holder *dead* died mid-update; settle its journal entry
-        and recompute the gate."""
-        self.journal.settle(dead, self.sems[UNFINISHED].value)
+        """Under the state lock: holder *dead* died inside it, maybe between a task's
+        note and its count: derive the count again, and the gate from it."""
+        if self.kind == KIND_JOINABLE:
+            self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
         self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
 
     # -- the journal: what dead processes counted and never sent -----------------------
 
     def repair(self) -> None:
-        """Give back the slots and tasks dead processes took for objects they never
-        sent, and repair an update a killed process left half-done."""
+        """Settle what dead processes left: their notes (the slots and tasks they
+        counted for objects never sent), a half-done update inside the state lock, a
+        task count still to be derived again."""
         if int.from_bytes(self._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little") or \
-                self.journal.any_dead():
+                self._view[_RECOUNT_OFF] or self.journal.any_dead():
             with self._state_locked():
                 self._repair_journal()
 
     def _repair_journal(self) -> None:
-        """Under the state lock: roll back the entries of dead processes (their slots
-        come back through ``repair_slots``)."""
-        unfinished = self.sems[UNFINISHED]
-        tasks = self.journal.collect_dead(unfinished.value)
+        """Under the state lock: free the entries of dead processes (what they held is
+        kept in the control segment); the counts their notes stood in for are derived
+        again (slots in ``repair_slots``, tasks here)."""
+        view = self._view
+        tasks, held, windows = self.journal.collect_dead()
+        if windows and self.kind == KIND_JOINABLE:
+            # A getter killed before it counted its object out: the object is lost,
+            # and so is its task (a putter killed after its send: its object counts).
+            view[_RECOUNT_OFF] = 1
+        if held:
+            gone = _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0]
+            _HELD_GONE.pack_into(view, _HELD_GONE_OFF, gone + held)
         if tasks:
-            for _ in range(tasks):
-                unfinished.try_acquire()
-            if unfinished.value == 0:
-                self._set_gate(0)
+            if view[_UNNOTED_OFF]:
+                # Some process counts without notes: no count can be derived; give the
+                # dead processes' unsent tasks back as noted (exact but for a kill
+                # between a send and its note's clearing).
+                unfinished = self.sems[UNFINISHED]
+                for _ in range(tasks):
+                    unfinished.try_acquire()
+                if unfinished.value == 0:
+                    self._set_gate(0)
+            else:
+                view[_RECOUNT_OFF] = 1
+        if view[_RECOUNT_OFF]:
+            self._recount_tasks()
+
+    def _recount_tasks(self) -> None:
+        """Under the state lock: set a JoinableQueue's unfinished count to what the
+        kernel queue and the journal say: objects queued, tasks noted by live putters
+        (not sent yet), tasks held by processes (taken, not done). Done only while no
+        live process was in a window where an object moves between those counts (the
+        journal's ``moving`` words, before and after); otherwise the next repair tries
+        again."""
+        view = self._view
+        if self.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
+            view[_RECOUNT_OFF] = 0
+            return
+        journal = self.journal
+        before = journal.movers()
+        if before is None:
+            return
+        tasks, _, held = journal.noted()
+        queued = self._stat_main().msg_qnum + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
+        if journal.movers() != before:
+            return
+        truth = max(queued + tasks + held + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
+        unfinished = self.sems[UNFINISHED]
+        now = unfinished.value
+        for _ in range(truth - now):
+            unfinished.post()
+        for _ in range(now - truth):
+            unfinished.try_acquire()
+        self._set_gate(1 if truth > 0 else 0)
+        view[_RECOUNT_OFF] = 0
 
     def _journal_entry(self) -> Optional[int]:
         """Under the state lock: this process's journal entry, claimed on first use
@@ -585,8 +651,8 @@ class Channel(StreamSide):
 
         A slot is noted in the journal before it is taken, so ``repair_slots`` never
         finds a slot that a live putter holds and no count shows. For the same reason
-        a putter without a slot does not sleep on the slot count (whose taking could
-        not be noted first) but on a wake-up of its own, looking for lost slots while
+        a putter without a slot does not sleep on the slot count (a slot taken that way
+        could not be noted first) but on a wake-up of its own, looking for lost slots while
         it waits.
         """
         self._own_entry()
@@ -651,7 +717,7 @@ class Channel(StreamSide):
         (free, noted, queued), so a live putter can be counted twice but never
         missed. A live getter between msgrcv and its post would be missed, so the
         shortfall counts only if no live getter was in that window at any time while
-        the counts were read (the journal's ``taking`` words, before and after).
+        the counts were read (the journal's ``moving`` words, before and after).
         """
         now = time.monotonic()
         if now < self._next_repair:
@@ -662,14 +728,14 @@ class Channel(StreamSide):
             self._repair_journal()
             if self._view[_UNNOTED_OFF]:
                 return
-            before = journal.takers()
+            before = journal.movers()
             if before is None:
                 return
             free = self.sems[SLOTS].value
-            noted = journal.slots_noted()
+            noted = journal.noted()[1]
             extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             queued = self._stat_main().msg_qnum
-            if journal.takers() != before:
+            if journal.movers() != before:
                 return
             lost = self.maxsize - free - noted - extra - queued
             if lost > 0:
@@ -677,14 +743,8 @@ class Channel(StreamSide):
                 _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + lost) & 0xFFFFFFFF)
                 self._slots_freed(lost)
 
-    def note_batch(self, message, n: int) -> None:
-        """A batch message of *n* objects of a counted queue is about to be sent."""
-        self._batches[id(message)] = n
-
-    def counted_sent(self, n: int, message=None) -> None:
-        """*n* counted objects (one message) are in the kernel queue now."""
-        if message is not None:
-            self._batches.pop(id(message), None)
+    def counted_sent(self, n: int) -> None:
+        """*n* counted objects (one message each) are in the kernel queue now."""
         self.journal.sent(n if self.kind == KIND_JOINABLE else 0, n if self.maxsize > 0 else 0)
 
     def buffered_sent(self, payload) -> None:
@@ -692,9 +752,8 @@ class Channel(StreamSide):
         if payload[0] == _wire.PARCEL:
             self.parcels.handed(payload)
         if self.counted:
-            n = self._batches.pop(id(payload), 1) if self._batches else 1
-            self.journal.sent(n if self.kind == KIND_JOINABLE else 0,
-                              n if self.maxsize > 0 and len(payload) <= self.msgmax else 0)
+            self.journal.sent(1 if self.kind == KIND_JOINABLE else 0,
+                              1 if self.maxsize > 0 and len(payload) <= self.msgmax else 0)
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -711,6 +770,7 @@ class Channel(StreamSide):
         be using it; the kernel unmaps it at exit).
         """
         if not self._released and not self._detached:
+            self._fold_held()  # (before _drop_hold, which may detach under the lock)
             self._released = True
             self._drop_hold(detach)
         if detach:
@@ -738,17 +798,33 @@ class Channel(StreamSide):
         self._counter_lock = threading.Lock()
         self._released = False
         self.journal.after_fork()
-        self._batches = {}
 
     def detach(self) -> None:
         if not self._detached:
             self._detached = True
+            if not self._released:
+                self._fold_held()
             self.journal.release()
             self.parcels.detach_all()
             for word in (self._tw_word, self._rw_word, self._room_word, self._sw_word):
                 word.release()
             self._view.release()
             L.shmdt(self._address)
+
+    def _fold_held(self) -> None:
+        """Before this handle's journal entry is freed: keep the tasks it took and did
+        not mark done (another handle may mark them) in the control segment."""
+        journal = self.journal
+        if self.kind != KIND_JOINABLE or journal.mine() is None:
+            return
+        try:
+            with self._state_locked():
+                held = journal.take_held()
+                if held:
+                    gone = _HELD_GONE.unpack_from(self._view, _HELD_GONE_OFF)[0]
+                    _HELD_GONE.pack_into(self._view, _HELD_GONE_OFF, gone + held)
+        except OSError:
+            pass  # removed already: nothing left to count
 
     def unlink(self) -> None:
         """Remove the queue's kernel objects now (a named queue's name is free at once)."""

@@ -247,7 +247,9 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
         "task_update_in_progress_by": state_pid, "parcels": parcels,
         "journal": _journal_entries(raw),
         "slots_recovered": _ch._RECOVERED.unpack_from(raw, _ch._RECOVERED_OFF)[0],
-        "slots_taken_without_notes": bool(raw[_ch._UNNOTED_OFF]),
+        "counted_without_notes": bool(raw[_ch._UNNOTED_OFF]),
+        "held_tasks_of_gone_processes": _ch._HELD_GONE.unpack_from(raw, _ch._HELD_GONE_OFF)[0],
+        "task_count_to_derive_again": bool(raw[_ch._RECOUNT_OFF]),
     }
 
 
@@ -255,12 +257,12 @@ def _journal_entries(raw: bytes) -> List[dict]:
     """The journal entries in use: what each process counted and has not sent yet."""
     out = []
     for i in range(_journal.NENTRIES):
-        pid, tasks, slots, _, txn, _, start, bits = _journal.ENTRY.unpack_from(
+        pid, tasks, slots, held, _, moving, start, bits = _journal.ENTRY.unpack_from(
             raw, _journal.JOURNAL_OFF + i * _journal.ENTRY.size)
         if pid:
             out.append({"pid": pid, "start_ticks": start, "alive": _journal.alive(pid, start),
-                        "unsent_tasks": tasks, "unsent_slots": slots,
-                        "task_update_in_progress": bool(txn),
+                        "unsent_tasks": tasks, "unsent_slots": slots, "held_tasks": held,
+                        "threads_moving_an_object": moving & 0xFF,
                         "unsent_parcel_slots": [s for s in range(64) if bits >> s & 1]})
     return out
 

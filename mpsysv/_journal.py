@@ -1,4 +1,4 @@
-"""What each process has counted but not yet handed to the kernel, for its successors.
+"""What each process has counted and not yet handed over, for its successors.
 
 A bounded queue's slot and a JoinableQueue's task are counted before the object's
 message goes out, and a parcel is complete before its message goes out; a process
@@ -7,30 +7,26 @@ taken, a task unfinished or a parcel stranded for good. Each process that counts
 notes it in an entry of its own in the queue's control segment, with plain memory
 writes (no system call):
 
-    entry: pid i32 | tasks i32 | slots i32 | txn tasks i32 | txn unfinished i32 |
-           taking u32 | start time u64 (clock ticks) | unsent parcel slots u64 (bits)
+    entry: pid i32 | tasks i32 | slots i32 | held i32 | unused i32 |
+           moving u32 | start time u64 (clock ticks) | unsent parcel slots u64 (bits)
 
-``tasks`` and ``slots`` count what this process counted and has not sent yet; the
-parcel bits name the parcel slots whose message is still in this process. The next
-process that finds the entry's owner dead (pid *and* start time, so a reused pid is
-no owner) rolls its tasks back under the queue's state lock and drops its slot
-notes. The ``txn`` fields make the task count's update repairable when its owner
-dies inside the state lock.
+``tasks`` and ``slots`` count what this process counted and has not sent yet (a note
+is made before the count and cleared after the send); ``held`` counts the tasks it
+took from the queue minus those it marked done; the parcel bits name the parcel slots
+whose message is still in this process. An owner is dead when its pid *and* start
+time no longer match a process (a reused pid is no owner).
 
-Slots are not rolled back from notes: a slot is noted *before* it is taken and the
-note is cleared *after* the send, so a note may stand for a slot never taken or an
-object already queued. ``Channel.repair_slots`` derives the free slots from the
-kernel's message count instead, and ``taking`` is what makes that exact: its low byte
-counts this process's getters between starting a ``msgrcv`` and giving the slot
-back, its upper bits count every such take, so a repair sees whether a live getter
-was in that window at any point while it read the counts.
-
-What remains: a task's count and its note change together under the state lock (the
-txn fields make that exact), but the note is cleared right after the send returns;
-a kill between that call returning and the next Python statement (a few bytecodes)
-gives the task back although its object is queued (``join()`` may then return
-before that task is done, or a ``task_done()`` raises).
-Parcel bits are not rolled back: the parcel table's next writer reads them.
+Dead owners' notes are not rolled back: a note may stand for a count never made or
+an object already queued. The counts are derived again instead (``Channel``): free
+slots are ``maxsize`` minus the objects in the kernel queue minus the live slot notes;
+unfinished tasks are the queued objects plus the live task notes plus every entry's
+``held`` (and what freed entries held). ``moving`` makes that exact: its low byte
+counts this process's threads in a window where an object moves between those counts
+(a getter from before its ``msgrcv`` until it counted the object out; a JoinableQueue
+putter from before its ``msgsnd`` until it cleared its note), its upper bits count
+every such window, so a repair sees whether a live process was in one at any time
+while it read the counts.
+Parcel bits are not rolled back either: the parcel table's next writer reads them.
 """
 
 from __future__ import annotations
@@ -47,16 +43,16 @@ from ._procs import alive, start_ticks
 __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"]
 
 JOURNAL_OFF = 2240
-ENTRY = struct.Struct("<iiiiiiQQ")
+ENTRY = struct.Struct("<iiiiiIQQ")
 NENTRIES = (CTL_SIZE - JOURNAL_OFF) // ENTRY.size  # 353, to the end of the control segment
 _RETRY = 1.0  # seconds a process that found the table full waits before it looks again
-_PID, _TASKS, _SLOTS, _TXN_TASKS, _TXN_UNF = 0, 4, 8, 12, 16
-_TAKING, _START, _PARCELS = 20, 24, 32
+_PID, _TASKS, _SLOTS, _HELD, _MOVING, _START, _PARCELS = 0, 4, 8, 12, 20, 24, 32
 _OFFSETS = range(JOURNAL_OFF, JOURNAL_OFF + NENTRIES * ENTRY.size, ENTRY.size)
-_TAKE = 0x101  # one more getter in the window (low byte) and one more take (upper bits)
+_MOVE = 0x101  # one more thread in a window (low byte) and one more window (upper bits)
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
-_getpid = os.getpid
+_me = [os.getpid()]  # this process's pid, kept current across fork (cheaper than getpid)
+os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, os.getpid()))
 
 
 class Journal:
@@ -71,7 +67,7 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
-        self._taking: Optional[memoryview] = None
+        self._moving: Optional[memoryview] = None
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 
@@ -87,6 +83,12 @@ class Journal:
     def _put(self, off: int, value: int) -> None:
         _I32.pack_into(self._view, off, value)
 
+    def _add(self, field: int, n: int) -> None:
+        off = self.mine()
+        if off is not None:
+            with self.mutex:
+                self._put(off + field, self._get(off + field) + n)
+
     def entries(self) -> Iterator[Tuple[int, tuple]]:
         table = bytes(self._view[JOURNAL_OFF:JOURNAL_OFF + NENTRIES * ENTRY.size])
         return zip(_OFFSETS, ENTRY.iter_unpack(table))
@@ -95,7 +97,7 @@ class Journal:
 
     def mine(self) -> Optional[int]:
         """The offset of this process's entry, None before it claimed one."""
-        if self._off is not None and self._pid == _getpid():
+        if self._off is not None and self._pid == _me[0]:
             return self._off
         return None
 
@@ -105,14 +107,15 @@ class Journal:
 
     def claim(self) -> Optional[int]:
         """Under the state lock: take a free entry (or one whose owner died with nothing
-        to roll back); None when every entry is in use."""
-        me = _getpid()
+        noted); None when every entry is in use."""
+        me = _me[0]
         spare = None
-        for off, (pid, tasks, slots, _, txn, _, start, _) in self.entries():
+        for off, (pid, tasks, slots, held, _, moving, start, _) in self.entries():
             if pid == 0:
                 spare = off
                 break
-            if spare is None and not (tasks or slots or txn) and not alive(pid, start):
+            if spare is None and not (tasks or slots or held or moving & 0xFF) and \
+                    not alive(pid, start):
                 spare = off
         if spare is None:
             self._retry_at = time.monotonic() + _RETRY
@@ -120,56 +123,66 @@ class Journal:
         ENTRY.pack_into(self._view, spare, 0, 0, 0, 0, 0, 0, start_ticks(me), 0)
         self._put(spare + _PID, me)
         self._off, self._pid = spare, me
-        self._taking = self._view[spare + _TAKING:spare + _TAKING + 4].cast("I")
+        self._moving = self._view[spare + _MOVING:spare + _MOVING + 4].cast("I")
         return spare
 
     def release(self) -> None:
         """This handle lets go of the queue: free its entry when it notes nothing (an
-        entry that still does stays for the repair after this process ends)."""
+        entry that still does stays for the repair after this process ends; the
+        caller folds ``held`` away first, see ``take_held``)."""
         off = self.mine()
         if off is not None:
             with self.mutex:
-                _, tasks, slots, _, txn, _, _, bits = ENTRY.unpack_from(self._view, off)
-                if not (tasks or slots or txn or bits):
+                _, tasks, slots, held, _, _, _, bits = ENTRY.unpack_from(self._view, off)
+                if not (tasks or slots or held or bits):
                     self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
             self._off = None
-            self._taking.release()
+            self._moving.release()
 
     def add_slots(self, n: int) -> None:
-        off = self.mine()
-        if off is not None:
-            with self.mutex:
-                self._put(off + _SLOTS, self._get(off + _SLOTS) + n)
+        self._add(_SLOTS, n)
 
-    def begin_take(self) -> Optional[memoryview]:
-        """A getter of a bounded queue is about to take a message: until ``end_take`` it
-        may hold one whose slot it has not given back. Returns what ``end_take``
+    def add_task(self) -> None:
+        """Under the state lock, before the task count goes up."""
+        self._add(_TASKS, 1)
+
+    def task_done(self) -> None:
+        """Under the state lock, with the task count going down."""
+        self._add(_HELD, -1)
+
+    def take_held(self) -> int:
+        """Under the state lock: this entry's ``held``, zeroed (its owner lets go)."""
+        off = self.mine()
+        if off is None:
+            return 0
+        with self.mutex:
+            held = self._get(off + _HELD)
+            self._put(off + _HELD, 0)
+        return held
+
+    def begin_move(self) -> Optional[memoryview]:
+        """An object is about to move between the counts (see the module's doc): until
+        ``end_move`` this thread counts as in that window. Returns what ``end_move``
         needs (None when this process has no entry)."""
-        if self.mine() is None:
+        if self._off is None or self._pid != _me[0]:
             return None
-        word = self._taking
-        self.resume_take(word)
+        word = self._moving
+        with self.mutex:
+            word[0] = (word[0] + _MOVE) & 0xFFFFFFFF
         return word
 
-    def end_take(self, word: memoryview) -> None:
+    def end_move(self, word: memoryview, held: int = 0) -> None:
+        """Out of the window; a getter of a JoinableQueue counts the *held* tasks it took
+        (before the window closes: a repair must never see them in neither place)."""
         with self.mutex:
+            if held and self._off is not None:
+                self._put(self._off + _HELD, self._get(self._off + _HELD) + held)
             word[0] -= 1
 
-    def resume_take(self, word: memoryview) -> None:
-        """``begin_take`` again after an ``end_take`` (a getter that slept in between)."""
+    def resume_move(self, word: memoryview) -> None:
+        """``begin_move`` again after an ``end_move`` (a getter that slept in between)."""
         with self.mutex:
-            word[0] = (word[0] + _TAKE) & 0xFFFFFFFF
-
-    def begin_task(self, off: int, unfinished_after: int) -> None:
-        """Under the state lock and ``mutex``, before the task count goes up: if this
-        process dies before ``end_task``, the next locker can tell whether it did."""
-        tasks = self._get(off + _TASKS)
-        self._put(off + _TXN_TASKS, tasks)
-        self._put(off + _TXN_UNF, unfinished_after)
-        self._put(off + _TASKS, tasks + 1)
-
-    def end_task(self, off: int) -> None:
-        self._put(off + _TXN_UNF, 0)
+            word[0] = (word[0] + _MOVE) & 0xFFFFFFFF
 
     def sent(self, tasks: int, slots: int) -> None:
         """What this process counted is in the kernel queue now."""
@@ -207,49 +220,49 @@ class Journal:
                 found = False
         return found
 
-    def takers(self) -> Optional[tuple]:
-        """Every entry's ``taking`` word, or None while a live process has a getter
-        between taking a message and giving its slot back."""
+    def movers(self) -> Optional[tuple]:
+        """Every entry's ``moving`` word, or None while a live process has a thread in
+        a window where an object moves between the counts."""
         words = []
-        for _, (pid, _, _, _, _, taking, start, _) in self.entries():
-            if pid and taking & 0xFF and alive(pid, start):
+        for _, (pid, _, _, _, _, moving, start, _) in self.entries():
+            if pid and moving & 0xFF and alive(pid, start):
                 return None
-            words.append(taking)
+            words.append(moving)
         return tuple(words)
 
-    def slots_noted(self) -> int:
-        """Slots every process (live or dead) noted as taken for objects not sent."""
-        return sum(entry[2] for _, entry in self.entries() if entry[0])
+    def noted(self) -> Tuple[int, int, int]:
+        """``(tasks, slots, held)`` summed over the entries in use."""
+        tasks = slots = held = 0
+        for _, entry in self.entries():
+            if entry[0]:
+                tasks += entry[1]
+                slots += entry[2]
+                held += entry[3]
+        return tasks, slots, held
 
     def any_dead(self) -> bool:
-        """Without a lock: is there an entry whose dead owner left something to undo?"""
+        """Without a lock: is there an entry whose dead owner left something noted, or
+        died inside a window?"""
         mine = self.mine()
-        for off, (pid, tasks, slots, _, txn, _, start, _) in self.entries():
-            if pid and off != mine and (tasks or slots or txn) and not alive(pid, start):
+        for off, (pid, tasks, slots, held, _, moving, start, _) in self.entries():
+            if pid and off != mine and (tasks or slots or held or moving & 0xFF) and \
+                    not alive(pid, start):
                 return True
         return False
 
-    def settle(self, pid: int, unfinished: int) -> None:
-        """Under the state lock, whose previous holder *pid* died inside it: finish or
-        forget its half-done task update (*unfinished* is the count now)."""
-        for off, (owner, tasks, _, txn_tasks, txn, _, _, _) in self.entries():
-            if owner == pid and txn:
-                if unfinished != txn:  # the count never went up: forget the note
-                    self._put(off + _TASKS, txn_tasks)
-                self._put(off + _TXN_UNF, 0)
-
-    def collect_dead(self, unfinished: int) -> int:
-        """Under the state lock: free the entries of dead owners that counted something
-        and return the tasks they had not sent (the caller gives them back; their slot
-        notes are dropped, see the module's doc). Dead owners' empty entries are left
-        for ``claim``."""
+    def collect_dead(self) -> Tuple[int, int, int]:
+        """Under the state lock: free the entries of dead owners that noted something or
+        died inside a window; ``(tasks noted, tasks held, windows)`` summed over them
+        (the caller derives the counts again and keeps what they held). Dead owners'
+        empty entries are left for ``claim``."""
         mine = self.mine()
-        tasks_back = 0
-        for off, (pid, tasks, slots, txn_tasks, txn, _, start, _) in self.entries():
-            if not pid or off == mine or not (tasks or slots or txn) or alive(pid, start):
+        tasks_dropped = held_kept = windows = 0
+        for off, (pid, tasks, slots, held, _, moving, start, _) in self.entries():
+            if not pid or off == mine or not (tasks or slots or held or moving & 0xFF) or \
+                    alive(pid, start):
                 continue
-            if txn and unfinished != txn:
-                tasks = txn_tasks
-            tasks_back += tasks
+            tasks_dropped += tasks
+            held_kept += held
+            windows += moving & 0xFF
             ENTRY.pack_into(self._view, off, 0, 0, 0, 0, 0, 0, 0, 0)
-        return tasks_back
+        return tasks_dropped, held_kept, windows

@@ -35,7 +35,12 @@ _EXTRA_OFF = 672
 # slots or took messages without a journal entry (recoveries then stop).
 _RECOVERED_OFF = 680
 _UNNOTED_OFF = 684
-# 688..703 unused, counters SW and SWAKE at 704 and 736, 768..1023 unused; the parcel
+# Tasks a JoinableQueue's processes took and had not marked done when their journal
+# entries were freed, and a flag: the task count must be derived again (_channel).
+_HELD_GONE = struct.Struct("<q")
+_HELD_GONE_OFF = 688
+_RECOUNT_OFF = 696
+# 697..703 unused, counters SW and SWAKE at 704 and 736, 768..1023 unused; the parcel
 # table at 1024 (_parcels), the journal at 2240 (_journal).
 _FLAG_NAMED = 1
 # Semaphore set members.

@@ -170,19 +170,24 @@ class _Feeder:
                 return True
             if payload is _SENTINEL:
                 return True
-            if len(payload) > msgmax:
-                if not block_streams:
-                    return False
-                self.streaming = True
-                try:
-                    chan.send_stream(payload, mtype, track)
-                finally:
-                    self.streaming = False
-            elif not chan.try_send(payload, mtype):
+            if len(payload) > msgmax and not block_streams:
                 return False
-            buffer.popleft()
-            if track:
-                chan.buffered_sent(payload)
+            moving = chan.begin_send() if track else None
+            try:
+                if len(payload) > msgmax:
+                    self.streaming = True
+                    try:
+                        chan.send_stream(payload, mtype, track)
+                    finally:
+                        self.streaming = False
+                elif not chan.try_send(payload, mtype):
+                    return False
+                buffer.popleft()
+                if track:
+                    chan.buffered_sent(payload)
+            finally:
+                if moving is not None:
+                    chan.end_send(moving)
 
     def _flush_locked(self) -> bool:
         with self.send_lock:
@@ -407,8 +412,12 @@ class _Base:
             self._take_slots(1, block, timeout)
         if self._kind == KIND_JOINABLE:
             chan.task_added()
-        if self._send(payload, mtype):
-            chan.counted_sent(1)
+        moving = chan.begin_send()
+        try:
+            if self._send(payload, mtype):
+                chan.counted_sent(1)
+        finally:
+            chan.end_send(moving)
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
@@ -463,9 +472,12 @@ class _Base:
         """Put every object of *objs*, in order, in as few messages as possible.
 
         The semantics of that many ``put()`` calls (order, *mtype*, ``maxsize``: all
-        slots are taken or none, ``Full`` otherwise), except that consecutive small
-        objects share a message (pickled as one list) and one getter takes a shared
-        message whole: its other objects come from that handle's next ``get()`` calls.
+        slots are taken or none, ``Full`` otherwise), except that on an unbounded
+        ``Queue`` or ``SimpleQueue`` consecutive small objects share a message (pickled
+        as one list) and one getter takes a shared message whole: its other objects
+        come from that handle's next ``get()`` calls. (A bounded or joinable queue
+        sends one message per object: its counts are derived from the kernel's message
+        count after a crash, see README.)
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
@@ -481,19 +493,29 @@ class _Base:
         if self._kind == KIND_JOINABLE:
             for _ in range(count):
                 chan.task_added()
-        counted = chan.counted
-        for message, n in chunks:
-            if n > 1:
-                chan.batch_added(n)
-                if counted:
-                    chan.note_batch(message, n)
-            if self._send(message, mtype) and counted:
-                chan.counted_sent(n, message)
+        if not chan.counted:
+            for message, n in chunks:
+                if n > 1:
+                    chan.batch_added(n)
+                self._send(message, mtype)
+            return
+        for message, _ in chunks:
+            moving = chan.begin_send()
+            try:
+                if self._send(message, mtype):
+                    chan.counted_sent(1)
+            finally:
+                chan.end_send(moving)
 
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit
-        one message (far cheaper per object than one pickle each), split otherwise."""
+        one message (far cheaper per object than one pickle each), split otherwise;
+        one object per message on a counted queue."""
         if not objs:
+            return
+        if len(objs) > 1 and self._chan.counted:
+            for one in objs:
+                yield from self._pickle_chunks([one])
             return
         if len(objs) == 1:
             try:
