@@ -111,7 +111,8 @@ class Channel(StreamSide):
         self._next_repair = 0.0
         self._headless_since = None
         self.parcels = ParcelTable(self._view, ctl_id, self._state_locked, self.mode,
-                                   self.journal, self._journal_entry, self._queue_state)
+                                   self.journal, self._journal_entry, self._queue_state,
+                                   self._queued_parcels)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._detached = False
@@ -474,6 +475,56 @@ class Channel(StreamSide):
         """``(messages in the main queue, pid of the last process that took one)``."""
         ds = self._stat_main()
         return ds.msg_qnum, ds.msg_lrpid
+
+    def _queued_parcels(self) -> Optional[set]:
+        """``(slot, segment id)`` of every parcel message in the main queue; None when
+        the kernel cannot tell."""
+        found = set()
+        try:
+            for msg in self.queued_messages():
+                if msg[0] == _wire.PARCEL:
+                    try:
+                        found.add(_wire.parse_parcel(msg)[:2])
+                    except _wire.WireError:
+                        pass
+        except _NoCopy:
+            return None
+        return found
+
+    def queued_head(self, sid: int) -> Optional[bool]:
+        """Whether the head of stream *sid* is in the main queue; None when the kernel
+        cannot tell."""
+        try:
+            for msg in self.queued_messages():
+                if msg[0] == _wire.HEAD and _wire.head_stream_id(msg) == sid:
+                    return True
+        except _NoCopy:
+            return None
+        return False
+
+    def queued_messages(self):
+        """The messages in the main queue, copied without taking them (``MSG_COPY``),
+        last to first: a message that stays in the queue while this runs is never
+        missed, because takers only move the messages behind them forward, towards the
+        indices still to come. Raises ``_NoCopy`` where the kernel cannot copy
+        messages (built without ``CONFIG_CHECKPOINT_RESTORE``)."""
+        raw = (ctypes.c_char * (8 + self.msgmax))()
+        view = memoryview(raw).cast("B")
+        flags = L.IPC_NOWAIT | L.MSG_COPY
+        index = self._stat_main().msg_qnum - 1
+        while index >= 0:
+            n = L.msgrcv(self.main_qid, raw, self.msgmax, index, flags)
+            if n < 0:
+                err = L.get_errno()
+                if err == _EINTR:
+                    continue
+                if err in (_E.ENOSYS, _E.EINVAL, _E.EPERM):
+                    raise _NoCopy
+                if err != _E.ENOMSG:  # (gone meanwhile: taken)
+                    self._fail("msgrcv(MSG_COPY)", err)
+            else:
+                yield view[8:8 + n]
+            index -= 1
 
     # -- locks and the task count of a JoinableQueue ---------------------------------
 
@@ -858,6 +909,10 @@ class Channel(StreamSide):
             raise L.RemovedError(_E.EIDRM, f"{call}: {self._what()} was removed while in use: "
                                            f"{L._WHY_REMOVED}")
         L.raise_errno(err, call, self._what())
+
+
+class _NoCopy(Exception):
+    """The kernel cannot copy a queued message (no ``MSG_COPY``)."""
 
 
 class _StateLock:

@@ -9,9 +9,10 @@ or a later user can always find and remove it:
     slot: segment id i32 | writer pid i32 | state i32 | reader pid i32 | size u64
 
 A slot whose writer died while filling it, or whose reader died while reading, is
-reclaimed by the next writer. So is a complete parcel whose message is gone for good,
-once the main queue is empty (so the message is not in it; while the queue never
-empties, such a slot waits):
+reclaimed by the next writer. So is a complete parcel whose message is gone for good:
+not in the main queue (the queue is empty, or a copy of each queued message does not
+show it, looked at no more than once a second; where the kernel cannot copy queued
+messages, such a slot waits until the queue is empty):
 
 * its writer died with the message still buffered (its journal entry says which of
   its parcels it has not sent yet; a writer killed between its ``msgsnd`` returning
@@ -77,7 +78,8 @@ class ParcelTable:
 
     def __init__(self, view: memoryview, owner_id: int, lock: Callable, mode: int = 0o600,
                  journal=None, journal_entry: Optional[Callable] = None,
-                 queue_state: Optional[Callable] = None):
+                 queue_state: Optional[Callable] = None,
+                 queued_parcels: Optional[Callable] = None):
         self._mode = mode
         self._view = view
         self._owner = owner_id
@@ -85,6 +87,8 @@ class ParcelTable:
         self._journal = journal
         self._journal_entry = journal_entry  # under the lock: this process's entry
         self._queue_state = queue_state  # (messages in the main queue, last taker's pid)
+        self._queued_parcels = queued_parcels  # {(slot, segment id)} in the main queue
+        self._next_scan = 0.0
         self._maps = {}  # segment id -> (address, size): this process's mappings
         self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
 
@@ -203,10 +207,18 @@ class ParcelTable:
             self._stranded.clear()
             return set()
         qnum, last = self._queue_state()
-        if qnum:
-            self._stranded.clear()
-            return set()
         now = time.monotonic()
+        if qnum:
+            # Their messages may be among the queued ones: look at a copy of each, at
+            # most once per STRANDED_AFTER (a long queue costs a call per message).
+            if self._queued_parcels is None or now < self._next_scan:
+                return set()
+            self._next_scan = now + STRANDED_AFTER
+            queued = self._queued_parcels()
+            sent = [] if queued is None else [p for p in sent if p[:2] not in queued]
+            if not sent:
+                self._stranded.clear()
+                return set()
         seen, self._stranded = self._stranded, {}
         last_dead = None
         found = set()

@@ -88,24 +88,25 @@ class StreamSide:
         """True (after dropping the stream's frames) when the reader of *sid* died."""
         reader = self._mark()[1]
         if reader == 0:
-            if not self._head_lost():
+            if not self._head_lost(sid):
                 return False
         elif _alive(reader):
             return False
         self._purge(sid)
         return True
 
-    def _head_lost(self) -> bool:
-        """No reader registered for our head: True when a process took it and died
-        before it could. The head is out of the main queue when that queue is empty
-        (it went in before); its reader registers within microseconds of taking it, so
-        it is dead when the last process that took a message is dead, or when it still
-        has not registered after ``_UNCLAIMED`` seconds. (A live reader stalled there
-        that long, or while another process takes a message and dies, loses the object:
-        it finds the stream gone.) While other messages wait in the queue the head may
-        be among them, and the writer keeps waiting."""
+    def _head_lost(self, sid: int) -> bool:
+        """No reader registered for our head *sid*: True when a process took it and
+        died before it could. The head is out of the main queue when that queue is
+        empty (it went in before), or when a copy of every queued message does not
+        show it; its reader registers within microseconds of taking it, so it is dead
+        when the last process that took a message is dead, or when it still has not
+        registered after ``_UNCLAIMED`` seconds. (A live reader stalled there that
+        long, or while another process takes a message and dies, loses the object: it
+        finds the stream gone.) Where the kernel cannot copy queued messages, the
+        writer keeps waiting while other messages are queued."""
         qnum, last = self._queue_state()
-        if qnum:
+        if qnum and self.queued_head(sid) is not False:
             self._headless_since = None
             return False
         if not _alive(last):

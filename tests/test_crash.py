@@ -394,6 +394,70 @@ def test_consumer_killed_between_taking_a_parcel_message_and_reading_it():
         close_queue(q)
 
 
+def test_consumer_killed_after_taking_a_parcel_message_is_noticed_while_others_stay_queued():
+    q = Queue()
+    q.put(obj("P", 0, payload(0, BIG)))
+    for i in range(3):
+        q.put(("small", i))
+    wait_for_feeder(q, 0)
+    [(state, stranded)] = parcel_states(q)
+    assert state == _parcels.SENT
+
+    def victim():
+        _die_at(_parcels.ParcelTable, "unwrap")
+        q.get(timeout=10)
+
+    def next_writer():
+        q.put(obj("Q", 0, payload(1, BIG)))
+        q.close()
+        q.join_thread()
+
+    try:
+        wait_pid(fork_run(victim), WATCHDOG)
+        assert kernel_state(q)["main"][0] == 3
+        assert wait_pid(fork_run(next_writer), WATCHDOG) == 0
+        # Its claim found the dead consumer's parcel although the queue never emptied.
+        assert (_parcels.SENT, stranded) not in parcel_states(q)
+        got = [q.get(timeout=5) for _ in range(4)]
+        assert got[:3] == [("small", i) for i in range(3)]
+        assert got[3][0] == "Q" and intact(got[3])
+        assert_reclaimed(q)
+    finally:
+        close_queue(q)
+
+
+def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay_queued(
+        monkeypatch):
+    monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
+    q = Queue()
+    r, w = os.pipe()
+
+    def victim():
+        _die_at(C.Channel, "_read_stream")
+        q.get(timeout=10)
+
+    producer = fork_run(_big_producer, q, 1, w)
+    try:
+        deadline = time.monotonic() + WATCHDOG
+        while kernel_state(q)["main"][0] < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # its head is queued
+        for i in range(3):
+            q.put(("small", i))
+        wait_for_feeder(q, 0)
+        wait_pid(fork_run(victim), WATCHDOG)  # takes the head, dies before reading
+        assert kernel_state(q)["main"][0] == 3
+        assert wait_pid(producer, 5) == 0, "the writer waited for a dead reader"
+        got = [q.get(timeout=5) for _ in range(5)]
+        assert got[:3] == [("small", i) for i in range(3)]
+        assert [g[1] for g in got[3:]] == [-1, -1]
+        assert_reclaimed(q)
+    finally:
+        kill(producer)
+        os.close(r)
+        os.close(w)
+        close_queue(q)
+
+
 def test_producer_killed_while_its_head_waits_behind_other_objects(monkeypatch):
     monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
     q = Queue()
