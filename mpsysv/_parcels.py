@@ -219,6 +219,9 @@ class ParcelTable:
             if not sent:
                 self._stranded.clear()
                 return set()
+            # Read after the copies: a consumer that took one of those messages while
+            # they were copied is that last taker (or one came after it).
+            last = self._queue_state()[1]
         seen, self._stranded = self._stranded, {}
         last_dead = None
         found = set()

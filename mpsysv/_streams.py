@@ -106,9 +106,11 @@ class StreamSide:
         finds the stream gone.) Where the kernel cannot copy queued messages, the
         writer keeps waiting while other messages are queued."""
         qnum, last = self._queue_state()
-        if qnum and self.queued_head(sid) is not False:
-            self._headless_since = None
-            return False
+        if qnum:
+            if self.queued_head(sid) is not False:
+                self._headless_since = None
+                return False
+            last = self._queue_state()[1]  # (whoever took it took it before this read)
         if not _alive(last):
             return True
         now = time.monotonic()

@@ -412,6 +412,12 @@ class _Base:
             self._take_slots(1, block, timeout)
         if self._kind == KIND_JOINABLE:
             chan.task_added()
+        self._send_counted(payload, mtype)
+
+    def _send_counted(self, payload, mtype: int) -> None:
+        """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
+        object is both queued and noted (see _journal)."""
+        chan = self._chan
         moving = chan.begin_send()
         try:
             if self._send(payload, mtype):
@@ -500,12 +506,7 @@ class _Base:
                 self._send(message, mtype)
             return
         for message, _ in chunks:
-            moving = chan.begin_send()
-            try:
-                if self._send(message, mtype):
-                    chan.counted_sent(1)
-            finally:
-                chan.end_send(moving)
+            self._send_counted(message, mtype)
 
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit

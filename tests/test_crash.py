@@ -356,19 +356,32 @@ def _die_at(target, attr: str):
     setattr(target, attr, die)
 
 
+def _put_and_die_at(q, target, attr: str, item) -> None:
+    """A forked child puts *item* and is SIGKILLed when it reaches ``target.attr``."""
+    def victim():
+        _die_at(target, attr)
+        q.put(item)
+
+    wait_pid(fork_run(victim), WATCHDOG)
+
+
+def _get_and_die_at(q, target, attr: str) -> None:
+    """A forked child gets an object and is SIGKILLed when it reaches ``target.attr``."""
+    def victim():
+        _die_at(target, attr)
+        q.get(timeout=10)
+
+    wait_pid(fork_run(victim), WATCHDOG)
+
+
 def test_consumer_killed_right_after_taking_a_stream_head(monkeypatch):
     monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
     q = Queue()
     r, w = os.pipe()
 
-    def victim():
-        _die_at(C.Channel, "_read_stream")
-        q.get(timeout=10)
-
     producer = fork_run(_big_producer, q, 1, w)
-    dead = fork_run(victim)
     try:
-        wait_pid(dead, WATCHDOG)
+        _get_and_die_at(q, C.Channel, "_read_stream")
         assert wait_pid(producer, 5) == 0, "the producer blocked forever on a dead reader"
         assert_reclaimed(q)
     finally:
@@ -382,11 +395,7 @@ def test_consumer_killed_between_taking_a_parcel_message_and_reading_it():
     q = Queue()
     q.put(obj("P", 0, payload(0, BIG)))
 
-    def victim():
-        _die_at(_parcels.ParcelTable, "unwrap")
-        q.get(timeout=10)
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _get_and_die_at(q, _parcels.ParcelTable, "unwrap")
     round_trip_in_child(q)  # the next writer's claim reclaims what dead processes left
     try:
         assert_reclaimed(q)
@@ -403,17 +412,13 @@ def test_consumer_killed_after_taking_a_parcel_message_is_noticed_while_others_s
     [(state, stranded)] = parcel_states(q)
     assert state == _parcels.SENT
 
-    def victim():
-        _die_at(_parcels.ParcelTable, "unwrap")
-        q.get(timeout=10)
-
     def next_writer():
         q.put(obj("Q", 0, payload(1, BIG)))
         q.close()
         q.join_thread()
 
     try:
-        wait_pid(fork_run(victim), WATCHDOG)
+        _get_and_die_at(q, _parcels.ParcelTable, "unwrap")
         assert kernel_state(q)["main"][0] == 3
         assert wait_pid(fork_run(next_writer), WATCHDOG) == 0
         # Its claim found the dead consumer's parcel although the queue never emptied.
@@ -432,10 +437,6 @@ def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay
     q = Queue()
     r, w = os.pipe()
 
-    def victim():
-        _die_at(C.Channel, "_read_stream")
-        q.get(timeout=10)
-
     producer = fork_run(_big_producer, q, 1, w)
     try:
         deadline = time.monotonic() + WATCHDOG
@@ -444,7 +445,7 @@ def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay
         for i in range(3):
             q.put(("small", i))
         wait_for_feeder(q, 0)
-        wait_pid(fork_run(victim), WATCHDOG)  # takes the head, dies before reading
+        _get_and_die_at(q, C.Channel, "_read_stream")  # takes the head, dies before reading
         assert kernel_state(q)["main"][0] == 3
         assert wait_pid(producer, 5) == 0, "the writer waited for a dead reader"
         got = [q.get(timeout=5) for _ in range(5)]
@@ -622,11 +623,7 @@ def test_consumer_killed_between_taking_a_batch_and_counting_it_out_keeps_qsize_
     q = Queue()
     q.put_many([1, 2, 3])
 
-    def victim():
-        _die_at(C.Channel, "_add_extra")
-        q.get(timeout=5)
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _get_and_die_at(q, C.Channel, "_add_extra")
     try:
         assert q.qsize() == 0
     finally:
@@ -640,11 +637,7 @@ def test_consumer_killed_after_taking_one_of_a_put_many_keeps_counts_exact(joina
     q = (JoinableQueue if joinable else Queue)(4)
     q.put_many([1, 2, 3])
 
-    def victim():
-        _die_at(_journal.Journal, "end_move")
-        q.get(timeout=5)
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _get_and_die_at(q, _journal.Journal, "end_move")
     try:
         assert q.qsize() == 2
         q.put_nowait(4)
@@ -712,11 +705,7 @@ def test_joinable_producer_killed_between_send_and_clearing_its_note_keeps_count
     jq = JoinableQueue()
     jq.put("kept")
 
-    def victim():
-        _die_at(C.Channel, "counted_sent")
-        jq.put("sent")
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _put_and_die_at(jq, C.Channel, "counted_sent", "sent")
     try:
         assert jq._chan.unfinished() == 2, "the task of a queued object was given back"
         assert sorted([jq.get(timeout=5), jq.get(timeout=5)]) == ["kept", "sent"]
@@ -800,11 +789,7 @@ def test_joinable_consumer_killed_in_get_loses_the_task_only_with_the_object(whe
 def test_joinable_producer_killed_between_count_and_send_keeps_counts_exact():
     jq = JoinableQueue()
 
-    def victim():
-        _die_at(C.Channel, "try_send")
-        jq.put("lost")
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _put_and_die_at(jq, C.Channel, "try_send", "lost")
     try:
         assert jq._chan.unfinished() == 0, "a task was counted for an object never sent"
     finally:
@@ -815,11 +800,7 @@ def test_join_gives_back_the_task_of_a_producer_killed_between_count_and_send():
     jq = JoinableQueue()
     jq.put("kept")
 
-    def victim():
-        _die_at(C.Channel, "try_send")
-        jq.put("lost")
-
-    wait_pid(fork_run(victim), WATCHDOG)
+    _put_and_die_at(jq, C.Channel, "try_send", "lost")
     assert jq.get(timeout=5) == "kept"
     jq.task_done()
     joiner = fork_run(jq.join)  # the first to look: join() itself repairs
