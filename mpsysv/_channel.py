@@ -24,20 +24,21 @@ import os
 import threading
 import time
 import warnings
+import weakref
 from typing import Callable, Optional
 
 from . import _libc as L
 from . import _names
 from . import _wire
-from ._journal import Journal
+from ._journal import MOVE, Journal
 from ._parcels import ParcelTable, _alive, remove_listed
 from ._layout import (  # noqa: F401 - re-exported: _gc and _admin read the layout here
     _EXTRA, _EXTRA_OFF, _FLAG_NAMED, _HDR, _MARK, _MARK_OFF, _NAME_OFF, _READER,
-    _HELD_GONE, _HELD_GONE_OFF, _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE,
+    _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF, _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE,
     _STATE_MARK_OFF, _UNNOTED_OFF, AVAIL,
     CTL_SIZE, DONE, KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MAGIC, MTYPE_MAX, ROOM,
     RW, SEM_GATE, SEM_OFFS, SEM_STATE, SEM_STREAM, SLOTS, SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE,
-    SW, SWAKE, TW, UNFINISHED, WAKE)
+    SW, SWAKE, TW, TWS, UNFINISHED, WAKE)
 from ._psem import PosixSemaphore
 from ._streams import _SLICE, StreamSide
 from .primitives import segment_owner_and_mode
@@ -48,6 +49,7 @@ _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for 
 _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not removed
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 _SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
+_FREEZE_WAIT = 0.05  # how long a repair waits for the windows open in live processes
 
 _E = errno
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
@@ -100,8 +102,8 @@ class Channel(StreamSide):
         self.sems = [PosixSemaphore(address + off, f"{self._what()} counter {i}")
                      for i, off in enumerate(SEM_OFFS)]
         # The count word of a glibc sem_t (checked at import): read without a call.
-        self._tw_word, self._rw_word, self._room_word, self._sw_word = (
-            self._view[SEM_OFFS[i]:SEM_OFFS[i] + 4].cast("I") for i in (TW, RW, ROOM, SW))
+        self._tw_word, self._rw_word, self._room_word, self._sw_word, self._tws_word = (
+            self._view[SEM_OFFS[i]:SEM_OFFS[i] + 4].cast("I") for i in (TW, RW, ROOM, SW, TWS))
         self._freed = 0
         self._bufs = _Buffers(msgmax)
         self._c_msgmax = ctypes.c_size_t(msgmax)
@@ -117,6 +119,8 @@ class Channel(StreamSide):
         self._counter_lock = threading.Lock()
         self._detached = False
         self._released = False
+        self._sleepers = 0  # threads sleeping on a counter in the segment (see _sleep_on)
+        self._sleepers_lock = threading.Lock()
 
     # -- creation and opening -------------------------------------------------------
 
@@ -257,11 +261,14 @@ class Channel(StreamSide):
         return True
 
     def _wake_timed(self) -> None:
-        """Give every timed waiter a chance to look again (it re-checks after waking)."""
-        waiters = self.sems[TW].value
-        wake = self.sems[WAKE]
-        for _ in range(max(waiters - wake.value, 0)):
-            wake.post()
+        """A message went in: wake a getter waiting on the futex (it looks again after
+        waking). One is enough for one message, unless some wait for one mtype: the
+        one woken might not want it, so then every waiter looks."""
+        missing = self.sems[TW].value - self.sems[WAKE].value
+        if missing > 0:
+            wake = self.sems[WAKE]
+            for _ in range(missing if self._tws_word[0] else 1):
+                wake.post()
 
     def _wake_room(self) -> None:
         """A message left the queue: wake the feeders that wait for room."""
@@ -284,7 +291,7 @@ class Channel(StreamSide):
         rw.post()
         try:
             while not retry():
-                room.acquire(time.monotonic() + _SLICE)
+                self._sleep_on(room, time.monotonic() + _SLICE)
         finally:
             rw.try_acquire()
 
@@ -293,15 +300,19 @@ class Channel(StreamSide):
         """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
         free = self._bufs.free
         counted = self.counted
+        journal = self.journal
         while True:
-            moving = None
+            # Until its object is counted out (slot back, task held) a getter of a
+            # counted queue is in a window the repairs must see (see _journal), and so
+            # it never sleeps inside msgrcv.
+            moving = self._moving_word() if counted else None
             got = 0  # objects taken out of the queue for the caller (a task each)
             try:
-                if counted:
-                    # Until the object is counted out (slot back, task held) this getter
-                    # is in a window the repairs must see (see _journal), and so it
-                    # never sleeps inside msgrcv.
-                    moving = self.journal.begin_move() or self._begin_move()
+                if moving is not None:
+                    with journal.mutex:
+                        moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+                    if self._view[_FREEZE_OFF]:
+                        self._yield_to_repair(moving)
                 item = free.pop() if free else self._bufs.new()
                 try:
                     # The first attempt inline: the hot path is this one call.
@@ -348,25 +359,57 @@ class Channel(StreamSide):
                         return loads(payload)
             finally:
                 if moving is not None:
-                    self.journal.end_move(moving, got if self.kind == KIND_JOINABLE else 0)
+                    with journal.mutex:
+                        if journal.active:
+                            if got and self.kind == KIND_JOINABLE:
+                                journal.held_word[0] += got  # (before the window closes)
+                            moving[0] -= 1
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
-    def _begin_move(self) -> Optional[memoryview]:
-        """``journal.begin_move()``, claiming this process's entry on first use."""
-        moving = self.journal.begin_move()
-        if moving is None and self._own_entry():
-            moving = self.journal.begin_move()
-        return moving
+    def _moving_word(self) -> Optional[memoryview]:
+        """This process's journal ``moving`` word, claiming its entry on first use."""
+        word = self.journal.moving_word()
+        if word is None and self._own_entry():
+            word = self.journal.moving_word()
+        return word
 
-    def begin_send(self) -> Optional[memoryview]:
-        """A putter of a JoinableQueue is about to send a counted object and clear its
-        note: a window the task recount must see (None for other queues)."""
-        return self._begin_move() if self.kind == KIND_JOINABLE else None
+    def _yield_to_repair(self, moving: memoryview) -> None:
+        """A repair froze the windows: step out leaving no trace, wait until it is done
+        (``_FREEZE_WAIT`` at most), step in again."""
+        journal, view = self.journal, self._view
+        try:
+            with journal.mutex:
+                moving[0] = (moving[0] - MOVE) & 0xFFFFFFFF
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while view[_FREEZE_OFF] and time.monotonic() < give_up:
+                time.sleep(0.0002)
+            if view[_FREEZE_OFF] and L.semctl(self.semid, SEM_STATE, L.GETVAL, 0) == 1:
+                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
+        finally:
+            with journal.mutex:
+                if journal.active:
+                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
 
-    def end_send(self, moving: Optional[memoryview]) -> None:
-        if moving is not None:
-            self.journal.end_move(moving)
+    def counted_move(self, send: Callable[[], bool]) -> bool:
+        """``send()``: a counted object's send and the clearing of its note, as a window
+        a JoinableQueue's task recount must see (the object is queued and noted)."""
+        if self.kind != KIND_JOINABLE:
+            return send()
+        journal = self.journal
+        moving = self._moving_word()
+        try:
+            if moving is not None:
+                with journal.mutex:
+                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+                if self._view[_FREEZE_OFF]:
+                    self._yield_to_repair(moving)
+            return send()
+        finally:
+            if moving is not None:
+                with journal.mutex:
+                    if journal.active:
+                        moving[0] -= 1
 
     def _take_batch(self, msg, loads: Callable, mtype: int) -> "Batch":
         try:
@@ -424,21 +467,28 @@ class Channel(StreamSide):
                    moving: Optional[memoryview]) -> int:
         """Wait in the kernel (a futex) for a message until *deadline* (None: forever);
         a getter is out of its window while it sleeps."""
-        tw, wake = self.sems[TW], self.sems[WAKE]
+        tw, wake, tws = self.sems[TW], self.sems[WAKE], self.sems[TWS]
         journal = self.journal
+        if mtype:
+            tws.post()
         tw.post()
         try:
             while True:
                 n = self._recv_main(raw, mtype, False)
                 if n >= 0:
                     return n
-                if moving is not None:
-                    journal.end_move(moving)
                 try:
+                    if moving is not None:
+                        with journal.mutex:
+                            moving[0] -= 1
                     woke = self.wait(wake, deadline)
                 finally:
                     if moving is not None:
-                        journal.resume_move(moving)
+                        with journal.mutex:
+                            if journal.active:
+                                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+                if moving is not None and self._view[_FREEZE_OFF]:
+                    self._yield_to_repair(moving)
                 if not woke:
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
@@ -446,6 +496,8 @@ class Channel(StreamSide):
                     raise _Empty
         finally:
             tw.try_acquire()
+            if mtype:
+                tws.try_acquire()
 
     def wait(self, sem: PosixSemaphore, deadline: Optional[float],
              idle: Optional[Callable[[], None]] = None, every: float = _ALIVE_CHECK) -> bool:
@@ -454,13 +506,28 @@ class Channel(StreamSide):
         *idle* runs at each of those checks too."""
         while True:
             step = time.monotonic() + every
-            if sem.acquire(step if deadline is None or deadline > step else deadline):
+            if self._sleep_on(sem, step if deadline is None or deadline > step else deadline):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._stat_main()
             if idle is not None:
                 idle()
+
+    def _sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
+        """``sem.acquire(deadline)``, counted: while a thread sleeps on a counter in the
+        control segment, a ``detach()`` by another thread leaves the mapping in place
+        (unmapped when the channel is garbage), and the sleeper then raises."""
+        with self._sleepers_lock:
+            self._sleepers += 1
+        try:
+            return sem.acquire(deadline)
+        finally:
+            with self._sleepers_lock:
+                self._sleepers -= 1
+            if self._detached:
+                raise ValueError(f"{self._what()} was closed in this process while a thread "
+                                 "waited in it")
 
     def qsize(self) -> int:
         return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
@@ -596,6 +663,7 @@ class Channel(StreamSide):
     def _repair_state(self, dead: int) -> None:
         """Under the state lock: holder *dead* died inside it, maybe between a task's
         note and its count: derive the count again, and the gate from it."""
+        self._view[_FREEZE_OFF] = 0
         if self.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
@@ -651,15 +719,15 @@ class Channel(StreamSide):
         if self.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
             view[_RECOUNT_OFF] = 0
             return
-        journal = self.journal
-        before = journal.movers()
-        if before is None:
+        def read():
+            tasks, _, held = self.journal.noted()
+            return tasks + held + self._stat_main().msg_qnum
+
+        counts = self._read_frozen(read)
+        if counts is None:
             return
-        tasks, _, held = journal.noted()
-        queued = self._stat_main().msg_qnum + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
-        if journal.movers() != before:
-            return
-        truth = max(queued + tasks + held + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
+        truth = max(counts + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
+                    + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
         unfinished = self.sems[UNFINISHED]
         now = unfinished.value
         for _ in range(truth - now):
@@ -668,6 +736,28 @@ class Channel(StreamSide):
             unfinished.try_acquire()
         self._set_gate(1 if truth > 0 else 0)
         view[_RECOUNT_OFF] = 0
+
+    def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
+        """Under the state lock: ``read()`` the counts while no live process is in a
+        window. New windows wait (the freeze flag; a busy getter would otherwise open
+        one every few microseconds), open ones are waited for (``_FREEZE_WAIT`` at
+        most). None when one stayed open (a stopped process) or one moved while the
+        counts were read (the journal's ``moving`` words, before and after)."""
+        journal, view = self.journal, self._view
+        view[_FREEZE_OFF] = 1
+        try:
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while True:
+                before = journal.movers()
+                if before is not None:
+                    break
+                if time.monotonic() >= give_up:
+                    return None
+                time.sleep(0.0002)
+            counts = read()
+            return counts if journal.movers() == before else None
+        finally:
+            view[_FREEZE_OFF] = 0
 
     def _journal_entry(self) -> Optional[int]:
         """Under the state lock: this process's journal entry, claimed on first use
@@ -774,21 +864,19 @@ class Channel(StreamSide):
         if now < self._next_repair:
             return
         self._next_repair = now + _REPAIR_EVERY
-        journal = self.journal
+        def read():
+            free = self.sems[SLOTS].value
+            noted = self.journal.noted()[1]
+            return free + noted + self._stat_main().msg_qnum
+
         with self._state_locked():
             self._repair_journal()
             if self._view[_UNNOTED_OFF]:
                 return
-            before = journal.movers()
-            if before is None:
+            counts = self._read_frozen(read)
+            if counts is None:
                 return
-            free = self.sems[SLOTS].value
-            noted = journal.noted()[1]
-            extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
-            queued = self._stat_main().msg_qnum
-            if journal.movers() != before:
-                return
-            lost = self.maxsize - free - noted - extra - queued
+            lost = self.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             if lost > 0:
                 recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
                 _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + lost) & 0xFFFFFFFF)
@@ -848,6 +936,8 @@ class Channel(StreamSide):
         """In a fork child: the inherited mapping counts as a holder of its own."""
         self._counter_lock = threading.Lock()
         self._released = False
+        self._sleepers = 0
+        self._sleepers_lock = threading.Lock()
         self.journal.after_fork()
 
     def detach(self) -> None:
@@ -856,8 +946,15 @@ class Channel(StreamSide):
             if not self._released:
                 self._fold_held()
             self.journal.release()
+            with self._sleepers_lock:
+                if self._sleepers:
+                    # Another thread sleeps on a counter in the segment: unmapping it now
+                    # would crash that thread. Unmap once nothing can use it any more.
+                    weakref.finalize(self, L.shmdt, self._address)
+                    return
             self.parcels.detach_all()
-            for word in (self._tw_word, self._rw_word, self._room_word, self._sw_word):
+            for word in (self._tw_word, self._rw_word, self._room_word, self._sw_word,
+                         self._tws_word):
                 word.release()
             self._view.release()
             L.shmdt(self._address)

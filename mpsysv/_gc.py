@@ -224,7 +224,7 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
     (state_pid,) = struct.unpack_from("<i", raw, _ch._STATE_MARK_OFF)
     names = ("timed_waiters", "wakeups", "free_slots", "stream_space", "stream_frames",
              "stream_done", "unfinished_tasks", "feeders_waiting_for_room", "room_wakeups",
-             "putters_waiting_for_a_slot", "slot_wakeups")
+             "putters_waiting_for_a_slot", "slot_wakeups", "getters_waiting_for_one_mtype")
     states = {_parcels.FILLING: "filling", _parcels.SENT: "sent", _parcels.READING: "reading",
               _parcels.POOLED: "pooled"}
     parcels = []

@@ -40,7 +40,7 @@ from typing import Iterator, Optional, Tuple
 from ._layout import CTL_SIZE
 from ._procs import alive, start_ticks
 
-__all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "alive", "start_ticks"]
+__all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "MOVE", "alive", "start_ticks"]
 
 JOURNAL_OFF = 2240
 ENTRY = struct.Struct("<iiiiiIQQ")
@@ -48,7 +48,7 @@ NENTRIES = (CTL_SIZE - JOURNAL_OFF) // ENTRY.size  # 353, to the end of the cont
 _RETRY = 1.0  # seconds a process that found the table full waits before it looks again
 _PID, _TASKS, _SLOTS, _HELD, _MOVING, _START, _PARCELS = 0, 4, 8, 12, 20, 24, 32
 _OFFSETS = range(JOURNAL_OFF, JOURNAL_OFF + NENTRIES * ENTRY.size, ENTRY.size)
-_MOVE = 0x101  # one more thread in a window (low byte) and one more window (upper bits)
+MOVE = 0x101  # one more thread in a window (low byte) and one more window (upper bits)
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _me = [os.getpid()]  # this process's pid, kept current across fork (cheaper than getpid)
@@ -67,13 +67,16 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
+        self.active = False  # this handle has an entry (a plain attribute: see moving_word)
         self._moving: Optional[memoryview] = None
+        self.held_word: Optional[memoryview] = None  # the owner's ``held`` (as _moving)
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 
     def after_fork(self) -> None:
         """In a fork child: the parent's entry is not ours."""
         self._off = None
+        self.active = False
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 
@@ -124,6 +127,8 @@ class Journal:
         self._put(spare + _PID, me)
         self._off, self._pid = spare, me
         self._moving = self._view[spare + _MOVING:spare + _MOVING + 4].cast("I")
+        self.held_word = self._view[spare + _HELD:spare + _HELD + 4].cast("i")
+        self.active = True
         return spare
 
     def release(self) -> None:
@@ -132,12 +137,14 @@ class Journal:
         caller folds ``held`` away first, see ``take_held``)."""
         off = self.mine()
         if off is not None:
-            with self.mutex:
-                _, tasks, slots, held, _, _, _, bits = ENTRY.unpack_from(self._view, off)
-                if not (tasks or slots or held or bits):
+            with self.mutex:  # (a thread in a window checks ``active`` under it)
+                _, tasks, slots, held, _, moving, _, bits = ENTRY.unpack_from(self._view, off)
+                if not (tasks or slots or held or bits or moving & 0xFF):
                     self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
-            self._off = None
-            self._moving.release()
+                self._off = None
+                self.active = False
+                self._moving.release()
+                self.held_word.release()
 
     def add_slots(self, n: int) -> None:
         self._add(_SLOTS, n)
@@ -160,29 +167,18 @@ class Journal:
             self._put(off + _HELD, 0)
         return held
 
-    def begin_move(self) -> Optional[memoryview]:
-        """An object is about to move between the counts (see the module's doc): until
-        ``end_move`` this thread counts as in that window. Returns what ``end_move``
-        needs (None when this process has no entry)."""
-        if self._off is None or self._pid != _me[0]:
-            return None
-        word = self._moving
-        with self.mutex:
-            word[0] = (word[0] + _MOVE) & 0xFFFFFFFF
-        return word
+    def moving_word(self) -> Optional[memoryview]:
+        """This process's ``moving`` word (None before it claimed an entry).
 
-    def end_move(self, word: memoryview, held: int = 0) -> None:
-        """Out of the window; a getter of a JoinableQueue counts the *held* tasks it took
-        (before the window closes: a repair must never see them in neither place)."""
-        with self.mutex:
-            if held and self._off is not None:
-                self._put(self._off + _HELD, self._get(self._off + _HELD) + held)
-            word[0] -= 1
-
-    def resume_move(self, word: memoryview) -> None:
-        """``begin_move`` again after an ``end_move`` (a getter that slept in between)."""
-        with self.mutex:
-            word[0] = (word[0] + _MOVE) & 0xFFFFFFFF
+        Its owner changes it only as ``word[0] = (word[0] + MOVE) & 0xFFFFFFFF`` (into a
+        window) and ``word[0] -= 1`` (out of it) under ``mutex``, written out where it
+        is used: with no call between entering a ``try`` and the change, a
+        ``KeyboardInterrupt`` (Python 3.11+ checks for it only at calls and backward
+        jumps) cannot leave a window counted that its ``finally`` does not undo.
+        """
+        if self._off is not None and self._pid == _me[0]:
+            return self._moving
+        return None
 
     def sent(self, tasks: int, slots: int) -> None:
         """What this process counted is in the kernel queue now."""

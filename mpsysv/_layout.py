@@ -18,10 +18,11 @@ _NAME_OFF = 64
 _SEM_OFF = 320
 # Futex counters: timed getters waiting and their wake-ups, bounded slots, stream flow
 # (space, frames available, done), unfinished tasks, feeders waiting for room and theirs,
-# putters waiting for a slot and theirs. Each is a 32-byte sem_t at its offset.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE = range(11)
-_NSEMS = 11
-SEM_OFFS = tuple(_SEM_OFF + 32 * i for i in range(9)) + (704, 736)
+# putters waiting for a slot and theirs, the getters among TW that wait for one mtype.
+# Each is a 32-byte sem_t at its offset.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE, TWS = range(12)
+_NSEMS = 12
+SEM_OFFS = tuple(_SEM_OFF + 32 * i for i in range(9)) + (704, 736, 768)
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
 _READER = struct.Struct("<i")
 _STATE = struct.Struct("<I")
@@ -40,7 +41,8 @@ _UNNOTED_OFF = 684
 _HELD_GONE = struct.Struct("<q")
 _HELD_GONE_OFF = 688
 _RECOUNT_OFF = 696
-# 697..703 unused, counters SW and SWAKE at 704 and 736, 768..1023 unused; the parcel
+_FREEZE_OFF = 697  # a repair is reading the counts: no new window now (see _channel)
+# 698..703 unused, counters SW, SWAKE and TWS at 704, 736 and 768, 800..1023 unused; the parcel
 # table at 1024 (_parcels), the journal at 2240 (_journal).
 _FLAG_NAMED = 1
 # Semaphore set members.

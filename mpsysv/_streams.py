@@ -72,7 +72,7 @@ class StreamSide:
     def _send_frame(self, frame: bytes, sid: int) -> bool:
         """Send one frame; False when the reader died and the stream was dropped."""
         while not self._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
-            if not self.sems[SPACE].acquire(time.monotonic() + _SLICE):
+            if not self._sleep_on(self.sems[SPACE], time.monotonic() + _SLICE):
                 if self._reader_gone(sid):
                     return False
                 self._purge_others(sid)
@@ -80,7 +80,7 @@ class StreamSide:
 
     def _await_reader(self, sid: int) -> None:
         """Wait until the reader has taken the last frame (or died)."""
-        while not self.sems[DONE].acquire(time.monotonic() + _SLICE):
+        while not self._sleep_on(self.sems[DONE], time.monotonic() + _SLICE):
             if self._reader_gone(sid):
                 return
 
@@ -164,7 +164,8 @@ class StreamSide:
                     continue
                 if err != _E.ENOMSG:
                     self._fail("msgrcv", err)
-                if not avail.acquire(time.monotonic() + _SLICE) and self._writer_gone(sid):
+                if not self._sleep_on(avail, time.monotonic() + _SLICE) and \
+                        self._writer_gone(sid):
                     warnings.warn(f"{self._what()}: dropped an object whose writer (pid "
                                   f"{_wire.writer_pid(sid)}) died while sending it",
                                   RuntimeWarning, stacklevel=4)

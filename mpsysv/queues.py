@@ -172,22 +172,25 @@ class _Feeder:
                 return True
             if len(payload) > msgmax and not block_streams:
                 return False
-            moving = chan.begin_send() if track else None
+            if not (chan.counted_move(lambda: self._send_first(payload, mtype, True))
+                    if track else self._send_first(payload, mtype, False)):
+                return False
+
+    def _send_first(self, payload, mtype: int, track: bool) -> bool:
+        """Hand the buffer's first object to the kernel (False: the queue is full)."""
+        chan = self.chan
+        if len(payload) > chan.msgmax:
+            self.streaming = True
             try:
-                if len(payload) > msgmax:
-                    self.streaming = True
-                    try:
-                        chan.send_stream(payload, mtype, track)
-                    finally:
-                        self.streaming = False
-                elif not chan.try_send(payload, mtype):
-                    return False
-                buffer.popleft()
-                if track:
-                    chan.buffered_sent(payload)
+                chan.send_stream(payload, mtype, track)
             finally:
-                if moving is not None:
-                    chan.end_send(moving)
+                self.streaming = False
+        elif not chan.try_send(payload, mtype):
+            return False
+        self.buffer.popleft()
+        if track:
+            chan.buffered_sent(payload)
+        return True
 
     def _flush_locked(self) -> bool:
         with self.send_lock:
@@ -418,12 +421,13 @@ class _Base:
         """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
         object is both queued and noted (see _journal)."""
         chan = self._chan
-        moving = chan.begin_send()
-        try:
+
+        def send() -> bool:
             if self._send(payload, mtype):
                 chan.counted_sent(1)
-        finally:
-            chan.end_send(moving)
+            return True
+
+        chan.counted_move(send)
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:

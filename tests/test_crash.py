@@ -28,6 +28,7 @@ from mpsysv import _gc
 from mpsysv import _journal
 from mpsysv import _libc as L
 from mpsysv import _parcels
+from mpsysv import queues
 from mpsysv import JoinableQueue, Queue, RemovedError
 from mpsysv.shared import SharedMemory
 
@@ -637,7 +638,7 @@ def test_consumer_killed_after_taking_one_of_a_put_many_keeps_counts_exact(joina
     q = (JoinableQueue if joinable else Queue)(4)
     q.put_many([1, 2, 3])
 
-    _get_and_die_at(q, _journal.Journal, "end_move")
+    _get_and_die_at(q, queues, "_loads")  # (after msgrcv, before the window closes)
     try:
         assert q.qsize() == 2
         q.put_nowait(4)
@@ -766,7 +767,7 @@ def test_joinable_consumer_killed_in_get_loses_the_task_only_with_the_object(whe
 
     def victim():
         if where == "before counting it out":
-            _die_at(_journal.Journal, "end_move")
+            _die_at(queues, "_loads")  # (after msgrcv, before the window closes)
         jq.get(timeout=5)
         if where == "after counting it out":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -1318,4 +1319,43 @@ def test_a_parcel_slot_whose_writer_died_before_noting_its_segment_is_reclaimed(
         parcels = [e for e in entries if e[2] == _parcels.POOLED]
         assert sysv_counts()["shm"] == before["shm"] + len(parcels)
     finally:
+        close_queue(q)
+
+
+@pytest.mark.parametrize("make", [Queue, lambda: Queue(2), JoinableQueue],
+                         ids=["Queue", "bounded", "JoinableQueue"])
+@pytest.mark.parametrize("timeout", [None, 30])
+def test_closing_a_handle_while_another_thread_waits_in_get_does_not_crash(make, timeout):
+    """The waiting thread sleeps on a counter in the control segment: close() must not
+    unmap it under that thread (a segfault); the thread gets an exception instead, or
+    the object if one comes first."""
+    import pickle
+    import threading
+    q = make()
+    keep = pickle.loads(pickle.dumps(q))  # a second holder: close() only lets go
+
+    def child():
+        outcome = []
+
+        def getter():
+            try:
+                outcome.append(q.get(timeout=timeout))
+            except (ValueError, OSError) as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=getter, daemon=True)
+        thread.start()
+        time.sleep(0.3)
+        q.close()
+        time.sleep(0.3)
+        keep.put("x")
+        thread.join(5)
+        assert not thread.is_alive() or outcome == [], outcome
+        assert outcome in ([], ["x"]) or isinstance(outcome[0], (ValueError, OSError))
+
+    try:
+        status = wait_pid(fork_run(child), WATCHDOG)
+        assert status == 0, f"the child died (status {status})"
+    finally:
+        close_queue(keep)
         close_queue(q)
