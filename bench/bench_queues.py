@@ -100,8 +100,11 @@ def _produce(q, go, n, payload):
 
 def _consume(q, go, n):
     go.wait()
+    done = getattr(q, "task_done", None)
     for _ in range(n):
         q.get()
+        if done is not None:
+            done()
 
 
 def throughput(factory, producers: int, consumers: int, n: int, payload) -> float:
@@ -197,8 +200,23 @@ def pingpong(factory, n: int) -> float:
     return statistics.median(samples) / 2000.0
 
 
+def _counted(kind: str):
+    """The bounded or joinable variant of the mp.Queue and mpsysv.Queue columns (the
+    other columns have none: their cases skip them)."""
+    variants = {ctx.Queue: {"bounded": lambda: ctx.Queue(1000), "joinable": ctx.JoinableQueue},
+                mpsysv.Queue: {"bounded": lambda: mpsysv.Queue(1000),
+                               "joinable": mpsysv.JoinableQueue}}
+    return lambda f: variants[f][kind] if f in variants else None
+
+
 def cases(quick: bool):
     small = 40_000 if quick else 200_000
+    bounded, joinable = _counted("bounded"), _counted("joinable")
+
+    def counted(variant, producers, consumers):
+        return lambda f: (None if variant(f) is None else
+                          throughput(variant(f), producers, consumers, small // 4, 12345))
+
     return [
         ("small objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, small, 12345)),
         ("small objects 4->1", "obj/s", lambda f: throughput(f, 4, 1, small, 12345)),
@@ -210,6 +228,10 @@ def cases(quick: bool):
                                                               b"x" * (1 << 20))),
         ("16 MiB objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, 4 if quick else 16,
                                                                b"x" * (16 << 20))),
+        ("Queue(1000), small objects 1->1", "obj/s", counted(bounded, 1, 1)),
+        ("Queue(1000), small objects 1->4", "obj/s", counted(bounded, 1, 4)),
+        ("JoinableQueue (get+task_done), small objects 1->1", "obj/s", counted(joinable, 1, 1)),
+        ("JoinableQueue (get+task_done), small objects 1->4", "obj/s", counted(joinable, 1, 4)),
     ]
 
 
@@ -234,7 +256,9 @@ def main(argv=None) -> int:
             for name, factory in impls.items():
                 if "MiB" in title and name == "sysv_ipc+pickle":
                     continue  # one message per object: 8 KiB at most
-                results[title][name].append(run(factory))
+                value = run(factory)
+                if value is not None:  # (None: this column has no such variant)
+                    results[title][name].append(value)
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     report(todo, results, impls, rounds)
     if args.json:
