@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mpsysv  # noqa: E402
-from mpsysv import _gc  # noqa: E402
+from mpsysv import _channel, _gc  # noqa: E402
 
 CLONE_NEWIPC = 0x08000000
 MiB = 1 << 20
@@ -152,10 +152,10 @@ class Reader(threading.Thread):
 
 
 def soak(seconds: float, n_producers: int, n_consumers: int, kill_every: float,
-         seed: int) -> dict:
+         seed: int, maxsize: int = 0) -> dict:
     rng = random.Random(seed)
     payloads = blobs()
-    q = mpsysv.Queue()
+    q = mpsysv.Queue(maxsize)
     stop = RawValue(ctypes.c_int, 0)
     r, w = os.pipe()
     reader = Reader(r)
@@ -220,6 +220,13 @@ def soak(seconds: float, n_producers: int, n_consumers: int, kill_every: float,
             generations[(slot, gen)] = "hung"
     stop.value = 2
     hung_consumers = sum(_wait(pid, 60) != 0 for pid in consumers.values())
+    slots_free = None
+    if maxsize:
+        # Everybody is gone and the queue drained: every slot must be free again, once
+        # the slots that killed processes held are derived back (none twice).
+        time.sleep(0.1)
+        q._chan.repair_slots()
+        slots_free = q._chan.sems[_channel.SLOTS].value + q.qsize()  # (+ any left queued)
     os.close(w)
     reader.join(10)
     q.close()
@@ -260,7 +267,8 @@ def soak(seconds: float, n_producers: int, n_consumers: int, kill_every: float,
                                  for s in set(generations.values())},
         "hung_consumers_at_end": hung_consumers, "stalls_over_2s": stalls,
         "samples": samples, "garbage_after_close": [o.label() for o in leftover_garbage],
-        "kernel_objects_after_close": final_objects,
+        "kernel_objects_after_close": final_objects, "maxsize": maxsize,
+        "slots_free_after_drain": slots_free,
     }
 
 
@@ -284,17 +292,21 @@ def main(argv=None) -> int:
     parser.add_argument("--kill-every", type=float, default=1.0,
                         help="mean seconds between two SIGKILLs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--maxsize", type=int, default=0,
+                        help="a bounded queue: also check that every slot is free at the end")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWIPC) != 0:
         print("note: not root, sharing the IPC namespace: kernel object counts include "
               "other programs'", file=sys.stderr)
-    result = soak(args.seconds, args.producers, args.consumers, args.kill_every, args.seed)
+    result = soak(args.seconds, args.producers, args.consumers, args.kill_every, args.seed,
+                  args.maxsize)
     ok = (result["duplicates"] == 0 and result["corrupt"] == 0
           and result["lost"] <= result["losses_allowed_by_consumer_kills"]
           and not result["hung_consumers_at_end"]
           and result["producer_generations"].get("hung", 0) == 0
-          and not any(result["kernel_objects_after_close"][k] for k in ("msg", "sem", "shm")))
+          and not any(result["kernel_objects_after_close"][k] for k in ("msg", "sem", "shm"))
+          and result["slots_free_after_drain"] in (None, args.maxsize))
     result["ok"] = ok
     if args.json:
         print(json.dumps(result, indent=2))
@@ -320,6 +332,9 @@ def _print(r: dict) -> None:
               f"{s['shm_MiB']:8.1f}")
     print(f"  garbage collected after close: {r['garbage_after_close']}")
     print(f"  kernel objects after close: {r['kernel_objects_after_close']}")
+    if r["maxsize"]:
+        print(f"  free slots (+ objects still queued) after the drain: "
+              f"{r['slots_free_after_drain']} of {r['maxsize']}")
     print("  OK" if r["ok"] else "  FAILED")
 
 
