@@ -432,8 +432,11 @@ class Channel(StreamSide):
     def _add_extra(self, delta: int) -> None:
         """One locked update of the batch object count per batch message."""
         with self._state_locked():
-            extra = _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
-            _EXTRA.pack_into(self._view, _EXTRA_OFF, extra + delta)
+            self._add_to(_EXTRA, _EXTRA_OFF, delta)
+
+    def _add_to(self, field, off: int, delta: int) -> None:
+        """Under the state lock: add *delta* to a count in the control segment."""
+        field.pack_into(self._view, off, field.unpack_from(self._view, off)[0] + delta)
 
     def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float],
                     moving: Optional[memoryview]) -> int:
@@ -563,8 +566,12 @@ class Channel(StreamSide):
         cannot tell."""
         try:
             for msg in self.queued_messages():
-                if msg[0] == _wire.HEAD and _wire.head_stream_id(msg) == sid:
-                    return True
+                if msg[0] == _wire.HEAD:
+                    try:
+                        if _wire.parse_head(msg)[0] == sid:
+                            return True
+                    except _wire.WireError:
+                        pass
         except _NoCopy:
             return None
         return False
@@ -691,8 +698,7 @@ class Channel(StreamSide):
             # and so is its task (a putter killed after its send: its object counts).
             view[_RECOUNT_OFF] = 1
         if held:
-            gone = _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0]
-            _HELD_GONE.pack_into(view, _HELD_GONE_OFF, gone + held)
+            self._add_to(_HELD_GONE, _HELD_GONE_OFF, held)
         if tasks:
             if view[_UNNOTED_OFF]:
                 # Some process counts without notes: no count can be derived; give the
@@ -878,8 +884,7 @@ class Channel(StreamSide):
                 return
             lost = self.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             if lost > 0:
-                recovered = _RECOVERED.unpack_from(self._view, _RECOVERED_OFF)[0]
-                _RECOVERED.pack_into(self._view, _RECOVERED_OFF, (recovered + lost) & 0xFFFFFFFF)
+                self._add_to(_RECOVERED, _RECOVERED_OFF, lost)
                 self._slots_freed(lost)
 
     def counted_sent(self, n: int) -> None:
@@ -967,10 +972,7 @@ class Channel(StreamSide):
             return
         try:
             with self._state_locked():
-                held = journal.take_held()
-                if held:
-                    gone = _HELD_GONE.unpack_from(self._view, _HELD_GONE_OFF)[0]
-                    _HELD_GONE.pack_into(self._view, _HELD_GONE_OFF, gone + held)
+                self._add_to(_HELD_GONE, _HELD_GONE_OFF, journal.take_held())
         except OSError:
             pass  # removed already: nothing left to count
 

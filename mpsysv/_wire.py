@@ -95,11 +95,6 @@ def parse_head(msg) -> Tuple[int, int, int, memoryview]:
     return sid, total, nframes, first
 
 
-def head_stream_id(msg) -> Optional[int]:
-    """The stream id a head message names (None if too short), without checking more."""
-    return _HEAD.unpack_from(msg)[1] if len(msg) >= HEAD_SIZE else None
-
-
 def parse_frame(msg, stream_id: int, seq: int) -> memoryview:
     """The chunk of continuation frame *seq* of *stream_id*, or ``WireError``."""
     if len(msg) >= _ABORT.size and msg[0] == ABORT:
