@@ -217,6 +217,8 @@ pthread_mutex_consistent = _fn("pthread_mutex_consistent", c_int, _vp)
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 pthread_mutex_trylock_fast = _libc_gil["pthread_mutex_trylock"]
 pthread_mutex_unlock_fast = _libc_gil["pthread_mutex_unlock"]
+sem_post_fast = _libc_gil["sem_post"]
+sem_trywait_fast = _libc_gil["sem_trywait"]
 
 
 def read_limit(name: str, default: int) -> int:

@@ -40,7 +40,16 @@ __all__ = ["Counts"]
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 _SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
 _FREEZE_WAIT = 0.05  # how long a repair waits for the windows open in live processes
-_getpid = os.getpid
+_me = [b""]  # this process's pid as the crash mark's 4 bytes, kept current across fork
+
+
+def _pid_bytes() -> bytes:
+    if not _me[0]:
+        _me[0] = os.getpid().to_bytes(4, "little")
+    return _me[0]
+
+
+os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, b""))
 
 
 class Counts:
@@ -55,11 +64,12 @@ class Counts:
         self.kind = objects.kind
         self.maxsize = objects.maxsize
         self._next_repair = 0.0
+        self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
 
     # -- the state lock ---------------------------------------------------------------
 
     def state_locked(self) -> "_StateLock":
-        return _StateLock(self)
+        return self._state_lock
 
     def add_extra(self, delta: int) -> None:
         """One locked update of the batch object count per batch message."""
@@ -438,7 +448,7 @@ class _StateLock:
             finally:
                 if owner_died:
                     mutex.consistent()
-        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
+        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _pid_bytes()
         return self
 
     def __exit__(self, *exc):
