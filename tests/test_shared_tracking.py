@@ -198,11 +198,14 @@ class TrackedProgramTest(unittest.TestCase):
 
             if __name__ == "__main__":
                 before = dict(os.environ)
+                queue = mp.get_context("spawn").Queue()
+                early = mp.get_context("spawn").Process(target=child, args=(queue,))
                 mine = SharedMemory(create=True, size=8)
-                for method in ("spawn", "forkserver"):
-                    ctx = mp.get_context(method)
-                    queue = ctx.Queue()
-                    p = ctx.Process(target=child, args=(queue,))
+                for method in ("spawn", "forkserver", "early"):
+                    if method == "early":  # constructed before the tracker started
+                        p = early
+                    else:
+                        p = mp.get_context(method).Process(target=child, args=(queue,))
                     p.start()
                     tracker, name = queue.get(timeout=60)
                     p.join(60)
@@ -213,7 +216,7 @@ class TrackedProgramTest(unittest.TestCase):
             """)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.splitlines(), ["spawn True 0", "forkserver True 0",
-                                                      "environ unchanged True"])
+                                                      "early True 0", "environ unchanged True"])
 
     def test_an_attach_with_explicit_track_true_removes_the_segment_at_its_programs_end(self):
         shm = SharedMemory(create=True, size=8, track=False)
