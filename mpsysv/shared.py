@@ -361,7 +361,11 @@ class SharedMemory:
         return self
 
     def _set(self, name, ident, key, size, attachment, readonly, purpose) -> None:
-        self._name = None if name is None else "/" + name
+        if name is None:
+            self._name = None
+        else:
+            self._name = "/" + name
+            _remember(self._name, name, key)  # unlink()'s check of _name is a lookup
         self._id, self._key, self._size = ident, key, size
         self._attachment, self._buf = attachment, attachment.buf
         self._readonly, self._unlinked, self._purpose = readonly, False, purpose
