@@ -14,7 +14,7 @@ import threading
 import types
 import weakref
 from collections import deque
-from multiprocessing import util
+from multiprocessing import queues as _stdlib, util
 from queue import Empty, Full
 from time import monotonic
 from typing import Any, Optional
@@ -443,13 +443,22 @@ class _Base:
     __class_getitem__ = classmethod(types.GenericAlias)
 
 
-class Queue(_Base):
+# Each class also derives from its multiprocessing counterpart, after _Base, so that code
+# that checks the stdlib's types (logging.config's QueueHandler, test helpers) accepts
+# it. _Base defines every public method and every private one that stdlib callers reach
+# for (``_reader``, ``_writer``, ``_rlock``, ``_poll``, ``_after_fork``, pickling), so none
+# of the stdlib's code runs: not its __init__, not its feeder thread. Only its pipe
+# plumbing (``_reset``, ``_start_thread``, ``_feed``, ``_finalize_join``,
+# ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
+# it. The classes keep their own module and name, so handles pickle as mpsysv's.
+
+class Queue(_Base, _stdlib.Queue):
     """A process-shared FIFO of pickled objects on System V message queues."""
 
     _kind = KIND_QUEUE
 
 
-class JoinableQueue(_Base):
+class JoinableQueue(Queue, _stdlib.JoinableQueue):
     """A ``Queue`` that counts unfinished tasks: ``task_done()`` and ``join()``."""
 
     _kind = KIND_JOINABLE
@@ -463,7 +472,7 @@ class JoinableQueue(_Base):
         self._chan.counts.join_tasks()
 
 
-class SimpleQueue(_Base):
+class SimpleQueue(_Base, _stdlib.SimpleQueue):
     """The stdlib's minimal queue: put, get, empty, close.
 
     As the stdlib's, ``put()`` raises pickling errors (it has no feeder to report
