@@ -62,21 +62,22 @@ def alive(pid: int, start: int = 0, started_before: Optional[float] = None) -> b
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _START_SLACK = 2.0  # seconds: /proc's start time and an object's creation time differ
-_boot = [None]
+_boot: List[float] = []
 
 
 def _boot_time() -> float:
-    """When the machine booted (epoch seconds; /proc/stat's btime)."""
-    if _boot[0] is None:
-        _boot[0] = 0.0
+    """When the machine booted (epoch seconds; /proc/stat's btime; 0.0 unknown)."""
+    if not _boot:
+        boot = 0.0
         try:
             with open("/proc/stat") as f:
                 for line in f:
                     if line.startswith("btime "):
-                        _boot[0] = float(line.split()[1])
+                        boot = float(line.split()[1])
                         break
         except OSError:
             pass
+        _boot.append(boot)
     return _boot[0]
 
 
