@@ -29,6 +29,7 @@ from ._queue.feeder import SENTINEL as _SENTINEL
 from ._queue.feeder import Feeder as _Feeder
 from ._queue.pickler import SCALARS as _SCALARS
 from ._queue.pickler import Pickler as _Pickler
+from ._queue.pickler import OutOfBand as _OutOfBand
 from ._queue.pickler import Pieces as _Pieces
 from ._queue.wire import encode_batch
 from ._queue import parcels as _parcels
@@ -59,7 +60,8 @@ class _Base:
     _kind = KIND_QUEUE
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None, name: Optional[str] = None,
-                 create: bool = False, strict: bool = False, mode: int = 0o600):
+                 create: bool = False, strict: bool = False, mode: int = 0o600,
+                 zero_copy: bool = True):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"'maxsize' must be an int, not {type(maxsize).__name__}")
         if maxsize > L.SEM_VALUE_MAX:
@@ -84,6 +86,7 @@ class _Base:
                     raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, "
                                      f"not a {type(self).__name__}")
         self._strict = bool(strict)
+        self._zero_copy = bool(zero_copy)
         self._setup(chan)
 
     def _setup(self, chan: Channel) -> None:
@@ -93,7 +96,8 @@ class _Base:
         self._closed = False
         self._used = False
         self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
-        self._pickler = _Pickler()
+        chan.parcels.zero_copy = self._zero_copy
+        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer = None
         self._register_finalizer()
@@ -115,7 +119,7 @@ class _Base:
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
-        self._pickler = _Pickler()
+        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
         self._register_finalizer()
 
     # -- pickling: a handle re-attaches by the control segment's id -------------------
@@ -124,11 +128,12 @@ class _Base:
         if self._closed:
             raise ValueError(f"{type(self).__name__} {self!r} is closed")
         ctl_id, expect = self._chan.identity()
-        return ctl_id, expect, self._strict
+        return ctl_id, expect, self._strict, self._zero_copy
 
     def __setstate__(self, state) -> None:
-        ctl_id, expect, strict = state
+        ctl_id, expect, strict, zero_copy = state
         self._strict = strict
+        self._zero_copy = zero_copy
         self._setup(Channel.open_id(ctl_id, expect))
 
     # -- the stdlib API ---------------------------------------------------------------
@@ -147,7 +152,7 @@ class _Base:
             elif kind is bytes and len(obj) >= _parcels.PARCEL_MIN:
                 payload = _Pieces(obj)
             else:
-                payload = self._pickler.dumps(obj)
+                payload = self._pickler.dumps(obj, True)
         except Exception as exc:
             if self._strict:
                 raise
@@ -179,7 +184,7 @@ class _Base:
                     self._chan.parcels.handed(message)
                     return True
                 payload = message
-        if type(payload) is _Pieces:  # it streams after all
+        if type(payload) is _Pieces or type(payload) is _OutOfBand:  # it streams after all
             payload = bytes(payload)
         self._feeder.enqueue(payload, mtype)
         return False
@@ -483,8 +488,9 @@ class SimpleQueue(_Base, _stdlib.SimpleQueue):
     _kind = KIND_SIMPLE
 
     def __init__(self, *, ctx: Any = None, name: Optional[str] = None, create: bool = False,
-                 strict: bool = True, mode: int = 0o600):
-        super().__init__(0, ctx=ctx, name=name, create=create, strict=strict, mode=mode)
+                 strict: bool = True, mode: int = 0o600, zero_copy: bool = True):
+        super().__init__(0, ctx=ctx, name=name, create=create, strict=strict, mode=mode,
+                         zero_copy=zero_copy)
 
     def put(self, obj, *, mtype: int = 1) -> None:
         if self._closed:

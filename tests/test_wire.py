@@ -127,3 +127,41 @@ def test_single_message_objects_are_bare_pickles():
     assert W.is_single(pickle.dumps(1, 5))
     assert not W.is_single(b"H" + b"\0" * 30)
     assert W.writer_pid(W.stream_id_for(4194303, 2 ** 32 - 1)) == 4194303
+
+
+def test_out_of_band_layout_puts_each_buffer_on_a_page_boundary_after_the_pickle():
+    layout, pickle_off, offsets, end = W.layout_out_of_band(64, 100, [5000, 3, 0])
+    assert pickle_off == 64 + len(layout)
+    assert offsets == [4096, 12288, 16384]
+    assert end == 16384
+    seg = bytearray(end)
+    seg[64:64 + len(layout)] = layout
+    assert W.parse_out_of_band(memoryview(seg), 64, end) == (
+        (pickle_off, 100), [(4096, 5000), (12288, 3), (16384, 0)])
+
+
+def test_out_of_band_layout_is_refused_when_a_piece_lies_outside_the_body():
+    layout, _, _, end = W.layout_out_of_band(64, 100, [5000])
+    seg = bytearray(end)
+    seg[64:64 + len(layout)] = layout
+    with pytest.raises(W.WireError):
+        W.parse_out_of_band(memoryview(seg), 64, end - 1)
+    with pytest.raises(W.WireError):
+        W.parse_out_of_band(memoryview(seg), 64, end + 1)  # past the segment
+    bad = bytearray(seg)
+    bad[64] = ord("P")
+    with pytest.raises(W.WireError):
+        W.parse_out_of_band(memoryview(bad), 64, end)
+
+
+@given(st.lists(st.integers(0, 3 << 20), max_size=6), st.integers(2, 1 << 16))
+@settings(max_examples=100, deadline=None)
+def test_out_of_band_layout_round_trips_and_never_overlaps(lengths, pickle_len):
+    layout, pickle_off, offsets, end = W.layout_out_of_band(64, pickle_len, lengths)
+    seg = bytearray(pickle_off)
+    seg[64:64 + len(layout)] = layout
+    view = memoryview(seg + bytes(end - len(seg)))
+    (p_off, p_len), pieces = W.parse_out_of_band(view, 64, end)
+    assert (p_off, p_len) == (pickle_off, pickle_len)
+    assert [n for _, n in pieces] == lengths
+    assert all(off % 4096 == 0 for off, _ in pieces)

@@ -34,6 +34,7 @@ import ctypes
 import os
 import struct
 import time
+import weakref
 from typing import Callable, ContextManager, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
@@ -97,6 +98,7 @@ class ParcelTable:
         self._next_scan = 0.0
         self._maps = {}  # segment id -> (address, size): this process's mappings
         self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
+        self.zero_copy = True  # out-of-band buffers received as views of their segment
 
     def _entry(self, slot: int):
         return _ENTRY.unpack_from(self._view, TABLE_OFF + slot * _ENTRY.size)
@@ -129,7 +131,13 @@ class ParcelTable:
         parcel; the message that names it, or None (no free slot, or the kernel refused
         a segment) so the caller streams instead."""
         me = os.getpid()
-        n = len(payload)
+        buffers = getattr(payload, "buffers", None)  # out-of-band (pickler.OutOfBand)
+        if buffers is not None:
+            layout, pickle_off, offsets, end = _wire.layout_out_of_band(
+                _HDR_SIZE, len(payload.pickle), [b.nbytes for b in buffers])
+            n = end - _HDR_SIZE
+        else:
+            n = len(payload)
         size = _size_class(n)
         with self._host.state_locked():
             slot, segid = self._claim(me, size)
@@ -155,7 +163,15 @@ class ParcelTable:
         HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
                          self._owner, me, time.time(), nonce, n)
         parts = getattr(payload, "parts", None)  # a pickle in pieces (queues._Pieces)
-        if parts is None:
+        if buffers is not None:
+            ctypes.memmove(address + _HDR_SIZE, layout, len(layout))
+            ctypes.memmove(address + pickle_off, payload.pickle, len(payload.pickle))
+            for off, buffer in zip(offsets, buffers):
+                with memoryview((ctypes.c_char * buffer.nbytes).from_address(
+                        address + off)).cast("B") as dest:
+                    dest[:] = buffer
+            payload.release()
+        elif parts is None:
             ctypes.memmove(address + _HDR_SIZE, payload, n)
         else:
             at = address + _HDR_SIZE
@@ -166,6 +182,9 @@ class ParcelTable:
         # dies before (or while) its message goes out; only the slot's owner writes it
         # until a reader takes it, so no later update can race with that reader.
         self._set(slot, segid, me, SENT, 0, size)
+        if buffers is not None:
+            # Its reader may keep the segment (zero-copy): this process lets go of it.
+            self._unmap(segid)
         return _wire.encode_parcel(slot, segid, n, nonce)
 
     def handed(self, message) -> None:
@@ -269,11 +288,16 @@ class ParcelTable:
             address = self._map(segid, size)
             view = memoryview((ctypes.c_char * (_HDR_SIZE + n)).from_address(address)).cast("B")
             try:
-                body = view[_HDR_SIZE:]
-                try:
-                    result = loads(body)
-                finally:
-                    body.release()
+                if view[_HDR_SIZE] == _wire.OUT_OF_BAND:
+                    if self.zero_copy:
+                        return self._unwrap_kept(slot, mine, view, loads)
+                    result = _loads_copied(view, loads)
+                else:
+                    body = view[_HDR_SIZE:]
+                    try:
+                        result = loads(body)
+                    finally:
+                        body.release()
             finally:
                 view.release()
             keep = size <= _POOL_ALWAYS or self._pooled_bytes() + size <= POOL_LIMIT
@@ -288,6 +312,27 @@ class ParcelTable:
                 self._unmap(segid)
                 L.shmctl(segid, L.IPC_RMID, None)
                 self._set(slot, 0, 0, FREE)
+
+    def _unwrap_kept(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
+        """Zero-copy: the segment leaves the table and becomes this process's; the
+        buffers *loads* gets are views of it, and it is detached when the last object
+        using them is gone (removed now, the kernel frees it at that last detach)."""
+        segid, size = mine[0], mine[4]
+        address, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
+        L.shmctl(segid, L.IPC_RMID, None)
+        if self._entry(slot) == mine:
+            self._set(slot, 0, 0, FREE)
+        owner = (ctypes.c_char * size).from_address(address)
+        weakref.finalize(owner, L.shmdt, address)
+        (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
+        whole = memoryview(owner).cast("B")
+        buffers = [whole[off:off + length] for off, length in pieces]
+        whole.release()
+        body = view[pickle_off:pickle_off + pickle_len]
+        try:
+            return loads(body, buffers=buffers)
+        finally:
+            body.release()
 
     def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
         """Before touching the slot: the segment must be this queue's parcel that the
@@ -313,6 +358,17 @@ class ParcelTable:
         """Drop this process's parcel mappings (at release; pooled segments stay)."""
         for segid in list(self._maps):
             self._unmap(segid)
+
+
+def _loads_copied(view: memoryview, loads: Callable):
+    """The object an out-of-band parcel in *view* holds, its buffers private copies."""
+    (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
+    buffers = [bytearray(view[off:off + length]) for off, length in pieces]
+    body = view[pickle_off:pickle_off + pickle_len]
+    try:
+        return loads(body, buffers=buffers)
+    finally:
+        body.release()
 
 
 def remove_listed(view: memoryview) -> None:

@@ -13,7 +13,13 @@ frames in the stream queue whose ``mtype`` is that stream id.
     batch:  b"B" | pickle of a list of objects                 (put_many)
 
 A *parcel* is the large-object path: the pickle waits in a SysV segment of its own
-(listed in the queue's parcel table) and one small message names it.
+(listed in the queue's parcel table) and one small message names it. Its body (after
+the segment's header) is either the pickle itself, or, for a pickle with out-of-band
+buffers (protocol 5), a layout followed by the in-band pickle and each buffer at a
+page-aligned offset (offsets count from the segment's start):
+
+    layout: b"O" | pad 3 | nbuffers u32 | pickle offset u64 | pickle length u64
+            | (buffer offset u64 | buffer length u64) * nbuffers
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ __all__ = [
     "PICKLE_MARK", "HEAD", "FRAME", "ABORT", "HEAD_SIZE", "FRAME_HEADER", "WireError",
     "is_single", "stream_id_for", "writer_pid", "split", "parse_head", "parse_frame",
     "encode_abort", "encode_parcel", "parse_parcel", "Reassembly", "PARCEL", "BATCH",
-    "encode_batch", "batch_pickle",
+    "encode_batch", "batch_pickle", "OUT_OF_BAND", "layout_out_of_band",
+    "parse_out_of_band",
 ]
 
 PICKLE_MARK = 0x80
@@ -34,6 +41,10 @@ _PARCEL = struct.Struct("<BIiQQ")
 _HEAD = struct.Struct("<BQQI")
 _FRAME = struct.Struct("<BQI")
 _ABORT = struct.Struct("<BQ")
+OUT_OF_BAND = b"O"[0]
+_OOB = struct.Struct("<B3xIQQ")
+_OOB_BUFFER = struct.Struct("<QQ")
+_PAGE = 4096
 HEAD_SIZE = _HEAD.size
 FRAME_HEADER = _FRAME.size
 # Stream ids are message types far above every user type: bit 62 set, then the
@@ -136,6 +147,46 @@ def parse_parcel(msg) -> Tuple[int, int, int, int]:
     if len(msg) != _PARCEL.size or msg[0] != PARCEL:
         raise WireError(f"not a parcel message ({len(msg)} bytes)")
     return _PARCEL.unpack(msg)[1:]
+
+
+def layout_out_of_band(base: int, pickle_len: int, lengths: List[int],
+                       page: int = _PAGE) -> Tuple[bytes, int, List[int], int]:
+    """Where a pickle with out-of-band buffers goes in a segment whose body starts at
+    offset *base*: ``(layout, pickle offset, buffer offsets, end)``; the layout goes
+    at *base*, the pickle right after it, each buffer at the next multiple of *page*."""
+    pickle_off = base + _OOB.size + _OOB_BUFFER.size * len(lengths)
+    at = pickle_off + pickle_len
+    offsets = []
+    for n in lengths:
+        at = -(-at // page) * page
+        offsets.append(at)
+        at += n
+    layout = _OOB.pack(OUT_OF_BAND, len(lengths), pickle_off, pickle_len) + b"".join(
+        _OOB_BUFFER.pack(o, n) for o, n in zip(offsets, lengths))
+    return layout, pickle_off, offsets, at
+
+
+def parse_out_of_band(view, base: int, end: int) -> Tuple[Tuple[int, int], List[Tuple[int, int]]]:
+    """``((pickle offset, length), [(buffer offset, length), ...])`` from the layout at
+    *base* in segment *view*, every piece checked to lie in order between the layout
+    and *end*; else ``WireError``."""
+    if end > len(view) or base + _OOB.size > end:
+        raise WireError(f"out-of-band layout does not fit ({end} bytes)")
+    mark, count, pickle_off, pickle_len = _OOB.unpack_from(view, base)
+    table_end = base + _OOB.size + _OOB_BUFFER.size * count
+    if mark != OUT_OF_BAND or table_end > end:
+        raise WireError("not an out-of-band layout")
+    pieces = [(pickle_off, pickle_len)] + [
+        _OOB_BUFFER.unpack_from(view, base + _OOB.size + _OOB_BUFFER.size * i)
+        for i in range(count)]
+    at = table_end
+    for off, n in pieces:
+        if off < at or off + n > end:
+            raise WireError(f"out-of-band piece at {off} (+{n}) is outside {at}..{end}")
+        at = off + n
+    if pieces[0][1] < 2:
+        raise WireError("out-of-band layout without a pickle")
+    return pieces[0], pieces[1:]
 
 
 class Reassembly:

@@ -1,0 +1,215 @@
+"""Objects with large out-of-band buffers (pickle protocol 5): one parcel segment holds
+the pickle and each buffer, and the receiver's objects are views of that segment."""
+
+import ctypes
+import gc
+import multiprocessing as mp
+import os
+import pickle
+import signal
+
+import pytest
+
+import mpsysv
+from tests.helpers import wait_until
+
+np = pytest.importorskip("numpy")
+ctx = mp.get_context("fork")
+BIG = 1 << 17  # elements: well past the parcel threshold for every dtype below
+
+
+def segments_made_by(pid: int) -> int:
+    """How many SysV segments process *pid* created that still exist."""
+    with open("/proc/sysvipc/shm") as f:
+        next(f)
+        return sum(1 for line in f if int(line.split()[4]) == pid)
+
+
+@pytest.fixture
+def queue():
+    q = mpsysv.Queue()
+    yield q
+    q.close()
+    q.unlink()
+
+
+def backed_by_segment(arr) -> bool:
+    """True when *arr*'s memory is a view of a parcel segment (not bytes of a pickle,
+    nor a private copy)."""
+    while isinstance(arr, np.ndarray) and arr.base is not None:
+        arr = arr.base
+    return isinstance(arr, memoryview) and isinstance(arr.obj, ctypes.Array)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int8", "uint16", "int64",
+                                   "complex128", "bool", "<U4", "S3"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_arrays_of_every_dtype_and_order_arrive_equal_as_views_of_the_segment(
+        queue, dtype, order):
+    src = np.arange(BIG).reshape(256, -1).astype(dtype, order=order)
+    queue.put(src)
+    got = queue.get(timeout=10)
+    assert got.dtype == src.dtype and got.shape == src.shape
+    assert np.array_equal(got, src)
+    assert got.flags.f_contiguous if order == "F" else got.flags.c_contiguous
+    assert got.flags.writeable
+    assert backed_by_segment(got)
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[ns]", "object"])
+def test_arrays_numpy_pickles_in_band_arrive_equal_with_their_own_memory(queue, dtype):
+    src = np.arange(BIG).astype(dtype)
+    queue.put(src)
+    got = queue.get(timeout=10)
+    assert got.dtype == src.dtype and np.array_equal(got, src)
+    assert not backed_by_segment(got)
+
+
+def test_a_non_contiguous_array_falls_back_to_an_in_band_pickle(queue):
+    base = np.arange(BIG, dtype=np.float64).reshape(256, -1)
+    src = base[:, ::3]
+    queue.put(src)
+    got = queue.get(timeout=10)
+    assert np.array_equal(got, src)
+    assert not backed_by_segment(got)
+
+
+def test_small_arrays_travel_in_band(queue):
+    src = np.arange(100, dtype=np.int32)
+    queue.put(src)
+    got = queue.get(timeout=10)
+    assert np.array_equal(got, src) and not backed_by_segment(got)
+
+
+def test_a_pickle_buffer_of_a_bytearray_arrives_as_a_writable_view():
+    before = segments_made_by(os.getpid())
+    q = mpsysv.Queue()
+    data = bytearray(os.urandom(300_000))
+    q.put(pickle.PickleBuffer(data))
+    got = q.get(timeout=10)
+    assert type(got) is memoryview and not got.readonly
+    assert got == data
+    got[0] = (data[0] + 1) % 256
+    assert got[0] != data[0]
+    q.put(pickle.PickleBuffer(memoryview(bytes(data))))  # read-only source
+    ro = q.get(timeout=10)
+    assert ro.readonly and ro == data
+    q.close()
+    q.unlink()
+    assert got[1:] == data[1:]  # the views outlive the queue
+    del got, ro
+    gc.collect()
+    assert wait_until(lambda: segments_made_by(os.getpid()) == before, 5)
+
+
+def test_large_bytearrays_and_bytes_still_arrive_whole(queue):
+    for data in (bytearray(os.urandom(200_000)), os.urandom(200_000)):
+        queue.put(data)
+        got = queue.get(timeout=10)
+        assert type(got) is type(data) and got == data
+
+
+def test_a_receiver_mutating_its_array_changes_nobody_elses(queue):
+    src = np.ones(BIG)
+    queue.put(src)
+    queue.put(src)
+    first, second = queue.get(timeout=10), queue.get(timeout=10)
+    first[:] = 7.0
+    assert src.sum() == BIG and second.sum() == BIG and first.sum() == 7 * BIG
+
+
+def _produce(q, n):
+    q.put(np.full(BIG, n, dtype=np.float64))
+    q.close()
+    q.join_thread()
+
+
+def test_a_received_array_outlives_the_producer_and_the_queue():
+    q = mpsysv.Queue()
+    p = ctx.Process(target=_produce, args=(q, 3))
+    p.start()
+    got = q.get(timeout=30)
+    p.join(30)
+    assert p.exitcode == 0
+    q.close()
+    q.unlink()
+    assert got.sum() == 3 * BIG
+    got[:] = 1.0
+    assert got.sum() == BIG
+    assert segments_made_by(p.pid) == 1  # alive while the array is
+    del got
+    gc.collect()
+    assert segments_made_by(p.pid) == 0
+
+
+def test_zero_copy_false_gives_a_private_copy_and_the_segment_back_to_the_pool():
+    before = segments_made_by(os.getpid())
+    q = mpsysv.Queue(zero_copy=False)
+    src = np.arange(BIG, dtype=np.float64)
+    q.put(src)
+    got = q.get(timeout=10)
+    assert np.array_equal(got, src) and not backed_by_segment(got)
+    q.put(src)
+    again = q.get(timeout=10)
+    # the control segment and one pooled parcel segment, reused
+    assert segments_made_by(os.getpid()) == before + 2
+    q.close()
+    q.unlink()
+    assert segments_made_by(os.getpid()) == before
+    assert np.array_equal(got, src) and np.array_equal(again, src)
+
+
+def _hold_arrays(q, ready):
+    kept = [q.get(timeout=30) for _ in range(3)]
+    ready.put(sum(float(a.sum()) for a in kept))
+    signal.pause()
+
+
+def test_a_receiver_killed_while_holding_zero_copy_arrays_leaves_no_segment(queue):
+    ready = ctx.SimpleQueue()
+    before = segments_made_by(os.getpid())
+    p = ctx.Process(target=_hold_arrays, args=(queue, ready))
+    p.start()
+    for _ in range(3):
+        queue.put(np.ones(BIG))
+    assert ready.get() == 3 * BIG
+    assert segments_made_by(os.getpid()) == before + 3
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(30)
+    assert wait_until(lambda: segments_made_by(os.getpid()) == before, 10)
+
+
+def _sum_tasks(q, out, n):
+    for _ in range(n):
+        arr = q.get(timeout=30)
+        out.put(float(arr.sum()))
+        q.task_done()
+
+
+def test_counted_queues_count_each_zero_copy_array_as_one_object():
+    before = segments_made_by(os.getpid())
+    q = mpsysv.JoinableQueue(2)
+    out = ctx.SimpleQueue()
+    p = ctx.Process(target=_sum_tasks, args=(q, out, 6))
+    p.start()
+    for i in range(6):
+        q.put(np.full(BIG, i, dtype=np.float64), timeout=30)
+    q.join()
+    p.join(30)
+    assert p.exitcode == 0
+    assert sorted(out.get() for _ in range(6)) == [i * BIG for i in range(6)]
+    assert q.qsize() == 0 and q.empty()
+    q.close()
+    q.unlink()
+    assert wait_until(lambda: segments_made_by(os.getpid()) == before, 5)
+
+
+def test_nothing_is_left_once_the_received_arrays_are_gone(queue):
+    before = segments_made_by(os.getpid())
+    for _ in range(5):
+        queue.put({"a": np.zeros(BIG), "b": [np.ones(BIG // 2, dtype=np.int16)]})
+    got = [queue.get(timeout=10) for _ in range(5)]
+    assert all(backed_by_segment(g["a"]) for g in got)
+    del got
+    gc.collect()
+    assert segments_made_by(os.getpid()) == before
