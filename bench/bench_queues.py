@@ -76,7 +76,8 @@ def backends():
     try:
         import faster_fifo
 
-        found["faster_fifo"] = lambda: faster_fifo.Queue(max_size_bytes=64 << 20)
+        # (room for two 64 MiB arrays: an object larger than the buffer raises Full)
+        found["faster_fifo"] = lambda: faster_fifo.Queue(max_size_bytes=160 << 20)
     except ImportError:
         pass
     return found
@@ -100,23 +101,30 @@ def _produce(q, go, n, payload):
         q.join_thread()
 
 
-def _consume(q, go, n):
+def _consume(q, go, n, use=None):
     go.wait()
     done = getattr(q, "task_done", None)
     for _ in range(n):
-        q.get()
+        obj = q.get()
+        if use is not None:
+            use(obj)
         if done is not None:
             done()
 
 
-def throughput(factory, producers: int, consumers: int, n: int, payload) -> float:
+def _sum(arr) -> None:
+    arr.sum()
+
+
+def throughput(factory, producers: int, consumers: int, n: int, payload,
+               use=None) -> float:
     """Objects per second moved from *producers* to *consumers* processes."""
     q = factory()
     go = ctx.Event()
     per_p = [n // producers + (i < n % producers) for i in range(producers)]
     per_c = [n // consumers + (i < n % consumers) for i in range(consumers)]
     procs = [ctx.Process(target=_produce, args=(q, go, k, payload)) for k in per_p]
-    cons = [ctx.Process(target=_consume, args=(q, go, k)) for k in per_c]
+    cons = [ctx.Process(target=_consume, args=(q, go, k, use)) for k in per_c]
     for p in procs + cons:
         p.start()
     time.sleep(0.05)
@@ -217,6 +225,15 @@ def _counted(kind: str):
     return lambda f: variants[f][kind] if f in variants else None
 
 
+def _arrays(factory, n: int, elements: int, use=None):
+    """``throughput()`` of float64 NumPy arrays (None without NumPy: no such row)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return throughput(factory, 1, 1, n, numpy.ones(elements), use)
+
+
 def cases(quick: bool):
     small = 40_000 if quick else 200_000
     bounded, joinable = _counted("bounded"), _counted("joinable")
@@ -237,6 +254,9 @@ def cases(quick: bool):
                                                               b"x" * (1 << 20))),
         ("16 MiB objects 1->1", "obj/s", lambda f: throughput(f, 1, 1, 4 if quick else 16,
                                                                b"x" * (16 << 20))),
+        ("64 MiB float64 array 1->1 (receiver sums it)", "obj/s",
+         lambda f: _arrays(f, 4 if quick else 10, 8 << 20, _sum)),
+        ("1 MiB arrays 1->1", "obj/s", lambda f: _arrays(f, 40 if quick else 200, 1 << 17)),
         ("Queue(1000), small objects 1->1", "obj/s", counted(bounded, 1, 1)),
         ("Queue(1000), small objects 1->4", "obj/s", counted(bounded, 1, 4)),
         ("Queue(1000), small objects 4->1", "obj/s", counted(bounded, 4, 1)),

@@ -213,3 +213,27 @@ def test_nothing_is_left_once_the_received_arrays_are_gone(queue):
     del got
     gc.collect()
     assert segments_made_by(os.getpid()) == before
+
+
+def test_the_sender_keeps_no_mapping_of_a_zero_copy_segment(queue):
+    queue.put(np.ones(BIG))
+    got = queue.get(timeout=10)
+    me = str(os.getpid())
+    with open("/proc/sysvipc/shm") as f:
+        next(f)
+        rows = [line.split() for line in f]
+    # key 0 (removed), made here, mapped once: by the received array alone
+    held = [r for r in rows if r[4] == me and int(r[0]) == 0 and int(r[3]) >= got.nbytes]
+    assert len(held) == 1 and held[0][6] == "1"
+    assert got.sum() == BIG
+
+
+def test_a_pickled_handle_keeps_its_zero_copy_choice():
+    q = mpsysv.Queue(zero_copy=False)
+    twin = pickle.loads(pickle.dumps(q))
+    q.put(np.ones(BIG))
+    got = twin.get(timeout=10)
+    assert got.sum() == BIG and not backed_by_segment(got)
+    twin.close()
+    q.close()
+    q.unlink()

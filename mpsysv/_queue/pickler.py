@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 from multiprocessing.reduction import ForkingPickler
+from typing import List, Optional
 
 __all__ = ["Pickler", "Pieces", "OutOfBand", "PLAIN", "SCALARS"]
 
@@ -26,7 +27,8 @@ class Pickler:
     def __init__(self, oob_min: int = 0):
         self._pool = []
         self._oob_min = oob_min  # 0: every buffer in-band
-        self._taken = None  # while dumps(oob=True) runs: the buffers it keeps out of band
+        # while dumps(oob=True) runs: the buffers it keeps out of band
+        self._taken: Optional[List[memoryview]] = None
 
     def _buffer(self, buffer: pickle.PickleBuffer) -> bool:
         """The pickler's buffer_callback: False keeps *buffer* out of band."""
