@@ -147,11 +147,11 @@ class Channel(StreamSide):
                 # Marked for removal at once: the kernel frees it when the last holder detaches,
                 # even if every holder was killed.
                 L.shmctl(ctl_id, L.IPC_RMID, None)
-            msgmax = L.read_limit("msgmax", 8192)
             main_qid = _create_sub(L.msgget, ctl_id, 1, mode)
             created.append(("msg", main_qid))
             stream_qid = _create_sub(L.msgget, ctl_id, 2, mode)
             created.append(("msg", stream_qid))
+            msgmax = _message_size(main_qid, stream_qid)
             semid = _create_sub(lambda k, f: L.semget(k, 3, f), ctl_id, 3, mode)
             created.append(("sem", semid))
             for num, value in ((SEM_STREAM, 1), (SEM_STATE, 1), (SEM_GATE, 0)):
@@ -218,13 +218,13 @@ class Channel(StreamSide):
             err = L.get_errno()
             if err in (_E.EINVAL, _E.EIDRM):
                 raise L.RemovedError(err, f"shmat: mpsysv queue (control segment id={ctl_id}) "
-                                          f"no longer exists: {L._WHY_REMOVED}")
+                                          f"no longer exists ({L._WHY_REMOVED})")
             L.raise_errno(err, "shmat", f"queue control segment id={ctl_id}")
         chan = cls(ctl_id, address)
         if (chan.main_qid, chan.stream_qid, chan.semid) != expect:
             chan.detach()
             raise L.RemovedError(_E.EIDRM, f"mpsysv queue (control segment id={ctl_id}) was "
-                                           f"replaced by another queue: {L._WHY_REMOVED}")
+                                           f"replaced by another queue (the first was {L._WHY_REMOVED})")
         return chan
 
     def identity(self) -> tuple:
@@ -1005,8 +1005,8 @@ class Channel(StreamSide):
 
     def _fail(self, call: str, err: int) -> "NoReturn":  # noqa: F821
         if err in (_E.EIDRM, _E.EINVAL):
-            raise L.RemovedError(_E.EIDRM, f"{call}: {self._what()} was removed while in use: "
-                                           f"{L._WHY_REMOVED}")
+            raise L.RemovedError(_E.EIDRM, f"{call}: {self._what()} was removed while in use "
+                                           f"({L._WHY_REMOVED})")
         L.raise_errno(err, call, self._what())
 
 
@@ -1089,6 +1089,28 @@ def _attach(ctl_id: int) -> int:
 
 def _semrm(semid, cmd, _arg):
     return L.semctl(semid, 0, cmd, 0)
+
+
+# The smallest message size a queue works with: a stream head or frame plus some payload.
+MIN_MESSAGE = 128
+
+
+def _message_size(*qids: int) -> int:
+    """The size of the queue's messages: ``msgmax``, or the queues' capacity (``msgmnb``
+    at creation) when that is smaller, since a message larger than its queue's capacity
+    waits forever. Larger objects are framed or sent as parcels as usual."""
+    size = L.read_limit("msgmax", 8192)
+    ds = L.msqid_ds()
+    for qid in qids:
+        if L.msgctl(qid, L.IPC_STAT, L.byref(ds)) == -1:
+            L.raise_errno(L.get_errno(), "msgctl(IPC_STAT)", f"queue message queue id={qid}")
+        size = min(size, ds.msg_qbytes)
+    if size < MIN_MESSAGE:
+        raise OSError(_E.ENOSPC, f"msgget: a queue holds only {size} bytes, fewer than the "
+                                 f"{MIN_MESSAGE} an mpsysv queue needs: raise the kernel's "
+                                 "msgmnb (`sysctl -w kernel.msgmnb=16384`, "
+                                 "/proc/sys/kernel/msgmnb) or msgmax")
+    return size
 
 
 def _create_sub(get: Callable, ctl_id: int, purpose: int, mode: int) -> int:

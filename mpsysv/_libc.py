@@ -203,8 +203,8 @@ class RemovedError(OSError):
     """The IPC object was removed (``EIDRM``) while this process was using it."""
 
 
-_WHY_REMOVED = ("it was removed while in use (by its last holder, `ipcrm`, `python -m mpsysv rm`, "
-                "or systemd-logind's RemoveIPC=yes at logout)")
+_WHY_REMOVED = ("removed by its last holder, `ipcrm`, `python -m mpsysv rm`, or systemd-logind's "
+                "RemoveIPC=yes at logout")
 _EXC = {
     errno.EEXIST: FileExistsError,
     errno.ENOENT: FileNotFoundError,
@@ -220,15 +220,37 @@ def raise_errno(err: int, call: str, what: str, hint: str = "") -> "NoReturn":  
     """Raise the ``OSError`` subclass for *err*, naming the call, the object and a hint."""
     cls = _EXC.get(err, OSError)
     if err == errno.EIDRM:
-        message = f"{call}: {what} was removed: {_WHY_REMOVED}"
+        message = f"{call}: {what} was removed while in use ({_WHY_REMOVED})"
     elif err == errno.EINVAL and "invalid identifier" in hint:
         cls = RemovedError
-        message = f"{call}: {what} does not exist (any more): {_WHY_REMOVED}"
+        message = f"{call}: {what} does not exist any more ({_WHY_REMOVED})"
     else:
         message = f"{call}({what}): {os.strerror(err)}"
+        if err == errno.ENOSPC and not hint:
+            hint = limit_hint(call)
     if hint and cls is not RemovedError:
         message += f" ({hint})"
     raise cls(err, message)
+
+
+def limit_hint(call: str) -> str:
+    """Which kernel limit an ``ENOSPC`` from *call* (msgget, semget, shmget) ran into, its
+    value, and the sysctl that raises it; "" for other calls."""
+    lim = limits()
+    if call.startswith("msgget"):
+        return (f"the kernel's msgmni={lim['msgmni']} message queues exist already: raise it "
+                "with `sysctl -w kernel.msgmni=N` (/proc/sys/kernel/msgmni); each mpsysv queue "
+                "uses two, `ipcs -q` lists them")
+    if call.startswith("semget"):
+        return (f"the kernel's semmni={lim['semmni']} semaphore sets (or semmns={lim['semmns']} "
+                "semaphores) exist already: raise them with `sysctl -w kernel.sem='SEMMSL SEMMNS "
+                "SEMOPM SEMMNI'` (/proc/sys/kernel/sem, 4th and 2nd fields); each mpsysv queue "
+                "uses one set of 3, `ipcs -s` lists them")
+    if call.startswith("shmget"):
+        return (f"the kernel's shmmni={lim['shmmni']} segments exist already or shmall="
+                f"{lim['shmall']} pages are in use: raise them with `sysctl -w kernel.shmmni=N` "
+                "or `kernel.shmall=N`; `ipcs -m` lists the segments")
+    return ""
 
 
 def read_limit(name: str, default: int) -> int:
