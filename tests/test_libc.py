@@ -7,7 +7,6 @@ constants and ftok; ``/proc/sysvipc`` is the reference for what IPC_STAT returns
 
 import ctypes
 import errno
-import itertools
 import os
 import shutil
 import subprocess
@@ -15,17 +14,12 @@ import subprocess
 import pytest
 
 import mpsysv
-from mpsysv import _libc as L
+from mpsysv._ipc import libc as L
+from mpsysv._ipc.errors import raise_errno
 from mpsysv import MessageQueue, SemaphoreSet, Segment
 
-_counter = itertools.count(1)
+from .helpers import unique_key
 
-
-def unique_key() -> int:
-    """A key no other process can be using: from this pid and a counter, with the high bit
-    set, which mpsysv's own name and sub-object keys never have (and which exercises the
-    signed/unsigned handling of keys)."""
-    return 0x80000000 | (((os.getpid() << 8) | next(_counter) % 256) & 0x7fffffff)
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,7 +249,7 @@ class TestErrnoMapping:
     ])
     def test_errno_becomes_the_builtin_oserror_subclass(self, err, cls):
         with pytest.raises(cls) as info:
-            L.raise_errno(err, "msgget", "message queue key=0x00000001")
+            raise_errno(err, "msgget", "message queue key=0x00000001")
         assert type(info.value) is cls
         assert info.value.errno == err
         assert "msgget" in str(info.value) and "key=0x00000001" in str(info.value)
@@ -263,17 +257,17 @@ class TestErrnoMapping:
     def test_removed_error_is_an_oserror_that_explains_the_likely_causes(self):
         assert issubclass(mpsysv.RemovedError, OSError)
         with pytest.raises(mpsysv.RemovedError, match="was removed") as info:
-            L.raise_errno(errno.EIDRM, "msgrcv", "message queue id=3")
+            raise_errno(errno.EIDRM, "msgrcv", "message queue id=3")
         assert "ipcrm" in str(info.value)
 
     def test_invalid_identifier_reads_as_removed(self):
         with pytest.raises(mpsysv.RemovedError, match="does not exist") as info:
-            L.raise_errno(errno.EINVAL, "semop", "semaphore set id=9", "invalid identifier")
+            raise_errno(errno.EINVAL, "semop", "semaphore set id=9", "invalid identifier")
         assert info.value.errno == errno.EINVAL
 
     def test_hint_is_appended_to_the_message(self):
         with pytest.raises(BlockingIOError, match=r"\(queue is full\)"):
-            L.raise_errno(errno.EAGAIN, "msgsnd", "message queue id=1", "queue is full")
+            raise_errno(errno.EAGAIN, "msgsnd", "message queue id=1", "queue is full")
 
 
 class TestLimitsAndTime:

@@ -17,8 +17,8 @@ import time
 import unittest
 
 import mpsysv
-from mpsysv import _tracker
-from mpsysv._names import name_key, random_name
+from mpsysv._shm import tracker as _tracker
+from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import ForeignSegmentError, SharedMemory
 

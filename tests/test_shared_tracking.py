@@ -11,24 +11,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import unittest
 
-from mpsysv import _tracker
-from mpsysv._names import name_key, random_name
+from mpsysv._shm import tracker as _tracker
+from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import SharedMemory
-from .helpers import fork, join_or_kill
+from .helpers import fork, join_or_kill, wait_until
 from .test_shared import ROOT, TIMEOUT, SegmentTestCase, run_python, segment_exists
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def process_gone(pid):
@@ -43,7 +33,7 @@ class TrackedProgramTest(unittest.TestCase):
 
     def test_forgotten_segment_is_removed_at_normal_exit_with_a_warning(self):
         result = run_python("""
-            from mpsysv import _tracker
+            from mpsysv._shm import tracker as _tracker
             from mpsysv.shared import SharedMemory
             shm = SharedMemory(create=True, size=4096)
             shm.buf[0] = 1
@@ -134,7 +124,7 @@ class TrackedProgramTest(unittest.TestCase):
     def test_fork_children_share_the_tracker_and_remove_nothing_when_they_exit(self):
         result = run_python("""
             import os, sys
-            from mpsysv import _tracker
+            from mpsysv._shm import tracker as _tracker
             from mpsysv.shared import SharedMemory
             parent = SharedMemory(create=True, size=8)
             r, w = os.pipe()
@@ -251,8 +241,8 @@ class TrackerIdentityTest(SegmentTestCase):
         self.addCleanup(foreign.remove)
         result = run_python(f"""
             import os, time
-            from mpsysv import _tracker
-            from mpsysv._names import name_key
+            from mpsysv._shm import tracker as _tracker
+            from mpsysv._ipc.names import name_key
             from mpsysv.primitives import Segment
             pid = os.getpid()
             for name in ({name!r}, {other!r}):
