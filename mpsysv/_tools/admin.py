@@ -27,6 +27,9 @@ EXIT_REFUSED = 5     # rm of an object that is not mpsysv's, without --force
 
 _EPILOG = ("exit codes: 0 ok, 1 an operation failed, 2 bad usage, 3 not found, "
            "4 ambiguous (use --type), 5 refused (not mpsysv's; rm --force)")
+_ATTACH_HELP = ("also read segments no process has attached, by attaching them read-only for a "
+                "moment (this sets their shm_atime, shm_dtime and shm_lpid, as any attach does); "
+                "without it nothing about any object changes, as with ipcs")
 _TYPES = ("queue", "segment", "msg", "sem", "shm")
 _ROLE_ORDER = {_gc.QUEUE: 0, _gc.QUEUE_MAIN: 1, _gc.QUEUE_STREAM: 2, _gc.QUEUE_SEMS: 3,
                _gc.QUEUE_PARCEL: 4}
@@ -38,10 +41,14 @@ def add_subcommands(subparsers) -> None:
         description="A table of mpsysv's System V objects in this IPC namespace: role, name, "
                     "key, id, owner, mode, size or bytes/messages, processes attached, creator "
                     "(and whether it is alive), and state: live, persistent (named; lives "
-                    "until removed), garbage (`clean` removes it), suspect, broken.",
+                    "until removed), unlinked (removed by name, freed when its last holder "
+                    "detaches), garbage ('clean' removes it), suspect, broken, unknown (not "
+                    "readable). Only reads: the kernel's tables, IPC_STAT, and segments "
+                    "through the memory of a process that has them attached.",
         epilog=_EPILOG)
     p.add_argument("-a", "--all", action="store_true",
                    help="also list System V objects that are not mpsysv's")
+    p.add_argument("--attach", action="store_true", help=_ATTACH_HELP)
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
     p.set_defaults(func=cmd_ls)
 
@@ -53,7 +60,11 @@ def add_subcommands(subparsers) -> None:
                     "kernel id, or a key written 0x....",
         epilog=_EPILOG)
     p.add_argument("target", metavar="NAME|ID|0xKEY")
-    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("--type", choices=_TYPES,
+                   help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
+                        "kernel object (with a NAME: that queue's message queue, semaphore set "
+                        "or control segment)")
+    p.add_argument("--attach", action="store_true", help=_ATTACH_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stat)
 
@@ -78,7 +89,9 @@ def add_subcommands(subparsers) -> None:
                     "name, a kernel id (any object of a queue names the whole queue) or 0xKEY.",
         epilog=_EPILOG)
     p.add_argument("targets", metavar="NAME|ID|0xKEY", nargs="+")
-    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("--type", choices=_TYPES,
+                   help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
+                        "kernel object")
     p.add_argument("-f", "--force", action="store_true",
                    help="also remove objects that are not mpsysv's (like ipcrm)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -87,14 +100,20 @@ def add_subcommands(subparsers) -> None:
 
 # --- ls ----------------------------------------------------------------------------------
 
+def fail(args, message: str) -> None:
+    """Print *message* as every error of the command line is printed (argparse's way)."""
+    print(f"{args.prog}: error: {message}", file=sys.stderr)
+
+
 def cmd_ls(args) -> int:
-    found = _gc.scan(inspect=True)
+    found = _gc.scan(inspect=True, attach=args.attach)
     objects = sorted(found.objects if args.all else found.mpsysv(), key=_sort_key)
     if args.json:
         _print_json([o.as_dict() for o in objects])
         return EXIT_OK
     if not objects:
         print("no mpsysv objects" + ("" if args.all else " (--all lists every SysV object)"))
+        _note_unread(args, found)
         return EXIT_OK
     header = ("KIND", "ROLE", "NAME", "KEY", "ID", "OWNER", "MODE", "SIZE", "HOLDERS",
               "CREATOR", "STATE")
@@ -104,8 +123,24 @@ def cmd_ls(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     garbage = [o for o in objects if o.garbage]
     if garbage:
-        print(f"\n{len(garbage)} garbage object(s): `python -m mpsysv clean` removes them")
+        print(f"\n{len(garbage)} garbage object(s): '{_main_prog(args)} clean' removes them")
+    _note_unread(args, found)
     return EXIT_OK
+
+
+def _main_prog(args) -> str:
+    return args.prog.rsplit(" ", 1)[0]
+
+
+def _note_unread(args, found: "_gc.Scan") -> None:
+    """Say how many segments were not read because no process has them attached."""
+    if args.attach or args.json:
+        return
+    unread = [o for o in found.objects if o.kind == "shm" and o.role == _gc.FOREIGN
+              and o.fields["nattch"] == 0]
+    if unread:
+        print(f"\n{len(unread)} segment(s) no process has attached were not read (they may "
+              f"be mpsysv's): '{_main_prog(args)} ls --attach' reads them")
 
 
 def _sort_key(o: _gc.IpcObject):
@@ -122,8 +157,14 @@ def _row(o: _gc.IpcObject):
         creator = f"{o.creator_pid} {alive}"
     else:
         creator = "-"
-    name = o.name or ("(anonymous)" if o.role in _ROLE_ORDER and o.state != "garbage"
-                      else "-")
+    if o.name:
+        name = o.name
+    elif o.role in _ROLE_ORDER and o.state == "unknown":
+        name = "?"
+    elif o.role in _ROLE_ORDER and o.state != "garbage":
+        name = "(anonymous)"
+    else:
+        name = "-"
     if o.role in (_gc.QUEUE_MAIN, _gc.QUEUE_STREAM, _gc.QUEUE_SEMS, _gc.QUEUE_PARCEL):
         name = "  " + name
     holders = "-" if o.holders is None else str(o.holders)
@@ -134,8 +175,8 @@ def _row(o: _gc.IpcObject):
 # --- stat --------------------------------------------------------------------------------
 
 def cmd_stat(args) -> int:
-    found = _gc.scan(inspect=True)
-    status, matches = _resolve(found, args.target, args.type)
+    found = _gc.scan(inspect=True, attach=args.attach)
+    status, matches = _resolve(args, found, args.target, args.type)
     if status != EXIT_OK:
         return status
     objects = _with_group(found, matches[0])
@@ -146,7 +187,7 @@ def cmd_stat(args) -> int:
     first = objects[0]
     print(f"{first.label()}: {first.state}" + (f" ({first.reason})" if first.reason else ""))
     for o, d in zip(objects, report):
-        print(f"\n{o.role} — {o.kind} id={o.id} key={o.key:#010x}")
+        print(f"\n{o.role} - {o.kind} id={o.id} key={o.key:#010x}")
         _print_tree({k: v for k, v in d.items() if v is not None and k not in
                      ("kernel", "mpsysv", "role", "kind", "id", "key", "key_hex", "reason")})
         print("  kernel:")
@@ -178,6 +219,7 @@ def _kernel_stat(o: _gc.IpcObject) -> dict:
     except OSError as exc:
         return dict(o.fields, error=str(exc))
     out["mode"] = f"{out['mode']:o}"
+    out["key"] = f"{out['key'] & 0xFFFFFFFF:#010x}"
     return out
 
 
@@ -195,7 +237,7 @@ def cmd_clean(args) -> int:
         for o in removed:
             print(f"{verb} {o.label()}: {o.reason}")
         for o, err in failed:
-            print(f"FAILED {o.label() if o else ''}: {err}", file=sys.stderr)
+            fail(args, f"{o.label() + ': ' if o else ''}{err}")
         if not removed and not failed:
             print("no garbage")
     return EXIT_FAILED if failed else EXIT_OK
@@ -207,15 +249,21 @@ def cmd_rm(args) -> int:
     found = _gc.scan(inspect=True)
     plan: List[_gc.IpcObject] = []
     for target in args.targets:
-        status, matches = _resolve(found, target, args.type)
+        status, matches = _resolve(args, found, target, args.type)
         if status != EXIT_OK:
             return status
         group = _with_group(found, matches[0])
         foreign = [o for o in group if o.role == _gc.FOREIGN]
         if foreign and not args.force:
-            print(f"mpsysv rm: {target}: {foreign[0].kind} id={foreign[0].id} is not an mpsysv "
-                  "object; refusing (use --force, or ipcrm)", file=sys.stderr)
+            fail(args, f"{target}: {foreign[0].kind} id={foreign[0].id} is not an mpsysv "
+                       "object; refusing (use --force, or ipcrm)")
             return EXIT_REFUSED
+        first = matches[0]
+        if first.state == "unlinked" or (first.role == _gc.FOREIGN and first.kind == "shm"
+                                         and first.mode & _gc.SHM_DEST):
+            fail(args, f"{target}: {first.label()} was removed already; the kernel frees it "
+                       f"when the {first.fields['nattch']} process(es) attached detach")
+            return EXIT_FAILED
         plan.extend(o for o in group if o not in plan)
     # A queue's message queues and semaphore set go before its control segment.
     plan.sort(key=lambda o: o.kind == "shm")
@@ -237,13 +285,13 @@ def cmd_rm(args) -> int:
                 note = f" ({o.holders} process(es) still attached keep their mapping)"
             print(f"removed {o.label()}{note}")
         for o, err in failed:
-            print(f"FAILED {o.label()}: {err}", file=sys.stderr)
+            fail(args, f"{o.label()}: {err}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
 # --- finding what a target names ---------------------------------------------------------
 
-def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
+def _resolve(args, found: "_gc.Scan", target: str, type_: Optional[str]):
     """``(EXIT_OK, [object])`` or an error status (after printing why)."""
     kinds = {"msg": ("msg",), "sem": ("sem",), "shm": ("shm",)}.get(type_, _gc.KINDS)
     if target.isdigit():
@@ -252,17 +300,19 @@ def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
         try:
             key = int(target, 16)
         except ValueError:
-            print(f"mpsysv: {target!r} is not a hexadecimal key", file=sys.stderr)
+            fail(args, f"{target!r} is not a hexadecimal key")
             return EXIT_USAGE, []
         matches = [o for o in found.objects if o.key == key and o.kind in kinds]
     else:
         try:
             bare = check_name(target)
         except (TypeError, ValueError) as exc:
-            print(f"mpsysv: {exc}", file=sys.stderr)
+            fail(args, str(exc))
             return EXIT_USAGE, []
         keys = {"queue": name_key("queue", bare), "segment": name_key("shm", bare)}
-        wanted = [type_] if type_ in keys else list(keys)
+        # A name names a queue or a segment; --type msg or sem picks a queue's object.
+        wanted = ([type_] if type_ in keys else ["queue"] if type_ in ("msg", "sem")
+                  else list(keys))
         matches = []
         for o in found.objects:
             if o.kind != "shm":
@@ -273,14 +323,16 @@ def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
                                      or ("segment" in wanted and is_segment)))
                     or (o.name is None and o.key in (keys[w] for w in wanted))):
                 matches.append(o)
+        if type_ in ("msg", "sem"):
+            matches = [m for q in matches for m in found.queue_members(q.id) if m.kind == type_]
+            matches = matches[:1]  # a queue's main message queue comes before its stream queue
     if not matches:
-        print(f"mpsysv: no System V object matches {target!r}"
-              + (f" (--type {type_})" if type_ else ""), file=sys.stderr)
+        fail(args, f"no System V object matches {target!r}"
+                   + (f" (--type {type_})" if type_ else ""))
         return EXIT_NOT_FOUND, []
     if len(matches) > 1:
-        print(f"mpsysv: {target!r} is ambiguous: "
-              + ", ".join(m.label() for m in matches) + "; narrow it with --type",
-              file=sys.stderr)
+        fail(args, f"{target!r} is ambiguous: " + ", ".join(m.label() for m in matches)
+                   + "; narrow it with --type")
         return EXIT_AMBIGUOUS, []
     return EXIT_OK, matches
 
@@ -310,9 +362,18 @@ def _print_tree(d: Dict, indent: int = 2) -> None:
             print(" " * indent + f"{key}:")
             _print_tree(value, indent + 2)
             continue
-        if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and (key.endswith("time") or key == "created")):
-            value = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-                     if value else "never")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key.endswith("_ns"):
+                value = _when(value / 1e9)
+            elif key.endswith("time") or key == "created":
+                value = _when(value)
+            elif key == "key":
+                value = f"{value & 0xFFFFFFFF:#010x}"
         print(" " * indent + f"{key}: {value}")
 
+
+
+def _when(seconds: float) -> str:
+    if not seconds:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) + f"{seconds % 1:.3f}"[1:]

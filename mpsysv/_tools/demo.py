@@ -67,6 +67,8 @@ def _run(make_queue, n: int, workers: int):
 def run(n: int = 20000, workers: int = 3) -> int:
     import mpsysv
 
+    if n < 1 or workers < 1:
+        raise ValueError(f"demo needs at least 1 job and 1 worker, not n={n}, workers={workers}")
     print(f"pipeline: 1 producer process -> {workers} worker processes -> this process, {n} jobs "
           "(small dicts, 20 KB strings, a 2 MiB blob every 500)")
     rows = []

@@ -27,7 +27,7 @@ def add_subcommands(subparsers) -> None:
                     "switched to mpsysv",
         description="Run SCRIPT (or -m MODULE) with mpsysv.patch() active, in this "
                     "process and in its child processes.",
-        usage="python -m mpsysv run [-h] (SCRIPT | -m MODULE) [ARGS ...]")
+        usage="%(prog)s [-h] (SCRIPT | -m MODULE) [ARGS ...]")
     parser.add_argument("-m", dest="module", action="store_true",
                         help="run library module MODULE as a script, like python -m")
     parser.add_argument("target", metavar="SCRIPT", help="the program (or module with -m)")
@@ -46,7 +46,7 @@ def _run(args) -> int:
     except (SystemExit, KeyboardInterrupt):
         raise
     except _NotRunnable as exc:
-        print(f"python -m mpsysv run: {exc}", file=sys.stderr)
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:
         # Report it as the interpreter would: without this runner's frames.
