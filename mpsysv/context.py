@@ -2,13 +2,15 @@
 
 ``get_context(method)`` returns a subclass of the stdlib's context for that start
 method: ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` build mpsysv queues, and
-``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are added; everything
-else (``Process``, locks, ``Manager``, ``Pool`` ...) is the stdlib's, untouched.
+``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are added, ``Pool``
+gives its queues' watcher threads back when it terminates; everything else
+(``Process``, locks, ``Manager`` ...) is the stdlib's, untouched.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 from multiprocessing import context as _mpc
 from typing import Optional
 
@@ -47,6 +49,14 @@ class _MpsysvContext:
         """A manager that unlinks every block made through it at shutdown."""
         from .shared import SharedMemoryManager
         return SharedMemoryManager()
+
+    def Pool(self, processes: Optional[int] = None, initializer=None, initargs=(),
+             maxtasksperchild: Optional[int] = None) -> "multiprocessing.pool.Pool":
+        """A process pool (``multiprocessing.pool.Pool``) whose queues are mpsysv's; once it
+        is terminated (``with`` exits), no thread of mpsysv's is left running for it."""
+        from ._pool import Pool
+        return Pool(processes, initializer, initargs, maxtasksperchild,
+                    context=self.get_context())
 
     def get_context(self, method: Optional[str] = None):
         if method is None:

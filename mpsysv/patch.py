@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 
 __all__ = ["patch", "unpatch", "patched"]
 
-_QUEUE_NAMES = ("Queue", "SimpleQueue", "JoinableQueue")
+_CONTEXT_NAMES = ("Queue", "SimpleQueue", "JoinableQueue", "Pool")
 _SHARED_NAMES = ("SharedMemory", "ShareableList")
 _MISSING = object()
 _lock = threading.RLock()
@@ -46,11 +46,11 @@ def patch() -> None:
             setattr(namespace, name, value)
 
         try:
-            for name in _QUEUE_NAMES:
+            for name in _CONTEXT_NAMES:
                 replace(context.BaseContext, name, _MpsysvContext.__dict__[name])
             # The module-level functions are bound methods of the default context,
             # copied into the module at import: copy the patched ones in the same way.
-            for name in _QUEUE_NAMES:
+            for name in _CONTEXT_NAMES:
                 replace(multiprocessing, name, getattr(context._default_context, name))
             for name in _SHARED_NAMES:
                 replace(stdlib_shared, name, getattr(shared, name))
