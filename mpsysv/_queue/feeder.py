@@ -139,7 +139,14 @@ class Feeder:
                 with cond:
                     lost = sum(1 for p, _ in buffer if p is not _SENTINEL)
                     buffer.clear()
-                if lost:
+                if lost and self.released and not self.cancelled:
+                    # This process let go of the queue (exit) before the flush: nobody
+                    # removed it from outside.
+                    warnings.warn(f"{self.chan._what()}: {lost} object(s) this "
+                                  "process had put were not sent before it let go of the "
+                                  "queue at exit, and are lost", RuntimeWarning, stacklevel=1)
+                elif lost and not self.cancelled:
+                    # (After cancel_join_thread() unsent objects may be lost, as documented.)
                     warnings.warn(f"{exc}; {lost} object(s) this process had put could not "
                                   "be sent and are lost", RuntimeWarning, stacklevel=1)
                 break
