@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 from multiprocessing import context as _mpc
-from typing import Optional
+from typing import Dict, Optional, Union
 
 from . import queues
 
@@ -21,6 +21,8 @@ __all__ = ["get_context", "ForkContext", "SpawnContext", "ForkServerContext"]
 
 class _MpsysvContext:
     """The part every mpsysv context shares; mixed in before a stdlib context class."""
+
+    _name: str
 
     def Queue(self, maxsize: int = 0) -> queues.Queue:
         """A process-shared FIFO queue on System V message queues."""
@@ -67,19 +69,21 @@ class _MpsysvContext:
         return f"<mpsysv.context.{type(self).__name__} {self._name!r}>"
 
 
-class ForkContext(_MpsysvContext, _mpc.ForkContext):
+# The queue factories return mpsysv's queue types, not multiprocessing.queues' (hence the
+# ignores: the stdlib's stubs type BaseContext.Queue() by its own class).
+class ForkContext(_MpsysvContext, _mpc.ForkContext):  # type: ignore[misc]
     """The ``fork`` start method with mpsysv queues and shared memory."""
 
 
-class SpawnContext(_MpsysvContext, _mpc.SpawnContext):
+class SpawnContext(_MpsysvContext, _mpc.SpawnContext):  # type: ignore[misc]
     """The ``spawn`` start method with mpsysv queues and shared memory."""
 
 
-class ForkServerContext(_MpsysvContext, _mpc.ForkServerContext):
+class ForkServerContext(_MpsysvContext, _mpc.ForkServerContext):  # type: ignore[misc]
     """The ``forkserver`` start method with mpsysv queues and shared memory."""
 
 
-_contexts = {
+_contexts: "Dict[str, Union[ForkContext, SpawnContext, ForkServerContext]]" = {
     "fork": ForkContext(),
     "spawn": SpawnContext(),
     "forkserver": ForkServerContext(),

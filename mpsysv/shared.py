@@ -16,9 +16,8 @@ import operator
 import os
 import struct
 import time
-import types
 import weakref
-from typing import Iterable, Iterator, NoReturn, Optional
+from typing import Generic, Iterable, Iterator, NoReturn, Optional, TypeVar
 
 from ._gc import collect as _gc
 from ._ipc import libc as L
@@ -118,6 +117,9 @@ class SharedMemory:
 
     __slots__ = ("_name", "_id", "_key", "_size", "_attachment", "_buf", "_readonly",
                  "_unlinked", "_purpose", "__weakref__")
+    _attachment: Optional[Attachment]
+    _buf: Optional[memoryview]
+    _unlinked: bool
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
                  track: bool = True, readonly: bool = False, mode: int = 0o600,
@@ -136,9 +138,10 @@ class SharedMemory:
     # --- the stdlib's API ---------------------------------------------------------------
 
     @property
-    def buf(self) -> Optional[memoryview]:
-        """The segment's bytes (read-only after ``readonly=True``); None after close()."""
-        return self._buf
+    def buf(self) -> memoryview:
+        """The segment's bytes (read-only after ``readonly=True``); None after close(),
+        as the stdlib's (typed, as the stdlib's, for an open segment)."""
+        return self._buf  # type: ignore[return-value]
 
     @property
     def name(self) -> Optional[str]:
@@ -415,6 +418,8 @@ _INT, _FLOAT, _BOOL, _NONE, _STR, _BYTES = range(1, 7)
 _CODES = {int: _INT, float: _FLOAT, bool: _BOOL, type(None): _NONE, str: _STR, bytes: _BYTES}
 _FIXED_FORMATS = {_INT: "q", _FLOAT: "d", _BOOL: "xxxxxxx?", _NONE: "xxxxxx?x"}
 _Q = struct.Struct("<q")
+# What a ShareableList holds, for type checkers (as the stdlib's stubs spell it).
+_SLT = TypeVar("_SLT", int, float, bool, str, bytes, None)
 _D = struct.Struct("<d")
 _ALIGN = 8
 
@@ -430,7 +435,7 @@ def _encode(value):
     return code, (value if code == _BYTES else None)
 
 
-class ShareableList:
+class ShareableList(Generic[_SLT]):
     """A fixed-length list of int, float, bool, str, bytes and None in a SharedMemory.
 
     The stdlib's API: ``ShareableList(sequence)`` creates (random name, or ``name=``),
@@ -537,7 +542,6 @@ class ShareableList:
                 return position
         raise ValueError(f"{value!r} not in this container")
 
-    __class_getitem__ = classmethod(types.GenericAlias)
 
     def _layout(self, n: int, offsets: list) -> None:
         self._n, self._offsets = n, offsets

@@ -128,7 +128,7 @@ class Scan:
 def _read_table(kind: str) -> List[IpcObject]:
     rows = []
     for cols in ipc_table(kind):
-        ident = cols.get("msqid", cols.get("semid", cols.get("shmid")))
+        ident = cols.get("msqid", cols.get("semid", cols.get("shmid", -1)))
         rows.append(IpcObject(kind, ident, cols["key"], cols["perms"], cols["uid"],
                               cols["cuid"], cols))
     return rows
@@ -346,7 +346,7 @@ def scan(*, inspect: bool = True, uid: Optional[int] = None, attach: bool = True
         elif inspect or _may_be_garbage_segment(seg):
             _classify_segment(seg, inspect, reader)
     for seg in shms:
-        owner = ctls.get(seg.queue) if seg.role == QUEUE_PARCEL else None
+        owner = ctls.get(seg.queue) if seg.role == QUEUE_PARCEL and seg.queue else None
         if owner is not None:
             seg.name = owner.name
     for ctl in ctls.values():
@@ -485,15 +485,15 @@ def _classify_segment(seg: IpcObject, inspect: bool, reader: Reader) -> None:
 def _still_same(obj: IpcObject) -> bool:
     """The id still names the object that was classified (same key, nothing attached)."""
     if obj.kind == "msg":
-        ds = L.msqid_ds()
-        if L.msgctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
+        msq = L.msqid_ds()
+        if L.msgctl(obj.id, L.IPC_STAT, L.byref(msq)) == -1:
             return False
-        return ds.msg_perm.key & 0xFFFFFFFF == obj.key
+        return bool(msq.msg_perm.key & 0xFFFFFFFF == obj.key)
     if obj.kind == "sem":
-        ds = L.semid_ds()
-        if L.semctl(obj.id, 0, L.IPC_STAT, ctypes.addressof(ds)) == -1:
+        sem = L.semid_ds()
+        if L.semctl(obj.id, 0, L.IPC_STAT, ctypes.addressof(sem)) == -1:
             return False
-        return ds.sem_perm.key & 0xFFFFFFFF == obj.key
+        return bool(sem.sem_perm.key & 0xFFFFFFFF == obj.key)
     ds = L.shmid_ds()
     if L.shmctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
         return False
@@ -529,7 +529,8 @@ _collected = False
 
 
 def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bool = False,
-                    inspect: bool = False) -> Tuple[List[IpcObject], List[Tuple[IpcObject, str]]]:
+                    inspect: bool = False
+                    ) -> Tuple[List[IpcObject], List[Tuple[Optional[IpcObject], str]]]:
     """Remove mpsysv's garbage in this IPC namespace: ``(removed, failed)``.
 
     Runs once per program (fork children inherit "done"; ``force=True`` runs again).
@@ -545,7 +546,8 @@ def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bo
             found = scan(inspect=inspect, uid=None if all_users else os.geteuid())
         except Exception as exc:  # noqa: BLE001 - collection must never break a program
             return [], [(None, f"scan failed: {exc}")]
-        removed, failed = [], []
+        removed: List[IpcObject] = []
+        failed: List[Tuple[Optional[IpcObject], str]] = []
         # A queue's message queues and semaphore set go before its control segment.
         order = sorted(found.garbage(), key=lambda o: (o.kind == "shm", o.id))
         for obj in order:

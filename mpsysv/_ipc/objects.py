@@ -441,11 +441,12 @@ class Attachment:
         self._ref = ref = weakref.ref(array, _unmap)
         _mapped[id(ref)] = (ref, address)
         view = memoryview(array).cast("B")
-        self.buf: Optional[memoryview] = view.toreadonly() if readonly else view
+        # None once detached (typed for an attached mapping, as SharedMemory.buf).
+        self.buf: memoryview = view.toreadonly() if readonly else view
 
     def detach(self) -> bool:
         """Drop this process's view; True when unmapped now, False when views still live."""
-        buf, self.buf = self.buf, None
+        buf, self.buf = self.buf, None  # type: ignore[assignment]
         if buf is not None:
             try:
                 buf.release()

@@ -58,7 +58,7 @@ def ipc_table(kind: str) -> List[Dict[str, int]]:
     """Every row of /proc/sysvipc/*kind* ("msg", "sem" or "shm"; readable by every
     user, unlike IPC_STAT) as its columns: ``key`` as the unsigned 32-bit key, ``perms``
     as mode bits; [] when the table cannot be read."""
-    rows = []
+    rows: List[Dict[str, int]] = []
     try:
         f = open(f"/proc/sysvipc/{kind}")
     except OSError:
@@ -98,7 +98,7 @@ class SegmentMappings:
     ``shm_dtime`` and ``shm_lpid`` (``ipcs`` only reads, and so does this)."""
 
     def __init__(self) -> None:
-        self._where: Optional[Dict[int, List[Tuple[int, int, int]]]] = None
+        self._where: Optional[Dict[int, List[Tuple[int, int, int, int]]]] = None
 
     def _load(self) -> Dict[int, List[Tuple[int, int, int, int]]]:
         """``{shmid: [(pid, start address, file offset, key at creation)]}`` of the processes
@@ -130,7 +130,7 @@ class SegmentMappings:
         mapping keeps the key the segment was created with)."""
         if self._where is None:
             self._where = self._load()
-        for pid, start, file_offset, created_key in self._where.get(shmid, ()):
+        for pid, start, file_offset, created_key in self._where.get(shmid, []):
             if key not in (0, created_key):
                 continue
             try:

@@ -168,9 +168,9 @@ class Feeder:
                 self.cond.notify()
         if not alive:
             self.release()
-        elif util._exiting:
+        elif util._exiting:  # type: ignore[attr-defined]
             # Other daemon threads may still touch the mapping: the kernel unmaps at exit.
-            if join and not self.cancelled:
+            if join and not self.cancelled and thread is not None:
                 thread.join()
             self.chan.release(detach=False)
         elif self.cancelled:
@@ -193,7 +193,7 @@ class Feeder:
             if self.released:
                 return
             self.released = True
-        self.chan.release(detach=not util._exiting)
+        self.chan.release(detach=not util._exiting)  # type: ignore[attr-defined]
 
     @property
     def pending(self) -> int:

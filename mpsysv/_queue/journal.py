@@ -68,8 +68,9 @@ class Journal:
         self._off: Optional[int] = None
         self._pid = 0
         self.active = False  # this handle has an entry (a plain attribute: see moving_word)
-        self._moving: Optional[memoryview] = None
-        self.held_word: Optional[memoryview] = None  # the owner's ``held`` (as _moving)
+        # Views of this process's entry while it has one (claimed); only then used.
+        self._moving: memoryview = memoryview(b"")
+        self.held_word: memoryview = memoryview(b"")  # the owner's ``held`` (as _moving)
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 

@@ -230,14 +230,14 @@ def cmd_clean(args) -> int:
                                           all_users=args.all_users, inspect=True)
     if args.json:
         _print_json({"dry_run": args.dry_run, "removed": [o.as_dict() for o in removed],
-                     "failed": [{"object": o.as_dict() if o else None, "error": err}
-                                for o, err in failed]})
+                     "failed": [{"object": what.as_dict() if what else None, "error": err}
+                                for what, err in failed]})
     else:
         verb = "would remove" if args.dry_run else "removed"
         for o in removed:
             print(f"{verb} {o.label()}: {o.reason}")
-        for o, err in failed:
-            fail(args, f"{o.label() + ': ' if o else ''}{err}")
+        for what, err in failed:
+            fail(args, f"{what.label() + ': ' if what else ''}{err}")
         if not removed and not failed:
             print("no garbage")
     return EXIT_FAILED if failed else EXIT_OK
@@ -293,7 +293,7 @@ def cmd_rm(args) -> int:
 
 def _resolve(args, found: "_gc.Scan", target: str, type_: Optional[str]):
     """``(EXIT_OK, [object])`` or an error status (after printing why)."""
-    kinds = {"msg": ("msg",), "sem": ("sem",), "shm": ("shm",)}.get(type_, _gc.KINDS)
+    kinds = (type_,) if type_ in _gc.KINDS else _gc.KINDS
     if target.isdigit():
         matches = [o for o in found.objects if o.id == int(target) and o.kind in kinds]
     elif target.lower().startswith("0x"):
@@ -367,7 +367,7 @@ def _print_tree(d: Dict, indent: int = 2) -> None:
                 value = _when(value / 1e9)
             elif key.endswith("time") or key == "created":
                 value = _when(value)
-            elif key == "key":
+            elif key == "key" and isinstance(value, int):
                 value = f"{value & 0xFFFFFFFF:#010x}"
         print(" " * indent + f"{key}: {value}")
 
