@@ -7,7 +7,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 # Modules that contribute subcommands, each with add_subcommands(subparsers).
 _SUBCOMMAND_MODULES = ("_tools.runner", "_tools.admin")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(f"mpsysv.{name}").add_subcommands(sub)
-    for command, subparser in sub.choices.items():
+    for subparser in sub.choices.values():
         subparser.set_defaults(prog=subparser.prog)
     return parser
 
