@@ -213,11 +213,11 @@ def _counter_values(raw: bytes) -> List[int]:
 
 def _read_queue_header(ctl: IpcObject, semid: Optional[int], reader: Reader) -> Optional[dict]:
     """The control segment's header and counters; when *reader* attaches, under the
-    queue's state lock (so that no holder miscounts the attachments while this process
+    queue's holders lock (so that no holder miscounts the attachments while this process
     is attached). None when it cannot be read (permissions, or the lock is busy)."""
     locked = False
     if semid is not None and isinstance(reader, Attaching):
-        op = L.sembuf(_layout.SEM_STATE, -1, L.SEM_UNDO)
+        op = L.sembuf(_layout.SEM_HOLDERS, -1, L.SEM_UNDO)
         ts = L.relative_timespec(_LOCK_TIMEOUT)
         if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == -1:
             return None
@@ -226,7 +226,7 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int], reader: Reader) -> 
         raw = reader.read(ctl.id, ctl.key, 0, _layout.CTL_SIZE)
     finally:
         if locked:
-            op = L.sembuf(_layout.SEM_STATE, 1, L.SEM_UNDO)
+            op = L.sembuf(_layout.SEM_HOLDERS, 1, L.SEM_UNDO)
             L.semop(semid, L.byref(op), 1)
     return None if raw is None else _parse_queue_header(raw, _counter_values(raw))
 
@@ -306,7 +306,8 @@ def scan(*, inspect: bool = True, uid: Optional[int] = None, attach: bool = True
         if parsed is None:
             continue
         purpose, slot, seq7 = parsed
-        if _SUB_KIND.get(purpose) != obj.kind or (obj.kind == "sem" and obj.fields["nsems"] != 3):
+        if _SUB_KIND.get(purpose) != obj.kind or (obj.kind == "sem"
+                                                  and obj.fields["nsems"] != _layout.NSEMS):
             continue  # a foreign object whose key happens to carry the tag
         groups.setdefault((slot, seq7), {})[purpose] = obj
 

@@ -14,9 +14,11 @@ Glossary of the crash-safety words (the journal module has the table's layout):
   unfinished tasks are queued objects plus live task notes plus every ``held``.
 
 The futex counters are caches of those truths; everything that changes a count in
-two places does it under the state lock (a SysV semaphore with ``SEM_UNDO``, so a
-killed holder releases it) with a crash marker naming the holder, so the next holder
-knows to repair. ``Counts`` is a component of ``Channel``; it uses the queue's
+two places does it under the state lock (a robust process-shared mutex: no system call
+when uncontended, and a killed holder's lock goes to the next locker) with a crash
+marker naming the holder, so the next holder knows to repair. Joiners sleep on a
+counter of their own that only a ``task_done()`` bringing the count to zero (or a
+repair) posts, and only when the joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the queue's
 kernel objects (``QueueObjects``) and the journal, nothing above them.
 """
 
@@ -27,12 +29,10 @@ import os
 import time
 from typing import Callable, Optional
 
-from .._ipc import libc as L
 from .journal import MOVE, Journal
-from .layout import (_EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
+from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
                      _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
-                     _UNNOTED_OFF, KIND_JOINABLE, SEM_GATE, SEM_STATE, SLOTS, SW, SWAKE,
-                     UNFINISHED)
+                     _UNNOTED_OFF, JW, JWAKE, KIND_JOINABLE, SLOTS, SW, SWAKE, UNFINISHED)
 from .objects import _ALIVE_CHECK, QueueObjects
 
 __all__ = ["Counts"]
@@ -40,8 +40,16 @@ __all__ = ["Counts"]
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 _SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
 _FREEZE_WAIT = 0.05  # how long a repair waits for the windows open in live processes
-_E = errno
-_getpid = os.getpid
+_me = [b""]  # this process's pid as the crash mark's 4 bytes, kept current across fork
+
+
+def _pid_bytes() -> bytes:
+    if not _me[0]:
+        _me[0] = os.getpid().to_bytes(4, "little")
+    return _me[0]
+
+
+os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, b""))
 
 
 class Counts:
@@ -52,14 +60,16 @@ class Counts:
         self.journal = journal
         self._view = objects._view
         self.sems = objects.sems
+        self.words = objects.words
         self.kind = objects.kind
         self.maxsize = objects.maxsize
         self._next_repair = 0.0
+        self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
 
     # -- the state lock ---------------------------------------------------------------
 
     def state_locked(self) -> "_StateLock":
-        return _StateLock(self)
+        return self._state_lock
 
     def add_extra(self, delta: int) -> None:
         """One locked update of the batch object count per batch message."""
@@ -89,69 +99,98 @@ class Counts:
             give_up = time.monotonic() + _FREEZE_WAIT
             while view[_FREEZE_OFF] and time.monotonic() < give_up:
                 time.sleep(0.0002)
-            if view[_FREEZE_OFF] and L.semctl(self._q.semid, SEM_STATE, L.GETVAL, 0) == 1:
+            if view[_FREEZE_OFF] and self._q.state_lock.free():
                 view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
         finally:
             with journal.mutex:
                 if journal.active:
                     moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
 
-    def moving(self) -> "_Window":
-        """``with counts.moving(): send...``: a counted object's send and the clearing of
-        its note, as a window a JoinableQueue's task recount must see (the object is
-        queued and noted)."""
-        return _Window(self if self.kind == KIND_JOINABLE else None)
+    def enter_window(self) -> Optional[memoryview]:
+        """A JoinableQueue putter steps into the window around its send and the clearing
+        of its note (the object is queued and noted: a task recount must see that).
+        Pair it with ``leave_window`` in a ``finally``; None: no window (not joinable, or
+        no journal entry)."""
+        if self.kind != KIND_JOINABLE:
+            return None
+        moving = self.moving_word()
+        if moving is not None:
+            with self.journal.mutex:
+                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+            if self._view[_FREEZE_OFF]:
+                self.yield_to_repair(moving)
+        return moving
+
+    def leave_window(self, moving: Optional[memoryview]) -> None:
+        if moving is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    moving[0] -= 1
+
+    def take_one(self) -> bool:
+        """``take_slots(1, block=False)`` when a slot is free at once (the common case)."""
+        journal = self.journal
+        if journal.active or self.own_entry():
+            return self._try_slot()
+        return False
 
     # -- the task count of a JoinableQueue ------------------------------------------------
 
     def task_added(self) -> None:
         """Count one task; this process's journal entry notes it until it is sent."""
+        if self._view[_REMOVED_OFF]:
+            self._q._fail("task_added", errno.EIDRM)
         with self.state_locked():
             if self.journal_entry() is not None:
                 self.journal.add_task()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            unfinished = self.sems[UNFINISHED]
-            unfinished.post()
-            if unfinished.value == 1:
-                self._set_gate(1)
+            self.sems[UNFINISHED].post()
 
     def task_done(self) -> None:
+        if self._view[_REMOVED_OFF]:
+            self._q._fail("task_done", errno.EIDRM)
         with self.state_locked():
-            unfinished = self.sems[UNFINISHED]
-            if not unfinished.try_acquire():
+            if not self.sems[UNFINISHED].try_acquire():
                 raise ValueError("task_done() called too many times")
             if self.journal_entry() is not None:
                 self.journal.task_done()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            if unfinished.value == 0:
-                self._set_gate(0)
+            if self.words[JW][0] and not self.words[UNFINISHED][0]:
+                self._wake_joiners()
 
     def unfinished(self) -> int:
         self.repair()
         return self.sems[UNFINISHED].value
 
     def join_tasks(self) -> None:
-        """Wait until every task put on the queue was marked done (the gate is zero).
+        """Wait until every task put on the queue was marked done (the count is zero).
 
-        About once a second (and before the first wait) it rolls back what dead
-        processes left: tasks counted and never sent, a gate left up by a killed
-        ``task_done()``."""
-        op = L.sembuf(SEM_GATE, 0, 0)
-        semid = self._q.semid
-        while True:
-            self.repair()
-            ts = L.relative_timespec(_ALIVE_CHECK)
-            if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == 0:
-                return
-            err = L.get_errno()
-            if err not in (_E.EAGAIN, _E.EINTR):
-                self._q._fail("semtimedop", err)
+        A joiner counts itself among the joiners (``JW``) before it reads the count, and
+        ``task_done()`` reads ``JW`` after it took its task off the count (both atomic
+        read-modify-writes), so a joiner that finds work left is always woken. About once
+        a second (and before the first wait) it settles what dead processes left --
+        tasks counted and never sent -- and checks that the queue still exists."""
+        q, wake, count = self._q, self.sems[JWAKE], self.words[UNFINISHED]
+        joiners = self.sems[JW]
+        joiners.post()
+        try:
+            while True:
+                self.repair()
+                if not count[0]:
+                    return
+                q.wait(wake, time.monotonic() + _ALIVE_CHECK)
+                q._stat_main()  # (a removal from outside ends the wait: RemovedError)
+        finally:
+            joiners.try_acquire()
 
-    def _set_gate(self, value: int) -> None:
-        if L.semctl(self._q.semid, SEM_GATE, L.SETVAL, value) == -1:
-            self._q._fail("semctl(SETVAL)", L.get_errno())
+    def _wake_joiners(self) -> None:
+        """The count is zero: wake every joiner that waits (and has no wake-up yet)."""
+        wake = self.sems[JWAKE]
+        for _ in range(self.words[JW][0] - self.words[JWAKE][0]):
+            wake.post()
 
     def _repair_state(self, dead: int) -> None:
         """Under the state lock: holder *dead* died inside it, maybe between a task's
@@ -160,7 +199,8 @@ class Counts:
         if self.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
-        self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
+        if not self.words[UNFINISHED][0]:
+            self._wake_joiners()
 
     # -- the journal: what dead processes counted and never sent -----------------------
 
@@ -193,8 +233,8 @@ class Counts:
                 unfinished = self.sems[UNFINISHED]
                 for _ in range(tasks):
                     unfinished.try_acquire()
-                if unfinished.value == 0:
-                    self._set_gate(0)
+                if not self.words[UNFINISHED][0]:
+                    self._wake_joiners()
             else:
                 view[_RECOUNT_OFF] = 1
         if view[_RECOUNT_OFF]:
@@ -226,7 +266,8 @@ class Counts:
             unfinished.post()
         for _ in range(now - truth):
             unfinished.try_acquire()
-        self._set_gate(1 if truth > 0 else 0)
+        if not truth:
+            self._wake_joiners()
         view[_RECOUNT_OFF] = 0
 
     def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
@@ -346,7 +387,7 @@ class Counts:
         waiting = self._q._sw_word[0]
         if waiting:
             wake = self.sems[SWAKE]
-            for _ in range(min(n, waiting - wake.value)):
+            for _ in range(min(n, waiting - self.words[SWAKE][0])):
                 wake.post()
 
     def repair_slots(self) -> None:
@@ -412,44 +453,30 @@ class _StateLock:
 
     def __enter__(self):
         counts = self.counts
-        counts._q._lock(SEM_STATE)
+        q = counts._q
+        mutex = q.state_lock
+        owner_died = mutex.try_acquire()  # the uncontended case: no system call
+        while owner_died is None:
+            owner_died = mutex.acquire(time.monotonic() + _ALIVE_CHECK)
+            if owner_died is None:
+                q._stat_main()  # (held that long: was the queue removed from outside?)
+        if owner_died:
+            # At once: the crash mark, not the mutex, says what to repair, and it stays
+            # until a repair completes (a repairer killed half-way leaves it for the next
+            # locker); a repair that raised must not leave the mutex unrecoverable.
+            mutex.consistent()
         view = counts._view
         dead = int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little")
         if dead:
-            counts._repair_state(dead)
-        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
+            try:
+                counts._repair_state(dead)
+            except BaseException:
+                mutex.release()
+                raise
+        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _pid_bytes()
         return self
 
     def __exit__(self, *exc):
         counts = self.counts
         counts._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
-        counts._q._unlock(SEM_STATE)
-
-
-class _Window:
-    """A JoinableQueue putter's window around its send (nothing for other queues)."""
-
-    __slots__ = ("counts", "word")
-
-    def __init__(self, counts: Optional[Counts]):
-        self.counts = counts
-        self.word = None
-
-    def __enter__(self):
-        counts = self.counts
-        if counts is not None:
-            moving = self.word = counts.moving_word()
-            if moving is not None:
-                with counts.journal.mutex:
-                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                if counts._view[_FREEZE_OFF]:
-                    counts.yield_to_repair(moving)
-        return self
-
-    def __exit__(self, *exc):
-        moving = self.word
-        if moving is not None:
-            journal = self.counts.journal
-            with journal.mutex:
-                if journal.active:
-                    moving[0] -= 1
+        counts._q.state_lock.release()
