@@ -379,7 +379,7 @@ def test_stat_prints_keys_in_hex_and_times_readable(capsys):
 
 
 def test_ls_and_stat_change_nothing_about_the_objects_they_read():
-    from mpsysv._queue.layout import SEM_STATE
+    from mpsysv._queue.layout import SEM_HOLDERS
     from mpsysv.primitives import Segment, SemaphoreSet
 
     q = Queue(name=unique_name("ro"), create=True)
@@ -389,7 +389,7 @@ def test_ls_and_stat_change_nothing_about_the_objects_they_read():
         def seen():
             ctl, shm = Segment(id=q._chan.ctl_id).stat(), Segment(id=seg.id).stat()
             return (ctl.shm_lpid, ctl.shm_atime, ctl.shm_nattch, shm.shm_lpid, shm.shm_atime,
-                    SemaphoreSet(id=q._chan.semid).getpid(SEM_STATE))
+                    SemaphoreSet(id=q._chan.semid).getpid(SEM_HOLDERS))
         before = seen()
         for argv in (["ls"], ["ls", "--json"], ["stat", q.name], ["stat", seg.name]):
             out = cli(*argv)
