@@ -123,7 +123,9 @@ class SharedMemory:
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
                  track: bool = True, readonly: bool = False, mode: int = 0o600,
-                 hugetlb: bool = False):
+                 hugetlb: bool = False) -> None:
+        """Create a new segment (*create* true, with *size* bytes) or attach the one
+        called *name* (see the class for the keyword arguments)."""
         size = _check_size(size, create)
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
@@ -237,6 +239,7 @@ class SharedMemory:
 
     @property
     def readonly(self) -> bool:
+        """True when this handle attached the segment read-only (``readonly=True``)."""
         return self._readonly
 
     def stat(self) -> SegmentStat:
@@ -449,7 +452,8 @@ class ShareableList(Generic[_SLT]):
     """
 
     def __init__(self, sequence: Optional[Iterable] = None, *, name: Optional[str] = None,
-                 track: bool = True):
+                 track: bool = True) -> None:
+        """Create a list holding the items of *sequence*, or attach the list called *name*."""
         if name is None or sequence is not None:
             items = [] if sequence is None else list(sequence)
             encoded = [_encode(item) for item in items]
@@ -588,12 +592,15 @@ class SharedMemoryManager:
     received the manager by pickling. Only the process that started it unlinks.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
+        """Create a manager; ``start()`` (or ``with``) makes it ready to create blocks."""
         self._prefix: Optional[str] = None
         self._owner = 0
-        self._finalizer = None
+        self._finalizer: Optional[weakref.finalize] = None  # type: ignore[type-arg]
 
     def start(self) -> None:
+        """Start the manager in this process (no server process is needed); raises
+        ``ValueError`` if it was started already."""
         if self._prefix is not None:
             raise ValueError("SharedMemoryManager is already started")
         self._prefix = random_name("mpsysvmgr-") + "-"
