@@ -17,7 +17,7 @@ class Pool(multiprocessing.pool.Pool):
     """``multiprocessing.pool.Pool`` whose terminate also stops its queues' watchers."""
 
     @classmethod
-    def _terminate_pool(cls, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def _terminate_pool(cls, *args: Any, **kwargs: Any) -> None:
         try:
             super()._terminate_pool(*args, **kwargs)  # type: ignore[misc]
         finally:

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 # Modules that contribute subcommands, each with add_subcommands(subparsers).
 _SUBCOMMAND_MODULES = ("_tools.runner", "_tools.admin")
@@ -16,7 +16,7 @@ _DESCRIPTION = ("multiprocessing's queues and shared memory over System V IPC: a
                 "mpsysv's kernel objects. 'COMMAND --help' describes each command.")
 
 
-def _at_least(low: int, what: str):
+def _at_least(low: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.pool
 from multiprocessing import context as _mpc
-from typing import Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Union
 
 from . import queues
+
+if TYPE_CHECKING:
+    from .shared import ShareableList, SharedMemory, SharedMemoryManager
 
 __all__ = ["get_context", "ForkContext", "SpawnContext", "ForkServerContext"]
 
@@ -24,35 +27,38 @@ class _MpsysvContext:
 
     _name: str
 
-    def Queue(self, maxsize: int = 0) -> queues.Queue:
+    def Queue(self, maxsize: int = 0) -> "queues.Queue[Any]":
         """A process-shared FIFO queue on System V message queues."""
         return queues.Queue(maxsize, ctx=self)
 
-    def JoinableQueue(self, maxsize: int = 0) -> queues.JoinableQueue:
+    def JoinableQueue(self, maxsize: int = 0) -> "queues.JoinableQueue[Any]":
         """A Queue with ``task_done()`` and ``join()``."""
         return queues.JoinableQueue(maxsize, ctx=self)
 
-    def SimpleQueue(self) -> queues.SimpleQueue:
+    def SimpleQueue(self) -> "queues.SimpleQueue[Any]":
         """A simplified queue; like the stdlib's, ``put()`` raises if it cannot pickle."""
         return queues.SimpleQueue(ctx=self, strict=True)
 
     def SharedMemory(self, name: Optional[str] = None, create: bool = False, size: int = 0,
-                     **kwargs):
+                     **kwargs: Any) -> "SharedMemory":
         """A System V shared memory block found by name (``multiprocessing.shared_memory``)."""
         from .shared import SharedMemory
         return SharedMemory(name, create, size, **kwargs)
 
-    def ShareableList(self, sequence=None, *, name: Optional[str] = None, **kwargs):
+    def ShareableList(self, sequence: Optional[Iterable[Any]] = None, *,
+                      name: Optional[str] = None, **kwargs: Any) -> "ShareableList[Any]":
         """A fixed-length list of scalars in shared memory."""
         from .shared import ShareableList
         return ShareableList(sequence, name=name, **kwargs)
 
-    def SharedMemoryManager(self):
+    def SharedMemoryManager(self) -> "SharedMemoryManager":
         """A manager that unlinks every block made through it at shutdown."""
         from .shared import SharedMemoryManager
         return SharedMemoryManager()
 
-    def Pool(self, processes: Optional[int] = None, initializer=None, initargs=(),
+    def Pool(self, processes: Optional[int] = None,
+             initializer: Optional[Callable[..., object]] = None,
+             initargs: Iterable[Any] = (),
              maxtasksperchild: Optional[int] = None) -> "multiprocessing.pool.Pool":
         """A process pool (``multiprocessing.pool.Pool``) whose queues are mpsysv's; once it
         is terminated (``with`` exits), no thread of mpsysv's is left running for it."""
@@ -60,9 +66,10 @@ class _MpsysvContext:
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context())
 
-    def get_context(self, method: Optional[str] = None):
+    def get_context(self, method: Optional[str] = None) -> "Context":
+        """This context (*method* None), or the mpsysv context for start *method*."""
         if method is None:
-            return self
+            return self  # type: ignore[return-value]  # (self is one of the three)
         return get_context(method)
 
     def __repr__(self) -> str:
@@ -83,14 +90,15 @@ class ForkServerContext(_MpsysvContext, _mpc.ForkServerContext):  # type: ignore
     """The ``forkserver`` start method with mpsysv queues and shared memory."""
 
 
-_contexts: "Dict[str, Union[ForkContext, SpawnContext, ForkServerContext]]" = {
+Context = Union[ForkContext, SpawnContext, ForkServerContext]
+_contexts: Dict[str, Context] = {
     "fork": ForkContext(),
     "spawn": SpawnContext(),
     "forkserver": ForkServerContext(),
 }
 
 
-def get_context(method: Optional[str] = None):
+def get_context(method: Optional[str] = None) -> Context:
     """The mpsysv context for start *method* (``fork``, ``spawn``, ``forkserver``).
 
     ``None`` means the stdlib's start method, and fixes it as

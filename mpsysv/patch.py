@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 __all__ = ["patch", "unpatch", "patched"]
 
@@ -41,7 +41,7 @@ def patch() -> None:
 
         saved: List[Tuple[object, str, object]] = []
 
-        def replace(namespace, name, value):
+        def replace(namespace: Any, name: str, value: object) -> None:
             saved.append((namespace, name, namespace.__dict__.get(name, _MISSING)))
             setattr(namespace, name, value)
 
@@ -97,7 +97,7 @@ class _PatchMarker:
     """Rides in a spawn/forkserver child's preparation data: unpickling it there (before
     the child imports the main module) turns the patch on in the child."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[], None], Tuple[()]]:
         return _patch_in_child, ()
 
 
@@ -105,9 +105,10 @@ def _patch_in_child() -> None:
     patch()
 
 
-def _with_patch_marker(original):
+def _with_patch_marker(original: Callable[[str], Dict[str, Any]]
+                       ) -> Callable[[str], Dict[str, Any]]:
     @functools.wraps(original)
-    def get_preparation_data(name):
+    def get_preparation_data(name: str) -> Dict[str, Any]:
         data = original(name)
         data["mpsysv_patch"] = _PatchMarker()
         return data

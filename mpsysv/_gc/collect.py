@@ -16,7 +16,7 @@ import os
 import pwd
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .._ipc import libc as L
 from .._ipc import names as _names
@@ -90,7 +90,7 @@ class IpcObject:
             return f"{f['cbytes']} B/{f['qnum']} msg"
         return f"{f['nsems']} sems"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"kind": self.kind, "id": self.id, "key": self.key, "key_hex": f"{self.key:#010x}",
                 "role": self.role, "name": self.name, "queue": self.queue, "owner": self.owner,
                 "uid": self.uid, "mode": f"{self.mode & 0o777:o}",
@@ -180,7 +180,7 @@ def _boot_time() -> float:
 # --- reading mpsysv's own headers --------------------------------------------------------
 
 def _attach_readonly(shm_id: int) -> Optional[int]:
-    address = L.shmat(shm_id, None, L.SHM_RDONLY)
+    address: Optional[int] = L.shmat(shm_id, None, L.SHM_RDONLY)
     if address is None or address == _FAILED:
         return None
     return address
@@ -211,7 +211,8 @@ def _counter_values(raw: bytes) -> List[int]:
     return [PosixSemaphore(base + off).value for off in _layout.SEM_OFFS]
 
 
-def _read_queue_header(ctl: IpcObject, semid: Optional[int], reader: Reader) -> Optional[dict]:
+def _read_queue_header(ctl: IpcObject, semid: Optional[int],
+                       reader: Reader) -> Optional[Dict[str, Any]]:
     """The control segment's header and counters; when *reader* attaches, under the
     queue's holders lock (so that no holder miscounts the attachments while this process
     is attached). None when it cannot be read (permissions, or the lock is busy)."""
@@ -231,7 +232,7 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int], reader: Reader) -> 
     return None if raw is None else _parse_queue_header(raw, _counter_values(raw))
 
 
-def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
+def _parse_queue_header(raw: bytes, counters: List[int]) -> Dict[str, Any]:
     info = _layout.describe(raw, counters)
     if "journal" in info:
         info["journal"] = [{"pid": e["pid"], "start_ticks": e["start_ticks"],
@@ -418,7 +419,7 @@ def _may_be_orphan_parcel(seg: IpcObject) -> bool:
     return seg.fields["nattch"] == 0 and not seg.mode & SHM_DEST
 
 
-def _classify_parcel(seg: IpcObject, shm_ids: set, reader: Reader) -> bool:
+def _classify_parcel(seg: IpcObject, shm_ids: Set[int], reader: Reader) -> bool:
     """True when *seg* is a parcel (a large object, or a pooled segment, of a queue)."""
     if seg.fields["size"] < _parcels.HEADER.size:
         return False
@@ -505,7 +506,7 @@ def _still_same(obj: IpcObject) -> bool:
     if obj.role == QUEUE_PARCEL and L.shmctl(obj.queue, L.IPC_STAT, L.byref(L.shmid_ds())) == 0:
         # Its queue was created while the table was being read: a live parcel after all.
         return False
-    return ds.shm_nattch == 0
+    return bool(ds.shm_nattch == 0)
 
 
 def remove(obj: IpcObject) -> None:

@@ -7,10 +7,11 @@ JSON document on stdout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .._gc import collect as _gc
 from .._ipc.names import check_name, name_key
@@ -35,7 +36,7 @@ _ROLE_ORDER = {_gc.QUEUE: 0, _gc.QUEUE_MAIN: 1, _gc.QUEUE_STREAM: 2, _gc.QUEUE_S
                _gc.QUEUE_PARCEL: 4}
 
 
-def add_subcommands(subparsers) -> None:
+def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "ls", help="list mpsysv's queues, semaphore sets and segments",
         description="A table of mpsysv's System V objects in this IPC namespace: role, name, "
@@ -100,12 +101,12 @@ def add_subcommands(subparsers) -> None:
 
 # --- ls ----------------------------------------------------------------------------------
 
-def fail(args, message: str) -> None:
+def fail(args: argparse.Namespace, message: str) -> None:
     """Print *message* as every error of the command line is printed (argparse's way)."""
     print(f"{args.prog}: error: {message}", file=sys.stderr)
 
 
-def cmd_ls(args) -> int:
+def cmd_ls(args: argparse.Namespace) -> int:
     found = _gc.scan(inspect=True, attach=args.attach)
     objects = sorted(found.objects if args.all else found.mpsysv(), key=_sort_key)
     if args.json:
@@ -128,11 +129,12 @@ def cmd_ls(args) -> int:
     return EXIT_OK
 
 
-def _main_prog(args) -> str:
-    return args.prog.rsplit(" ", 1)[0]
+def _main_prog(args: argparse.Namespace) -> str:
+    prog: str = args.prog
+    return prog.rsplit(" ", 1)[0]
 
 
-def _note_unread(args, found: "_gc.Scan") -> None:
+def _note_unread(args: argparse.Namespace, found: "_gc.Scan") -> None:
     """Say how many segments were not read because no process has them attached."""
     if args.attach or args.json:
         return
@@ -143,7 +145,7 @@ def _note_unread(args, found: "_gc.Scan") -> None:
               f"be mpsysv's): '{_main_prog(args)} ls --attach' reads them")
 
 
-def _sort_key(o: _gc.IpcObject):
+def _sort_key(o: _gc.IpcObject) -> Tuple[int, Any, int, int]:
     if o.role == _gc.FOREIGN:
         return (2, o.kind, o.id, 0)
     if o.role in _ROLE_ORDER:
@@ -151,7 +153,7 @@ def _sort_key(o: _gc.IpcObject):
     return (1, o.id, 0, 0)
 
 
-def _row(o: _gc.IpcObject):
+def _row(o: _gc.IpcObject) -> Tuple[str, ...]:
     if o.creator_pid:
         alive = {True: "alive", False: "dead", None: "?"}[o.creator_alive]
         creator = f"{o.creator_pid} {alive}"
@@ -174,7 +176,7 @@ def _row(o: _gc.IpcObject):
 
 # --- stat --------------------------------------------------------------------------------
 
-def cmd_stat(args) -> int:
+def cmd_stat(args: argparse.Namespace) -> int:
     found = _gc.scan(inspect=True, attach=args.attach)
     status, matches = _resolve(args, found, args.target, args.type)
     if status != EXIT_OK:
@@ -198,7 +200,7 @@ def cmd_stat(args) -> int:
     return EXIT_OK
 
 
-def _kernel_stat(o: _gc.IpcObject) -> dict:
+def _kernel_stat(o: _gc.IpcObject) -> Dict[str, Any]:
     """Everything the kernel says: IPC_STAT, the semaphores, and /proc/sysvipc's extras
     (resident and swapped bytes of a segment); /proc's row alone when IPC_STAT fails."""
     from ..primitives import MessageQueue, Segment, SemaphoreSet
@@ -225,7 +227,7 @@ def _kernel_stat(o: _gc.IpcObject) -> dict:
 
 # --- clean -------------------------------------------------------------------------------
 
-def cmd_clean(args) -> int:
+def cmd_clean(args: argparse.Namespace) -> int:
     removed, failed = _gc.collect_garbage(force=True, dry_run=args.dry_run,
                                           all_users=args.all_users, inspect=True)
     if args.json:
@@ -245,7 +247,7 @@ def cmd_clean(args) -> int:
 
 # --- rm ----------------------------------------------------------------------------------
 
-def cmd_rm(args) -> int:
+def cmd_rm(args: argparse.Namespace) -> int:
     found = _gc.scan(inspect=True)
     plan: List[_gc.IpcObject] = []
     for target in args.targets:
@@ -291,7 +293,8 @@ def cmd_rm(args) -> int:
 
 # --- finding what a target names ---------------------------------------------------------
 
-def _resolve(args, found: "_gc.Scan", target: str, type_: Optional[str]):
+def _resolve(args: argparse.Namespace, found: "_gc.Scan", target: str,
+             type_: Optional[str]) -> Tuple[int, List["_gc.IpcObject"]]:
     """``(EXIT_OK, [object])`` or an error status (after printing why)."""
     kinds = (type_,) if type_ in _gc.KINDS else _gc.KINDS
     if target.isdigit():
@@ -351,12 +354,12 @@ def _with_group(found: "_gc.Scan", obj: "_gc.IpcObject") -> List["_gc.IpcObject"
 
 # --- output ------------------------------------------------------------------------------
 
-def _print_json(value) -> None:
+def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
 
 
-def _print_tree(d: Dict, indent: int = 2) -> None:
+def _print_tree(d: Dict[str, Any], indent: int = 2) -> None:
     for key, value in d.items():
         if isinstance(value, dict):
             print(" " * indent + f"{key}:")

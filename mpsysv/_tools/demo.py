@@ -8,11 +8,12 @@ import hashlib
 import multiprocessing as mp
 import time
 import zlib
+from typing import Any, Callable, Iterator, Tuple
 
 _CTX = mp.get_context("fork")
 
 
-def _payloads(n: int):
+def _payloads(n: int) -> Iterator[Tuple[int, Any]]:
     """Mixed jobs: small records, medium strings and an occasional multi-MiB blob."""
     for i in range(n):
         if i % 500 == 499:
@@ -23,7 +24,7 @@ def _payloads(n: int):
             yield i, {"id": i, "values": list(range(i % 17))}
 
 
-def _worker(jobs, results):
+def _worker(jobs: Any, results: Any) -> None:
     while True:
         job = jobs.get()
         if job is None:
@@ -38,7 +39,7 @@ def _worker(jobs, results):
         results.put((i, digest))
 
 
-def _produce(jobs, go, n: int, workers: int):
+def _produce(jobs: Any, go: Any, n: int, workers: int) -> None:
     go.wait()
     for job in _payloads(n):
         jobs.put(job)
@@ -46,7 +47,7 @@ def _produce(jobs, go, n: int, workers: int):
         jobs.put(None)
 
 
-def _run(make_queue, n: int, workers: int):
+def _run(make_queue: Callable[[], Any], n: int, workers: int) -> Tuple[float, str]:
     jobs, results = make_queue(), make_queue()
     go = _CTX.Event()
     procs = [_CTX.Process(target=_worker, args=(jobs, results)) for _ in range(workers)]
