@@ -3,7 +3,7 @@
 import unittest
 
 from . import test_context, test_pool, test_queues, test_shared_memory
-from .differences import DIFFERENCES, KNOWN_BUGS, markdown
+from .differences import CPYTHON_TESTS, DIFFERENCES, KNOWN_BUGS, markdown
 from .support import CompatCase
 
 CASES = {name: obj for module in (test_context, test_pool, test_queues, test_shared_memory)
@@ -19,6 +19,11 @@ class DifferencesTableTest(unittest.TestCase):
                 case, method = row.split(".")
                 self.assertIn(case, CASES)
                 self.assertTrue(callable(getattr(CASES[case], method, None)))
+
+    def test_every_cpython_test_names_a_row(self):
+        for test, key in CPYTHON_TESTS.items():
+            with self.subTest(test):
+                self.assertIn(key, DIFFERENCES)
 
     def test_markdown_has_a_row_per_difference(self):
         self.assertEqual(len(markdown().splitlines()), len(DIFFERENCES) + 2)

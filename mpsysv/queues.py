@@ -13,10 +13,10 @@ import pickle
 import threading
 import weakref
 from collections import deque
-from multiprocessing import util
+from multiprocessing import queues as _stdlib, util
 from queue import Empty, Full
 from time import monotonic
-from typing import Any, Generic, Iterable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Iterable, List, Optional, TypeVar
 
 from ._connection import ReadLock, Reader, Writer
 from ._gc import collect as _gc
@@ -484,7 +484,36 @@ class _Base(Generic[T]):
                 f"{c.stream_qid}) sem={c.semid} maxsize={self._maxsize}>")
 
 
-class Queue(_Base[T]):
+# Each class also derives from its multiprocessing counterpart, after _Base, so that code
+# that checks the stdlib's types (logging.config's QueueHandler, test helpers) accepts
+# it. _Base defines every public method and every private one that stdlib callers reach
+# for (``_reader``, ``_writer``, ``_rlock``, ``_poll``, ``_after_fork``, pickling), so none
+# of the stdlib's code runs: not its __init__, not its feeder thread. Only its pipe
+# plumbing (``_reset``, ``_start_thread``, ``_feed``, ``_finalize_join``,
+# ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
+# it. The classes keep their own module and name, so handles pickle as mpsysv's.
+
+if TYPE_CHECKING:
+    _StdQueue = _stdlib.Queue
+    _StdJoinableQueue = _stdlib.JoinableQueue
+    _StdSimpleQueue = _stdlib.SimpleQueue
+else:
+    class _Generic:
+        """The stdlib's queue classes take no subscript at run time (their stubs do):
+        ``_StdQueue[T]`` is the class itself."""
+
+        def __init__(self, cls: type) -> None:
+            self.cls = cls
+
+        def __getitem__(self, item: object) -> type:
+            return self.cls
+
+    _StdQueue, _StdJoinableQueue, _StdSimpleQueue = (_Generic(_stdlib.Queue),
+                                                     _Generic(_stdlib.JoinableQueue),
+                                                     _Generic(_stdlib.SimpleQueue))
+
+
+class Queue(_Base[T], _StdQueue[T]):
     """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
 
     A process-shared FIFO queue, as ``multiprocessing.Queue``, on System V message
@@ -511,7 +540,7 @@ class Queue(_Base[T]):
     _kind = KIND_QUEUE
 
 
-class JoinableQueue(_Base[T]):
+class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
     """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
 
     A ``Queue`` that counts unfinished tasks, as ``multiprocessing.JoinableQueue``: each
@@ -538,7 +567,7 @@ class JoinableQueue(_Base[T]):
         self._chan.counts.join_tasks()
 
 
-class SimpleQueue(_Base[T]):
+class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
     """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600)
 
     The stdlib's minimal queue: put, get, empty, close; the arguments are those of

@@ -19,6 +19,7 @@ needs_ruff = pytest.mark.skipif(importlib.util.find_spec("ruff") is None,
 USER_SCRIPT = '''
     """What the README shows, as a user would write it with annotations."""
     import multiprocessing
+    import multiprocessing.queues
     import queue
     from typing import List, Optional
 
@@ -43,11 +44,16 @@ USER_SCRIPT = '''
             q.task_done()
 
 
+    def takes_a_stdlib_queue(q: "multiprocessing.queues.Queue[int]") -> None:
+        q.put(0)
+
+
     def main() -> None:
         numbers: "mpsysv.Queue[int]" = mpsysv.Queue()
+        takes_a_stdlib_queue(numbers)
         numbers.put(1)
         numbers.put_many([2, 3])
-        first: int = numbers.get(timeout=0.5)
+        first: int = numbers.get(timeout=0.5) + numbers.get(timeout=0.5)
         rest: List[int] = numbers.get_many(2)
         print(first + sum(rest), numbers.qsize(), numbers.empty(), numbers.full())
         numbers.close()

@@ -41,6 +41,7 @@ class Feeder:
         self.thread: Optional[threading.Thread] = None
         self.cancelled = False
         self.released = False
+        self.exit_finalizer: Optional[util.Finalize] = None
         self.error_hook = error_hook
         # Tell the channel what left the buffer (counted objects, parcels): see journal.
         self.track = chan.counted
@@ -181,8 +182,12 @@ class Feeder:
             self.chan.release(detach=False)
         else:
             # The thread lets go when it has flushed; if the program ends first, its
-            # hold must still be given back (the last holder removes the queue).
-            util.Finalize(None, self._release_at_exit, exitpriority=-10)
+            # hold must still be given back (the last holder removes the queue). The
+            # thread's release() cancels this, so a closed queue leaves nothing behind.
+            with self.cond:
+                if not self.released:
+                    self.exit_finalizer = util.Finalize(None, self._release_at_exit,
+                                                        exitpriority=-10)
 
     def _release_at_exit(self) -> None:
         with self.cond:
@@ -196,6 +201,9 @@ class Feeder:
             if self.released:
                 return
             self.released = True
+            finalizer, self.exit_finalizer = self.exit_finalizer, None
+        if finalizer is not None:
+            finalizer.cancel()
         self.chan.release(detach=not util._exiting)  # type: ignore[attr-defined]
 
     @property
