@@ -76,44 +76,39 @@ def test_objects_arrive_whole_when_msgmnb_is_smaller_than_one_message(msgmnb):
     assert run.stdout.strip() == "delivered"
 
 
-def test_queue_creation_names_msgmnb_when_a_queue_cannot_hold_a_message():
-    run = run_with_limits({"msgmnb": 64}, """
-        import mpsysv
-        try:
-            mpsysv.Queue()
-        except OSError as exc:
-            print(type(exc).__name__, exc)
-    """)
+_CREATE_A_QUEUE = """
+    import mpsysv
+    try:
+        mpsysv.Queue()
+    except OSError as exc:
+        print(type(exc).__name__, exc)
+    print("left:", sum(1 for _ in open("/proc/sysvipc/msg")) - 1,
+          sum(1 for _ in open("/proc/sysvipc/sem")) - 1,
+          sum(1 for _ in open("/proc/sysvipc/shm")) - 1)
+"""
+
+
+def creation_error(limits: dict) -> str:
+    """The error a queue's creation raises under *limits*; it must leave nothing behind."""
+    run = run_with_limits(limits, _CREATE_A_QUEUE)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.startswith("OSError")
-    assert "msgmnb" in run.stdout and "sysctl -w kernel.msgmnb" in run.stdout
+    error, left = run.stdout.splitlines()
+    assert error.startswith("OSError [Errno 28]"), error
+    assert left == "left: 0 0 0"
+    return error
+
+
+def test_queue_creation_names_msgmnb_when_a_queue_cannot_hold_a_message():
+    error = creation_error({"msgmnb": 64})
+    assert "msgmnb" in error and "sysctl -w kernel.msgmnb" in error
 
 
 def test_running_out_of_msgmni_names_the_limit_and_its_sysctl():
-    run = run_with_limits({"msgmni": 1}, """
-        import mpsysv
-        try:
-            mpsysv.Queue()
-        except OSError as exc:
-            print(type(exc).__name__, exc)
-        print("left:", sum(1 for _ in open("/proc/sysvipc/msg")) - 1,
-              sum(1 for _ in open("/proc/sysvipc/shm")) - 1)
-    """)
-    assert run.returncode == 0, run.stderr[-3000:]
-    first, left = run.stdout.splitlines()
-    assert first.startswith("OSError") and "No space left on device" in first
-    assert "msgmni=1" in first and "sysctl -w kernel.msgmni" in first
-    assert left == "left: 0 0"
+    error = creation_error({"msgmni": 1})
+    assert "No space left on device" in error
+    assert "msgmni=1" in error and "sysctl -w kernel.msgmni" in error
 
 
 def test_running_out_of_semmni_names_the_limit_and_its_sysctl():
-    run = run_with_limits({"sem": "250 32000 32 0"}, """
-        import mpsysv
-        try:
-            mpsysv.Queue()
-        except OSError as exc:
-            print(type(exc).__name__, exc)
-    """)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.startswith("OSError")
-    assert "semmni=0" in run.stdout and "kernel.sem" in run.stdout
+    error = creation_error({"sem": "250 32000 32 0"})
+    assert "semmni=0" in error and "kernel.sem" in error

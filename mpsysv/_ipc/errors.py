@@ -72,7 +72,7 @@ def limit_hint(call: str) -> str:
         return (f"the kernel's semmni={lim['semmni']} semaphore sets (or semmns={lim['semmns']} "
                 "semaphores) exist already: raise them with `sysctl -w kernel.sem='SEMMSL SEMMNS "
                 "SEMOPM SEMMNI'` (/proc/sys/kernel/sem, 4th and 2nd fields); each mpsysv queue "
-                "uses one set of 3, `ipcs -s` lists them")
+                "uses one set, `ipcs -s` lists them")
     if call.startswith("shmget"):
         return (f"the kernel's shmmni={lim['shmmni']} segments exist already or shmall="
                 f"{lim['shmall']} pages are in use: raise them with `sysctl -w kernel.shmmni=N` "
