@@ -378,30 +378,49 @@ def test_stat_prints_keys_in_hex_and_times_readable(capsys):
         seg.unlink()
 
 
+def _hold_a_queue_and_a_segment(names, ready, done, ids):
+    """A fork child's work: hold both objects until *done* (the test process itself must
+    not map them: a fork of a process that maps a segment sets its shm_lpid)."""
+    q = Queue(name=names[0], create=True)
+    q.put("x")
+    seg = SharedMemory(names[1], create=True, size=100)
+    ids.put((q._chan.ctl_id, q._chan.semid, seg.id))
+    ready.set()
+    done.wait(60)
+    seg.close()
+    seg.unlink()
+    q.unlink()
+    q.close()
+
+
 def test_ls_and_stat_change_nothing_about_the_objects_they_read():
     from mpsysv._queue.layout import SEM_HOLDERS
     from mpsysv.primitives import Segment, SemaphoreSet
 
-    q = Queue(name=unique_name("ro"), create=True)
-    q.put("x")
-    seg = SharedMemory(unique_name("ro"), create=True, size=100)
+    from .helpers import fork
+
+    names = (unique_name("ro"), unique_name("ro"))
+    ready, done, ids = fork.Event(), fork.Event(), fork.SimpleQueue()
+    holder = fork.Process(target=_hold_a_queue_and_a_segment, args=(names, ready, done, ids))
+    holder.start()
     try:
+        assert ready.wait(30)
+        ctl_id, semid, seg_id = ids.get()
+
         def seen():
-            ctl, shm = Segment(id=q._chan.ctl_id).stat(), Segment(id=seg.id).stat()
+            ctl, shm = Segment(id=ctl_id).stat(), Segment(id=seg_id).stat()
             return (ctl.shm_lpid, ctl.shm_atime, ctl.shm_nattch, shm.shm_lpid, shm.shm_atime,
-                    SemaphoreSet(id=q._chan.semid).getpid(SEM_HOLDERS))
+                    SemaphoreSet(id=semid).getpid(SEM_HOLDERS))
         before = seen()
-        for argv in (["ls"], ["ls", "--json"], ["stat", q.name], ["stat", seg.name]):
+        for argv in (["ls"], ["ls", "--json"], ["stat", names[0]], ["stat", names[1]]):
             out = cli(*argv)
             assert out.returncode == 0, out.stderr
-            assert q.name in out.stdout and seg.name in out.stdout or seg.name in argv \
-                or q.name in argv
+            assert all(name in out.stdout for name in (set(argv) & set(names) or names))
         assert seen() == before
     finally:
-        seg.close()
-        seg.unlink()
-        q.close()
-        q.unlink()
+        done.set()
+        holder.join(30)
+    assert holder.exitcode == 0
 
 
 def _ls_as_nobody(*argv) -> str:
