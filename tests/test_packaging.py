@@ -32,7 +32,8 @@ def unpacked_sdist(tmp_path_factory):
 
 def _pytest_in(tree, *args, timeout):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    env.pop("PYTEST_XDIST_WORKER", None)
+    for inherited in ("PYTEST_XDIST_WORKER", "MPSYSV_SLOW"):  # (no sdist inside the sdist)
+        env.pop(inherited, None)
     return subprocess.run([sys.executable, "-m", "pytest", "-q", *args],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
 
