@@ -305,6 +305,11 @@ class _Base(Generic[T]):
         if not count:
             return
         if self._maxsize:
+            if count > self._maxsize and block and timeout is None:  # (it would wait forever)
+                raise ValueError(f"put_many() of {count} objects on a queue of maxsize "
+                                 f"{self._maxsize}: its slots are taken all or none, and "
+                                 f"{count} can never be free at once; put them in groups "
+                                 f"of at most {self._maxsize}")
             self._take_slots(count, block, timeout)
         chan = self._chan
         if self._kind == KIND_JOINABLE:

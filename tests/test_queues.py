@@ -382,6 +382,15 @@ class BatchTest(unittest.TestCase):
         self.assertFalse(q.full())
         q.close()
 
+    def test_blocking_put_many_of_more_objects_than_maxsize_raises_instead_of_hanging(self):
+        q = Queue(3)
+        with self.assertRaisesRegex(ValueError, "maxsize 3.*groups of at most 3"):
+            q.put_many(range(300))
+        self.assertEqual(q.qsize(), 0)
+        q.put_many(range(3))  # (the queue is still usable, its slots intact)
+        self.assertEqual(q.get_many(10), [0, 1, 2])
+        q.close()
+
     def test_typed_batches(self):
         q = Queue()
         q.put_many(["a1", "a2"], mtype=5)
