@@ -1,7 +1,9 @@
 """The stdlib's ``Pool`` with one addition: when it terminates, the Readers of its mpsysv
 queues are closed, so that their watcher threads (``mpsysv.ReaderWatcher``, which keep a
 pipe readable for ``connection.wait()``) end with the pool instead of with the pool
-object's garbage collection. The queues themselves are left to the pool's own teardown."""
+object's garbage collection, and its queues are abandoned: what this process had not
+sent yet is dropped (as the stdlib's terminate drops its queued tasks) and their feeder
+threads end, instead of waiting for room in a queue nobody reads any more."""
 
 from __future__ import annotations
 
@@ -26,3 +28,4 @@ class Pool(multiprocessing.pool.Pool):
                     reader = arg.__dict__.get("_reader_part")
                     if reader is not None:
                         reader.close()
+                    arg._abandon()

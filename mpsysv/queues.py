@@ -429,6 +429,18 @@ class _Base(Generic[T]):
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def _abandon(self, wait: float = 2.0) -> None:
+        """A terminated Pool's queue: nobody will read what this process has not sent
+        yet (the stdlib's terminate drops it too), so drop it, close the handle and let
+        the feeder thread end now instead of waiting for room that never comes. (Only
+        for uncounted queues: a counted object's slot and task are already counted.)"""
+        if not self._chan.counted:
+            self._feeder.discard()
+        self.close()
+        thread = self._feeder.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
+
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder thread at exit: the process exits at once, and
         objects still in its buffer may be lost."""

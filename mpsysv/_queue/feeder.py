@@ -206,6 +206,18 @@ class Feeder:
             finalizer.cancel()
         self.chan.release(detach=not util._exiting)  # type: ignore[attr-defined]
 
+    def discard(self) -> int:
+        """Drop the objects not handed to the kernel yet (their queue is abandoned, as a
+        terminated Pool's is): how many. The thread then finds nothing to wait for."""
+        with self.send_lock, self.cond:
+            buffer = self.buffer
+            dropped = sum(1 for item in buffer if item[0] is not _SENTINEL)
+            kept = [item for item in buffer if item[0] is _SENTINEL]
+            buffer.clear()
+            buffer.extend(kept)
+            self.cond.notify()
+        return dropped
+
     @property
     def pending(self) -> int:
         """Objects in the buffer (the end-of-flush marker not counted)."""
