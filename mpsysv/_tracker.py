@@ -32,7 +32,7 @@ from .primitives import Segment, ipc_table
 __all__ = ["TRAILER_SIZE", "MAGIC", "VERSION", "FLAG_TRACKED", "FLAG_HUGETLB",
            "PURPOSE_SHARED_MEMORY", "PURPOSE_SHAREABLE_LIST", "Identity", "pack_identity",
            "parse_identity", "match_identity", "read_trailer", "process_identity", "register",
-           "register_raw", "tracker_identity", "live_segments", "main"]
+           "register_raw", "forget", "tracker_identity", "live_segments", "main"]
 
 # magic, version, flags, purpose, name length, size, creation time (ns since the epoch),
 # creator pid, tracker pid, creator and tracker start times (clock ticks after boot, as in
@@ -47,7 +47,10 @@ FLAG_TRACKED = 1
 FLAG_HUGETLB = 2
 PURPOSE_SHARED_MEMORY = 1
 PURPOSE_SHAREABLE_LIST = 2
-ENV = "MPSYSV_TRACKER"
+# Where spawn and forkserver children find the program's tracker: a key of the process
+# config that every multiprocessing Process copies at construction and carries to its
+# child (as the authkey travels), so the program's os.environ is left alone.
+CONFIG_KEY = "mpsysv_tracker"
 SHM_DEST = 0o1000
 _HANDSHAKE_TIMEOUT = 10.0
 _PIPE_SIZE = 1 << 20
@@ -185,6 +188,16 @@ def register_raw(ident: int, key: int, pid: int) -> Tuple[int, int]:
     return _state.tracker
 
 
+def forget(key: int, name: str) -> None:
+    """Stop tracking the named segment (``resource_tracker.unregister`` of it): the
+    tracker no longer removes it at the program's end. Starts no tracker."""
+    if _state.fd is None:
+        with _state.lock:
+            if _state.fd is None and not _join_parent_tracker():
+                return
+    _send(b"F %d %s\n" % (key, name.encode("ascii")))
+
+
 def _send(message: bytes) -> None:
     fd = _state.fd
     if fd is None:
@@ -234,9 +247,11 @@ def _join_parent_tracker() -> bool:
     """Use the tracker of the program that started us through multiprocessing (spawn,
     forkserver): a segment created by a worker lives as long as the whole program, as
     with the stdlib's shared resource tracker. Other children start their own."""
-    value = os.environ.get(ENV, "")
     mp_process = sys.modules.get("multiprocessing.process")
-    if not value or mp_process is None or mp_process.parent_process() is None:
+    if mp_process is None or mp_process.parent_process() is None:
+        return False
+    value = mp_process.current_process()._config.get(CONFIG_KEY, "")
+    if not value:
         return False
     namespace, _, address = value.rpartition("|")
     if namespace != _ipc_namespace():
@@ -290,7 +305,13 @@ def _start_tracker() -> None:
         listener.close()
     _state.fd, _state.popen, _state.popen_owner = write_end, popen, os.getpid()
     _state.tracker = (popen.pid, start_ticks(popen.pid))
-    os.environ[ENV] = f"{_ipc_namespace()}|{address}"
+    _publish(f"{_ipc_namespace()}|{address}")
+
+
+def _publish(value: str) -> None:
+    """Hand the tracker's address to the processes this one starts from now on."""
+    from multiprocessing import process
+    process.current_process()._config[CONFIG_KEY] = value
 
 
 # --- the tracker process ---------------------------------------------------------------
@@ -341,7 +362,7 @@ def _serve(pipe_fd: int, listener: socket.socket, registry: dict) -> None:
             busy = busy or len(data) == _CHUNK
             lines = (partial[fd] + data).split(b"\n")
             partial[fd] = lines.pop()
-            registry.update(dict.fromkeys(lines))  # parsed only when pruning or cleaning up
+            _record(registry, lines)
             if len(registry) > limit:
                 _prune(registry)
                 limit = max(1024, 2 * len(registry))
@@ -361,7 +382,27 @@ def _read_until_eof(pipe_fd: int, registry: dict) -> None:
             return
         lines = (pending + data).split(b"\n")
         pending = lines.pop()
+        _record(registry, lines)
+
+
+def _record(registry: dict, lines: list) -> None:
+    """Add announcements (parsed only when pruning or cleaning up); an ``F key name``
+    line forgets the earlier announcements of that name (``resource_tracker.unregister``)."""
+    if not any(line[:1] == b"F" for line in lines):
         registry.update(dict.fromkeys(lines))
+        return
+    for line in lines:
+        if line[:1] != b"F":
+            registry[line] = None
+            continue
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            continue
+        _, key, name = parts
+        for entry in [e for e in registry if e[:1] == b"N"]:
+            parts = entry.split(b" ")
+            if len(parts) == 5 and parts[1] == key and parts[4] == name:
+                del registry[entry]
 
 
 def _accept_all(listener, reply, selector, partial, connections) -> bool:
@@ -420,14 +461,16 @@ def _clean_up(registry: dict) -> None:
     for entry in filter(None, map(_parse, registry)):
         try:
             if _remove_if_ours(entry):
-                removed.append(entry[4] if entry[0] == "N" else f"key={entry[2]:#010x}")
+                removed.append("/" + entry[4] if entry[0] == "N" else f"key={entry[2]:#010x}")
         except OSError:
             pass
     if removed:
+        # The stdlib resource tracker's words, which log watchers and test suites look for.
+        names = "{" + ", ".join(map(repr, removed)) + "}"
         try:
             warnings.warn_explicit(
-                f"{len(removed)} shared memory segment(s) created with track=True were never "
-                f"unlinked; removed them at shutdown: {removed}", UserWarning,
+                f"resource_tracker: There appear to be {len(removed)} leaked shared_memory "
+                f"objects to clean up at shutdown: {names}", UserWarning,
                 "mpsysv tracker", os.getpid())
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - a closed stderr must not stop the exit

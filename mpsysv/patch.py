@@ -2,7 +2,10 @@
 
 ``patch()`` replaces ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` on every context
 (and so the module-level functions) and ``SharedMemory``/``ShareableList`` in
-``multiprocessing.shared_memory``. Fork children inherit the switch; spawn and
+``multiprocessing.shared_memory``; ``resource_tracker.register``/``unregister`` of a
+"shared_memory" name reach mpsysv's tracker when the name is an mpsysv segment's (code
+that untracks a segment it attached, the common workaround for the stdlib's tracker,
+keeps working). Fork children inherit the switch; spawn and
 forkserver children turn it on before they import the main module. ``unpatch()``
 puts back the very objects it replaced. Names a module imported before ``patch()``
 (``from multiprocessing import Queue``) keep what they were bound to.
@@ -34,7 +37,7 @@ def patch() -> None:
             return
         import multiprocessing
         import multiprocessing.shared_memory as stdlib_shared
-        from multiprocessing import context, spawn
+        from multiprocessing import context, resource_tracker, spawn
 
         from . import shared
         from .context import _MpsysvContext
@@ -54,6 +57,10 @@ def patch() -> None:
                 replace(multiprocessing, name, getattr(context._default_context, name))
             for name in _SHARED_NAMES:
                 replace(stdlib_shared, name, getattr(shared, name))
+            register, unregister = _routing_tracker_calls(resource_tracker.register,
+                                                          resource_tracker.unregister)
+            replace(resource_tracker, "register", register)
+            replace(resource_tracker, "unregister", unregister)
             replace(spawn, "get_preparation_data",
                     _with_patch_marker(spawn.get_preparation_data))
         except BaseException:
@@ -91,6 +98,32 @@ def _restore(saved: List[Tuple[object, str, object]]) -> None:
             delattr(namespace, name)
         else:
             setattr(namespace, name, original)
+
+
+def _routing_tracker_calls(register, unregister):
+    """``resource_tracker.register``/``unregister`` that hand "shared_memory" names of
+    mpsysv segments to mpsysv's tracker and everything else to the stdlib's (a segment
+    of the stdlib's class made by code that kept it from before the patch)."""
+    from .shared import track_by_name, untrack_by_name
+
+    stdlib_names = set()  # "shared_memory" names this process gave the stdlib's tracker
+
+    @functools.wraps(register)
+    def register_(name, rtype):
+        if rtype == "shared_memory":
+            if track_by_name(name):
+                return
+            stdlib_names.add(name)
+        register(name, rtype)
+
+    @functools.wraps(unregister)
+    def unregister_(name, rtype):
+        if rtype == "shared_memory" and name not in stdlib_names and untrack_by_name(name):
+            return
+        stdlib_names.discard(name)
+        unregister(name, rtype)
+
+    return register_, unregister_
 
 
 class _PatchMarker:

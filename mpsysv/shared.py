@@ -15,6 +15,7 @@ import functools
 import operator
 import os
 import struct
+import sys
 import time
 import types
 import weakref
@@ -24,7 +25,7 @@ from . import _gc
 from . import _libc as L
 from ._names import check_name, name_key, random_name
 from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
-                       PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, live_segments,
+                       PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, forget, live_segments,
                        match_identity, pack_identity, parse_identity, process_identity,
                        read_trailer, register, register_raw)
 from .primitives import Attachment, Segment, SegmentStat, segment_owner_and_mode
@@ -68,7 +69,17 @@ os.register_at_fork(after_in_child=_fresh.clear)
 
 
 def _fresh_name() -> tuple:
-    """A new random ``(bare name, key)``, remembered for attaching by that name here."""
+    """A new random ``(bare name, key)``, remembered for attaching by that name here.
+
+    ``multiprocessing.shared_memory._make_filename`` is looked up at each call: when it
+    was replaced (a test's mock, a program's own naming scheme), its names are used, as
+    the stdlib does; the stdlib's own function is not called, mpsysv's names (64 random
+    bits, hashed in batches) serve instead.
+    """
+    stdlib = sys.modules.get("multiprocessing.shared_memory")
+    make_filename = getattr(stdlib, "_make_filename", None)
+    if make_filename is not None and not _is_stdlib_function(make_filename):
+        return _name_and_key(make_filename())
     try:
         bare, key = _fresh.pop()
     except IndexError:
@@ -76,6 +87,11 @@ def _fresh_name() -> tuple:
                       for bare in [random_name() for _ in range(_BATCH)])
         bare, key = _fresh.pop()
     return _remember(bare, bare, key)
+
+
+def _is_stdlib_function(f) -> bool:
+    return (isinstance(f, types.FunctionType)
+            and f.__module__ == "multiprocessing.shared_memory")
 
 
 def _remember(name: str, bare: str, key: Optional[int] = None) -> tuple:
@@ -107,19 +123,32 @@ class SharedMemory:
     if it exists), ``SharedMemory(name)`` attaches (``FileNotFoundError`` if missing).
     ``buf`` is a memoryview of exactly ``size`` bytes, page-aligned.
 
-    ``track=True`` (creator only): removed with a UserWarning when the creating
-    program ends without having unlinked it, even if it was killed. ``readonly=True``
+    ``track`` (default: True for the creator, False for an attacher): removed when the
+    program ends without having unlinked it, even if it was killed, with the resource
+    tracker's leak warning. An attacher tracks only when given ``track=True``, as the
+    stdlib's 3.13 does; by default a segment outlives the processes that merely attach
+    it. ``_name`` is ``"/" + name`` as in the stdlib on POSIX. ``readonly=True``
     attaches with SHM_RDONLY. ``mode`` (default 0o600) and ``hugetlb`` apply on create.
     ``close()`` never unmaps memory a view still uses: the detach waits for the last
     view (a numpy array, a slice) to go away. ``unlink()`` frees the name at once;
     attached processes keep their mapping.
     """
 
-    __slots__ = ("_name", "_id", "_key", "_size", "_attachment", "_buf", "_readonly",
-                 "_unlinked", "_purpose", "__weakref__")
+    # Defaults, as the stdlib's class has them: close() and unlink() work on an instance
+    # whose __init__ failed. Instances have a __dict__ (client code stores its own
+    # attributes on them, as the stdlib allows).
+    _name: Optional[str] = None  # "/" + name, as the stdlib's POSIX _name; None when raw
+    _id = -1
+    _key = 0
+    _size = 0
+    _attachment: Optional[Attachment] = None
+    _buf: Optional[memoryview] = None
+    _readonly = False
+    _unlinked = False
+    _purpose = 0
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
-                 track: bool = True, readonly: bool = False, mode: int = 0o600,
+                 track: Optional[bool] = None, readonly: bool = False, mode: int = 0o600,
                  hugetlb: bool = False):
         size = _check_size(size, create)
         if name is None and not create:
@@ -128,9 +157,9 @@ class SharedMemory:
             if readonly:
                 raise ValueError("a segment cannot be created read-only: create it, then "
                                  "attach it with readonly=True")
-            self._create(name, size, track, mode, hugetlb, PURPOSE_SHARED_MEMORY)
+            self._create(name, size, track is not False, mode, hugetlb, PURPOSE_SHARED_MEMORY)
         else:
-            self._attach(name, readonly)
+            self._attach(name, readonly, track is True)
 
     # --- the stdlib's API ---------------------------------------------------------------
 
@@ -142,7 +171,8 @@ class SharedMemory:
     @property
     def name(self) -> Optional[str]:
         """The name other processes attach by (None for ``from_key``/``from_id``)."""
-        return self._name
+        name = self._name
+        return name[1:] if name is not None and name.startswith("/") else name
 
     @property
     def size(self) -> int:
@@ -164,6 +194,14 @@ class SharedMemory:
         Raises ``FileNotFoundError`` when it was removed already (by this handle,
         another process, ``ipcrm`` or a tracker at its program's end).
         """
+        if self._name is not None and _name_and_key(self._name)[1] != self._key:
+            # _name was set by hand (the stdlib unlinks whatever it names): unlink that one.
+            other = SharedMemory(self._name)
+            try:
+                other.unlink()
+            finally:
+                other.close()
+            return
         if self._unlinked:
             raise FileNotFoundError(errno.ENOENT, "Shared memory was already unlinked",
                                     self._label())
@@ -180,13 +218,13 @@ class SharedMemory:
         if self._name is None:
             return _from_id, (type(self), self._id, self._readonly)
         if self._readonly:
-            return functools.partial(type(self), readonly=True), (self._name, False, self._size)
-        return type(self), (self._name, False, self._size)
+            return functools.partial(type(self), readonly=True), (self.name, False, self._size)
+        return type(self), (self.name, False, self._size)
 
     def __repr__(self) -> str:
         if self._name is None:
             return f"{type(self).__name__}.from_id({self._id}, size={self._size})"
-        return f"{type(self).__name__}({self._name!r}, size={self._size})"
+        return f"{type(self).__name__}({self.name!r}, size={self._size})"
 
     def __enter__(self) -> "SharedMemory":
         return self
@@ -281,7 +319,7 @@ class SharedMemory:
         ctypes.memmove(addr + size, trailer, TRAILER_SIZE)
         self._set(bare, ident, key, size, Attachment(addr, size, False), False, purpose)
 
-    def _attach(self, name, readonly) -> None:
+    def _attach(self, name, readonly, track) -> None:
         bare, key = _name_and_key(name)
         ident = L.shmget(key, 0, 0)
         ds = L.shmid_ds()
@@ -307,6 +345,11 @@ class SharedMemory:
             raise ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity),
                                       bare)
         size, purpose = found
+        if track:
+            # An explicit track=True on attach, as in the stdlib (3.13): this program's
+            # tracker removes the segment when the program ends, whoever created it.
+            identity = parse_identity(raw)
+            register(key, identity.creator_pid, identity.ctime_ns, bare)
         self._set(bare, ident, key, size, Attachment(addr, size, readonly), readonly, purpose)
 
     @classmethod
@@ -317,15 +360,39 @@ class SharedMemory:
         return self
 
     def _set(self, name, ident, key, size, attachment, readonly, purpose) -> None:
-        self._name, self._id, self._key, self._size = name, ident, key, size
+        self._name = None if name is None else "/" + name
+        self._id, self._key, self._size = ident, key, size
         self._attachment, self._buf = attachment, attachment.buf
         self._readonly, self._unlinked, self._purpose = readonly, False, purpose
 
     def _label(self) -> str:
-        return self._name if self._name is not None else f"id={self._id}"
+        return self.name if self._name is not None else f"id={self._id}"
 
     def _what(self) -> str:
         return f"shared memory {self._label()!r} (id={self._id})"
+
+
+def track_by_name(name) -> bool:
+    """``resource_tracker.register(name, "shared_memory")`` for an mpsysv segment: this
+    program's tracker removes it at the end, as after an attach with ``track=True``.
+    False when *name* names no mpsysv segment."""
+    try:
+        SharedMemory(name, track=True).close()
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def untrack_by_name(name) -> bool:
+    """``resource_tracker.unregister(name, "shared_memory")`` for an mpsysv segment: this
+    program's tracker forgets it (a no-op when it never tracked it). False when *name*
+    is no valid mpsysv name."""
+    try:
+        bare, key = _name_and_key(name)
+    except (TypeError, ValueError):
+        return False
+    forget(key, bare)
+    return True
 
 
 def _from_id(cls, ident, readonly):
@@ -431,6 +498,16 @@ def _encode(value):
     return code, (value if code == _BYTES else None)
 
 
+def _slot_size(item, blob) -> int:
+    """Bytes of an item's slot: the stdlib's size (a multiple of 8 above the length in
+    characters, so ``format`` reads the same), or above the UTF-8 length when the
+    encoded str does not fit in that (the stdlib truncates it)."""
+    if blob is None:
+        return _ALIGN
+    size = _ALIGN * (len(item) // _ALIGN + 1)
+    return size if len(blob) <= size else _ALIGN * (len(blob) // _ALIGN + 1)
+
+
 class ShareableList:
     """A fixed-length list of int, float, bool, str, bytes and None in a SharedMemory.
 
@@ -438,7 +515,7 @@ class ShareableList:
     ``ShareableList(name=...)`` attaches; ``shm``, ``format``, ``count()``,
     ``index()``; a str/bytes slot keeps the size it was created with (``ValueError``
     when a longer value is stored). Unlike the stdlib, trailing NUL bytes survive and
-    slots are sized by the UTF-8 length of a str.
+    a str slot is made big enough for its UTF-8 encoding.
 
     Layout: item count (q), N+1 slot offsets (q), N type words (q: byte length << 8 |
     type code), then the slots, each a multiple of 8 bytes.
@@ -450,9 +527,8 @@ class ShareableList:
             items = [] if sequence is None else list(sequence)
             encoded = [_encode(item) for item in items]
             offsets = [0]
-            for _, blob in encoded:
-                offsets.append(offsets[-1] + (_ALIGN if blob is None
-                                              else _ALIGN * (len(blob) // _ALIGN + 1)))
+            for item, (_, blob) in zip(items, encoded):
+                offsets.append(offsets[-1] + _slot_size(item, blob))
             n = len(items)
             self.shm = SharedMemory.__new__(SharedMemory)
             self.shm._create(name, 16 * n + 16 + offsets[-1], track, 0o600, False,
@@ -520,12 +596,14 @@ class ShareableList:
     @property
     def format(self) -> str:
         """The struct format of the items as stored now (as the stdlib reports it)."""
-        buf, parts = self.shm.buf, []
-        for i in range(self._n):
-            code = _Q.unpack_from(buf, self._types + 8 * i)[0] & 0xFF
-            parts.append(_FIXED_FORMATS.get(code)
-                         or f"{self._offsets[i + 1] - self._offsets[i]}s")
-        return "".join(parts)
+        return "".join(map(self._get_packing_format, range(self._n)))
+
+    def _get_packing_format(self, position: int) -> str:
+        """The struct format of one item as stored now, as the stdlib's helper of that
+        name gives it (a str/bytes slot reads ``"<slot size>s"``)."""
+        i = self._position(position, "Requested position out of range.")
+        code = _Q.unpack_from(self.shm.buf, self._types + 8 * i)[0] & 0xFF
+        return _FIXED_FORMATS.get(code) or f"{self._offsets[i + 1] - self._offsets[i]}s"
 
     def count(self, value) -> int:
         """Number of occurrences of *value*."""

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import textwrap
 import unittest
-from multiprocessing import context, spawn
+from multiprocessing import context, resource_tracker, spawn
 
 import mpsysv
 from mpsysv import queues, shared
@@ -23,7 +23,8 @@ def _originals():
     return [multiprocessing.Queue, multiprocessing.SimpleQueue, multiprocessing.JoinableQueue,
             context.BaseContext.__dict__["Queue"], context.BaseContext.__dict__["SimpleQueue"],
             context.BaseContext.__dict__["JoinableQueue"], stdlib_shared.SharedMemory,
-            stdlib_shared.ShareableList, spawn.get_preparation_data]
+            stdlib_shared.ShareableList, spawn.get_preparation_data, resource_tracker.register,
+            resource_tracker.unregister]
 
 
 def _report_backends(out):

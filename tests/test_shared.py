@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 import time
 import unittest
+from unittest import mock
 
 import mpsysv
 from mpsysv import _tracker
@@ -161,6 +162,45 @@ class NamesAndSizesTest(SegmentTestCase):
         self.assertEqual(a.name, name)
         b = self.make(name)
         self.assertEqual(b.id, a.id)
+
+    def test_private_name_has_the_stdlibs_leading_slash(self):
+        name = random_name("under_")
+        a = self.make(name, create=True, size=8)
+        self.assertEqual((a._name, a.name), ("/" + name, name))
+        b = self.make(create=True, size=8)
+        self.assertEqual(b._name, "/" + b.name)
+
+    def test_a_mocked_make_filename_names_anonymous_segments_and_a_taken_name_is_retried(self):
+        names = ["/psm_" + random_name("mock1_"), "/psm_" + random_name("mock2_")]
+        with mock.patch("multiprocessing.shared_memory._make_filename") as make_filename:
+            make_filename.side_effect = names
+            first = self.make(create=True, size=1)
+            make_filename.side_effect = names
+            second = self.make(create=True, size=1)  # the first name exists: the next one
+        self.assertEqual((first._name, second._name), tuple(names))
+        self.assertEqual(second.name, names[1][1:])
+
+    def test_a_name_with_a_nul_byte_raises_ValueError_also_from_unlink(self):
+        a = self.make(random_name("nul_"), create=True, size=8)
+        with self.assertRaises(ValueError):
+            SharedMemory(a.name + "\0a")
+        own = a._name
+        a._name = own + "\0a"
+        with self.assertRaises(ValueError):
+            a.unlink()
+        a._name = own
+        a.unlink()
+
+    def test_unlink_removes_the_segment_its_name_attribute_names(self):
+        a = self.make(random_name("first_"), create=True, size=8)
+        b = self.make(random_name("second_"), create=True, size=8)
+        own = a._name
+        a._name = b._name  # as the stdlib's unlink() does: shm_unlink(self._name)
+        a.unlink()
+        with self.assertRaises(FileNotFoundError):
+            SharedMemory(b.name)
+        a._name = own
+        SharedMemory(a.name).close()  # a's own segment is still there
 
     def test_key_is_the_name_key_and_segment_is_owner_only(self):
         a = self.make(create=True, size=8)

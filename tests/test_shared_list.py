@@ -66,6 +66,16 @@ class StdlibParityTest(ListTestCase):
                 theirs[position] = value
                 self.assert_same(ours, theirs)
 
+    def test_packing_format_of_each_item_alike(self):
+        ours, theirs = self.both(ITEMS + ["encodés"])  # 7 characters, 8 bytes of UTF-8
+        for i in range(-len(ours), len(ours)):
+            self.assertEqual(ours._get_packing_format(i), theirs._get_packing_format(i))
+        for i in (len(ours), -len(ours) - 1):
+            with self.assertRaises(IndexError):
+                ours._get_packing_format(i)
+        ours[0], theirs[0] = "some", "some"
+        self.assertEqual(ours._get_packing_format(0), theirs._get_packing_format(0))
+
     def test_too_long_str_or_bytes_raises_ValueError_in_both(self):
         ours, theirs = self.both(ITEMS)
         for position, value in ((0, "more than 8"), (9, "123456789"), (14, b"x" * 17)):

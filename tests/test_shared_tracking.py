@@ -114,8 +114,8 @@ class TrackedProgramTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         keep, forgotten, key = result.stdout.split()
         self.assertFalse(segment_exists(int(key)))
-        self.assertIn(f"1 shared memory segment(s) created with track=True were never "
-                      f"unlinked; removed them at shutdown: [{forgotten!r}]", result.stderr)
+        self.assertIn("resource_tracker: There appear to be 1 leaked shared_memory objects to "
+                      f"clean up at shutdown: {{{'/' + forgotten!r}}}", result.stderr)
         shm = SharedMemory(keep)
         shm.close()
         shm.unlink()
@@ -152,7 +152,7 @@ class TrackedProgramTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         parent, child, same_tracker = result.stdout.split()
         self.assertEqual(same_tracker, "True")
-        self.assertIn("2 shared memory segment(s)", result.stderr)
+        self.assertIn("There appear to be 2 leaked shared_memory objects", result.stderr)
         self.assertIn(parent, result.stderr)
         self.assertIn(child, result.stderr)
         self.assertEqual(result.stderr.count("UserWarning"), 1)
@@ -181,8 +181,87 @@ class TrackedProgramTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         mine, theirs, value, exitcode = result.stdout.split()
         self.assertEqual((value, exitcode), ("7", "0"))
-        self.assertIn("2 shared memory segment(s)", result.stderr)
+        self.assertIn("There appear to be 2 leaked shared_memory objects", result.stderr)
         self.assertIn(theirs, result.stderr)
+
+    def test_tracking_leaves_the_programs_environment_alone_and_spawn_children_still_join(self):
+        result = run_python("""
+            import multiprocessing as mp, os
+            from mpsysv import _tracker
+            from mpsysv.shared import SharedMemory
+
+            def child(queue):
+                shm = SharedMemory(create=True, size=8, track=False)
+                queue.put((_tracker.tracker_identity(), shm.name))
+                shm.close()
+                shm.unlink()
+
+            if __name__ == "__main__":
+                before = dict(os.environ)
+                mine = SharedMemory(create=True, size=8)
+                for method in ("spawn", "forkserver"):
+                    ctx = mp.get_context(method)
+                    queue = ctx.Queue()
+                    p = ctx.Process(target=child, args=(queue,))
+                    p.start()
+                    tracker, name = queue.get(timeout=60)
+                    p.join(60)
+                    print(method, tracker == _tracker.tracker_identity(), p.exitcode)
+                print("environ unchanged", dict(os.environ) == before)
+                mine.close()
+                mine.unlink()
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.splitlines(), ["spawn True 0", "forkserver True 0",
+                                                      "environ unchanged True"])
+
+    def test_an_attach_with_explicit_track_true_removes_the_segment_at_its_programs_end(self):
+        shm = SharedMemory(create=True, size=8, track=False)
+        self.addCleanup(shm.close)
+        result = run_python(f"""
+            from mpsysv.shared import SharedMemory
+            SharedMemory({shm.name!r}).close()             # the default: no tracking
+            SharedMemory({shm.name!r}, track=True).close()  # the stdlib's 3.13 semantics
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("resource_tracker: There appear to be 1 leaked shared_memory objects to "
+                      f"clean up at shutdown: {{{'/' + shm.name!r}}}", result.stderr)
+        self.assertFalse(segment_exists(shm.key))
+
+    def test_resource_tracker_unregister_of_a_patched_segment_untracks_it(self):
+        result = run_python("""
+            import mpsysv
+            mpsysv.patch()
+            from multiprocessing import resource_tracker, shared_memory
+            kept = shared_memory.SharedMemory(create=True, size=8)
+            dropped = shared_memory.SharedMemory(create=True, size=8)
+            resource_tracker.unregister(kept._name, "shared_memory")
+            resource_tracker.unregister("/never_made_here", "shared_memory")
+            print(kept.name, kept.key, dropped.key, resource_tracker._resource_tracker._pid)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        kept, kept_key, dropped_key, stdlib_tracker = result.stdout.split()
+        self.assertEqual(stdlib_tracker, "None")  # the stdlib's tracker was never started
+        self.assertTrue(segment_exists(int(kept_key)))
+        SharedMemory(kept).unlink()
+        self.assertFalse(segment_exists(int(dropped_key)))
+        self.assertIn("There appear to be 1 leaked shared_memory objects", result.stderr)
+        self.assertNotIn(kept, result.stderr)
+
+    def test_resource_tracker_register_of_a_patched_segment_tracks_it(self):
+        shm = SharedMemory(create=True, size=8, track=False)
+        self.addCleanup(shm.close)
+        result = run_python(f"""
+            import mpsysv
+            mpsysv.patch()
+            from multiprocessing import resource_tracker
+            resource_tracker.register({'/' + shm.name!r}, "shared_memory")
+            print(resource_tracker._resource_tracker._pid)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["None"])
+        self.assertFalse(segment_exists(shm.key))
+        self.assertIn(shm.name, result.stderr)
 
     def test_subprocess_gets_its_own_tracker(self):
         result = run_python("""
