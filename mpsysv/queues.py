@@ -16,7 +16,7 @@ import types
 import warnings
 import weakref
 from collections import deque
-from multiprocessing import util
+from multiprocessing import queues as _stdlib, util
 from multiprocessing.reduction import ForkingPickler
 from queue import Empty, Full
 from time import monotonic
@@ -127,6 +127,7 @@ class _Feeder:
         self.thread: Optional[threading.Thread] = None
         self.cancelled = False
         self.released = False
+        self.exit_finalizer: Optional[util.Finalize] = None
         self.error_hook = error_hook
         # Tell the channel what left the buffer (counted objects, parcels): see _journal.
         self.track = chan.counted
@@ -251,8 +252,12 @@ class _Feeder:
             self.chan.release(detach=False)
         else:
             # The thread lets go when it has flushed; if the program ends first, its
-            # hold must still be given back (the last holder removes the queue).
-            util.Finalize(None, self._release_at_exit, exitpriority=-10)
+            # hold must still be given back (the last holder removes the queue). The
+            # thread's release() cancels this, so a closed queue leaves nothing behind.
+            with self.cond:
+                if not self.released:
+                    self.exit_finalizer = util.Finalize(None, self._release_at_exit,
+                                                        exitpriority=-10)
 
     def _release_at_exit(self) -> None:
         with self.cond:
@@ -266,6 +271,9 @@ class _Feeder:
             if self.released:
                 return
             self.released = True
+            finalizer, self.exit_finalizer = self.exit_finalizer, None
+        if finalizer is not None:
+            finalizer.cancel()
         self.chan.release(detach=not util._exiting)
 
     @property
@@ -661,13 +669,22 @@ class _Base:
     __class_getitem__ = classmethod(types.GenericAlias)
 
 
-class Queue(_Base):
+# Each class also derives from its multiprocessing counterpart, after _Base, so that code
+# that checks the stdlib's types (logging.config's QueueHandler, test helpers) accepts
+# it. _Base defines every public method and every private one that stdlib callers reach
+# for (``_reader``, ``_writer``, ``_rlock``, ``_poll``, ``_after_fork``, pickling), so none
+# of the stdlib's code runs: not its __init__, not its feeder thread. Only its pipe
+# plumbing (``_reset``, ``_start_thread``, ``_feed``, ``_finalize_join``,
+# ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
+# it. The classes keep their own module and name, so handles pickle as mpsysv's.
+
+class Queue(_Base, _stdlib.Queue):
     """A process-shared FIFO of pickled objects on System V message queues."""
 
     _kind = KIND_QUEUE
 
 
-class JoinableQueue(_Base):
+class JoinableQueue(Queue, _stdlib.JoinableQueue):
     """A ``Queue`` that counts unfinished tasks: ``task_done()`` and ``join()``."""
 
     _kind = KIND_JOINABLE
@@ -681,7 +698,7 @@ class JoinableQueue(_Base):
         self._chan.join_tasks()
 
 
-class SimpleQueue(_Base):
+class SimpleQueue(_Base, _stdlib.SimpleQueue):
     """The stdlib's minimal queue: put, get, empty, close.
 
     As the stdlib's, ``put()`` raises pickling errors (it has no feeder to report

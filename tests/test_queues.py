@@ -1,5 +1,6 @@
 """Queue, SimpleQueue and JoinableQueue: the stdlib's behaviour over SysV queues."""
 
+import json
 import os
 import pickle
 import queue
@@ -17,6 +18,9 @@ import mpsysv
 from mpsysv import JoinableQueue, Queue, SimpleQueue
 
 from .helpers import fork, join_or_kill, spawn, sysv_counts, unique_name
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _drain(q, n, timeout=30):
@@ -532,6 +536,61 @@ class LifetimeTest(unittest.TestCase):
         self.assertEqual(sysv_counts(), before)
 
 
+_RELEASE_SCRIPT = """
+import gc, json, threading
+from multiprocessing import util
+import mpsysv
+
+def counts():
+    gc.collect()
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for line in f if "SYSV" in line)
+    threads = sum(1 for o in gc.get_objects()
+                  if isinstance(o, threading.Thread) and o is not threading.main_thread())
+    return [len(util._finalizer_registry), threads, maps]
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    before = counts()
+    held, feeders = [], 0
+    for kind in ("Queue", "SimpleQueue", "JoinableQueue"):
+        for _ in range(10):
+            q = getattr(mpsysv, kind)()
+            for i in range(5000):  # more than the kernel queue holds: the feeder runs
+                q.put(i)
+            feeders += q._feeder.thread is not None
+            held.append(counts())
+            for i in range(5000):
+                q.get()
+            q.close()
+            q.join_thread()
+            del q
+    queues = counts()
+    for _ in range(3):
+        pool = mpsysv.get_context("fork").Pool(2)
+        pool.map(square, range(3000), chunksize=1)
+        pool.terminate()
+        pool.join()
+        del pool
+    print(json.dumps([before, queues, counts(), feeders, max(h[2] for h in held)]))
+"""
+
+
+class ReleaseTest(unittest.TestCase):
+    def test_closed_and_dropped_queues_and_terminated_pools_leave_nothing_behind(self):
+        out = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True,
+                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=_ROOT))
+        self.assertEqual(out.returncode, 0, out.stderr)
+        before, after_queues, after_pools, feeders, mapped = json.loads(out.stdout)
+        self.assertEqual(feeders, 30)  # every queue's feeder thread ran
+        self.assertGreater(mapped, before[2])  # the maps count sees a live queue
+        # finalizers, thread objects, SysV mappings
+        self.assertEqual(after_queues, before)
+        self.assertEqual(after_pools, before)
+
+
 class NamedQueueTest(unittest.TestCase):
     def test_create_open_unlink(self):
         name = unique_name("q")
@@ -666,6 +725,28 @@ def test_module_exports_match_the_stdlib_names():
     for name in ("Queue", "SimpleQueue", "JoinableQueue"):
         assert getattr(queues, name) is getattr(mpsysv, name)
     assert mpsysv.Empty is queue.Empty and mpsysv.Full is queue.Full
+
+
+def test_queues_are_the_stdlib_types_without_running_any_stdlib_queue_code():
+    import multiprocessing.queues as stdlib
+    plumbing = {"_reset", "_start_thread", "_feed", "_finalize_join", "_finalize_close",
+                "_terminate_broken"}  # the stdlib's pipe feeder: reachable, never called
+    for ours in (Queue, JoinableQueue, SimpleQueue):
+        theirs = getattr(stdlib, ours.__name__)
+        assert issubclass(ours, theirs)
+        assert (ours.__module__, ours.__qualname__) == ("mpsysv.queues", ours.__name__)
+        for name in set(vars(theirs)) - plumbing - {"__dict__", "__weakref__", "__module__",
+                                                    "__doc__"}:
+            owner = next(c for c in ours.__mro__ if name in vars(c))
+            assert owner.__module__ == "mpsysv.queues", f"{ours.__name__}.{name} is the stdlib's"
+    assert issubclass(JoinableQueue, Queue)
+    q = Queue()
+    try:
+        assert not any(hasattr(q, attr) for attr in ("_thread", "_buffer", "_notempty", "_opid"))
+        data = pickle.dumps(q)  # a handle still pickles as mpsysv's class
+        assert b"mpsysv.queues" in data and b"multiprocessing" not in data
+    finally:
+        q.close()
 
 
 def test_a_queue_whose_other_holders_were_killed_is_removed_when_the_program_ends():
