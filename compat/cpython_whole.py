@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,9 +140,12 @@ def locate(info: dict, suite: str, lib_tests: dict):
     return None, None
 
 
-def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False) -> dict:
+def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match=(),
+            label="", limit=None) -> dict:
+    """One regrtest run; *match* restricts it to those ``Class.test_method`` names, and
+    *limit* (seconds) kills it and everything it started when it takes longer."""
     name = SUITES[suite]
-    stem = os.path.join(out_dir, info["version"], f"{name}-{backend}")
+    stem = os.path.join(out_dir, info["version"], f"{name}-{backend}{label}")
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     source, path = locate(info, suite, lib_tests)
     figures = {"python": info["version"], "suite": suite, "backend": backend,
@@ -173,6 +177,8 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False) -> di
             os.symlink(path, os.path.join(tmp, names[0] + ".py"))
         cmd += ["--testdir", tmp]
     cmd += names + ["--junit-xml", stem + ".xml", "--timeout", str(TIMEOUT)]
+    for test in match:
+        cmd += ["--match", "*." + test]
     if shutil.which("unshare") and os.geteuid() == 0:
         cmd = ["unshare", "--ipc"] + cmd
         figures["namespace"] = "private"
@@ -186,17 +192,40 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False) -> di
     start = time.monotonic()
     try:
         with open(stem + ".log", "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  cwd=tmp or tempfile.gettempdir())
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=tmp or tempfile.gettempdir(), start_new_session=True)
+            try:
+                figures["exit"] = proc.wait(limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                figures["exit"] = f"killed after {limit}s"
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     figures["seconds"] = round(time.monotonic() - start, 1)
-    figures["exit"] = proc.returncode
     figures.update(read_results(stem + ".xml", stem + ".log"))
     with open(stem + ".json", "w") as f:
         json.dump(figures, f, indent=1)
     return figures
+
+
+def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -> list:
+    """The failed tests of *figures* that are not deliberate and fail a second run too."""
+    retry = sorted({short_id(t) for t in figures["failed"] if not deliberate(short_id(t))})
+    if not retry:
+        return []
+    again = run_one(python, info, suite, backend, out_dir, {}, match=retry, label="-rerun",
+                    limit=limit)
+    ran = {short_id(t) for t in again["failed"]} | {
+        short_id(t) for t in _all_ids(os.path.splitext(again["log"])[0] + ".xml")}
+    return sorted(t for t in retry if t not in ran or t in {short_id(x) for x in again["failed"]})
+
+
+def _all_ids(xml_path: str) -> list:
+    if not os.path.exists(xml_path):
+        return []
+    return [case.get("name") for case in ET.parse(xml_path).getroot().iter("testcase")]
 
 
 def read_results(xml_path: str, log_path: str) -> dict:
@@ -250,14 +279,14 @@ def table(rows: list) -> tuple:
         note = " (wrapper written)" if r["source"] == "written" else (
             "" if r["source"] == "installed" else f" (from {r['source']})")
         cells[1] += note
-        std_failed = set(_short(t) for t in std["failed"]) if std else set()
+        std_failed = set(short_id(t) for t in std["failed"]) if std else set()
         cells.append(f"{std['passed']} / {len(std['failed'])}" if std else "not run")
         if mp:
-            dl = [t for t in mp["failed"] if deliberate(_short(t))]
+            dl = [t for t in mp["failed"] if deliberate(short_id(t))]
             other = [t for t in mp["failed"] if t not in dl]
             cells.append(f"{mp['passed']} / {len(other)} / {len(dl)}")
             unexplained += [(r["python"], r["suite"], t) for t in other
-                            if _short(t) not in std_failed]
+                            if short_id(t) not in std_failed]
         else:
             cells.append("not run")
         cells.append("; ".join(str(x["skipped"]) for x in (std, mp) if x))
@@ -267,7 +296,7 @@ def table(rows: list) -> tuple:
     return "\n".join(lines), unexplained
 
 
-def _short(test_id: str) -> str:
+def short_id(test_id: str) -> str:
     """``Class.test_method`` of a regrtest id (module paths differ with --testdir)."""
     return ".".join(test_id.split(".")[-2:])
 
