@@ -7,8 +7,9 @@
 For each interpreter (default: every Python >= 3.9 under ``~/.pyenv/versions``), each
 suite (``fork``, ``spawn``, ``forkserver``: ``test_multiprocessing_<method>``;
 ``futures``: ``test_concurrent_futures``) and each backend, one regrtest run in one
-process (``python -m test NAME --junit-xml ...``) inside ``unshare --ipc`` (an IPC
-namespace of its own, so nothing it makes outlives it). The ``mpsysv`` backend puts
+process (``python -m test NAME --junit-xml ...``) inside ``unshare --ipc --mount``
+with a fresh ``/dev/shm`` (an IPC namespace and POSIX shared memory of its own, so
+nothing it makes outlives it or meets another program's objects). The ``mpsysv`` backend puts
 ``compat/site`` (a ``sitecustomize`` calling ``mpsysv.patch()``) and the repository on
 ``PYTHONPATH``, so the runner and every child it starts is patched; the ``stdlib``
 backend runs the same command without them.
@@ -179,9 +180,7 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
     cmd += names + ["--junit-xml", stem + ".xml", "--timeout", str(TIMEOUT)]
     for test in match:
         cmd += ["--match", "*." + test]
-    if shutil.which("unshare") and os.geteuid() == 0:
-        cmd = ["unshare", "--ipc"] + cmd
-        figures["namespace"] = "private"
+    cmd, figures["namespace"] = isolated(cmd)
     env = dict(os.environ)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE]
     if backend == "mpsysv":
@@ -208,6 +207,16 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
     with open(stem + ".json", "w") as f:
         json.dump(figures, f, indent=1)
     return figures
+
+
+def isolated(cmd: list) -> tuple:
+    """*cmd* in an IPC namespace and a ``/dev/shm`` of its own (root only), and a word
+    for it: SysV objects and POSIX segments or semaphores that it leaves vanish with it."""
+    if not (shutil.which("unshare") and os.geteuid() == 0):
+        return cmd, "shared"
+    mount = 'mount -t tmpfs -o mode=1777 mpsysv-shm /dev/shm && exec "$@"'
+    return (["unshare", "--ipc", "--mount", "--propagation", "private", "sh", "-c", mount,
+             "sh"] + cmd, "private")
 
 
 def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -> list:

@@ -3,7 +3,7 @@
 import unittest
 
 from . import test_context, test_pool, test_queues, test_shared_memory
-from .differences import DIFFERENCES, KNOWN_BUGS, markdown
+from .differences import CPYTHON_DIFFERENCES, DIFFERENCES, KNOWN_BUGS, markdown
 from .support import CompatCase
 
 CASES = {name: obj for module in (test_context, test_pool, test_queues, test_shared_memory)
@@ -22,3 +22,10 @@ class DifferencesTableTest(unittest.TestCase):
 
     def test_markdown_has_a_row_per_difference(self):
         self.assertEqual(len(markdown().splitlines()), len(DIFFERENCES) + 2)
+
+    def test_every_cpython_test_listed_as_deliberate_follows_from_a_listed_difference(self):
+        for test, (key, expects) in CPYTHON_DIFFERENCES.items():
+            with self.subTest(test):
+                self.assertRegex(test, r"^\w+\.test_\w+$")
+                self.assertIn(key, DIFFERENCES)
+                self.assertTrue(expects)
