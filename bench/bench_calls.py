@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mpsysv import MessageQueue, SemaphoreSet, Segment  # noqa: E402
-from mpsysv import _libc as L  # noqa: E402
+from mpsysv._ipc import libc as L  # noqa: E402
 
 MiB = 1 << 20
 

@@ -23,7 +23,7 @@ from multiprocessing import shared_memory as std
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpsysv import _libc as L  # noqa: E402
+from mpsysv._ipc import libc as L  # noqa: E402
 from mpsysv.shared import SharedMemory  # noqa: E402
 
 CYCLE_SIZE = 1 << 20

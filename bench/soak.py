@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import mpsysv  # noqa: E402
-from mpsysv import _channel, _gc  # noqa: E402
+from mpsysv._queue import layout as _channel
+from mpsysv._gc import collect as _gc  # noqa: E402
 
 CLONE_NEWIPC = 0x08000000
 MiB = 1 << 20
@@ -225,7 +226,7 @@ def soak(seconds: float, n_producers: int, n_consumers: int, kill_every: float,
         # Everybody is gone and the queue drained: every slot must be free again, once
         # the slots that killed processes held are derived back (none twice).
         time.sleep(0.1)
-        q._chan.repair_slots()
+        q._chan.counts.repair_slots()
         slots_free = q._chan.sems[_channel.SLOTS].value + q.qsize()  # (+ any left queued)
     os.close(w)
     reader.join(10)

@@ -130,9 +130,9 @@ def main(argv=None) -> int:
     gc.collect()
     # What this program's exit would collect (a queue whose other holders, fork children
     # of a terminated Pool, were killed after it let go): count what is left after that.
-    from mpsysv import _channel
-    if _channel._exit_collect[0] == os.getpid():
-        _channel._collect_now(os.getpid())
+    from mpsysv._gc import collect as _gc
+    if _gc._exit_collect[0] == os.getpid():
+        _gc._collect_now(os.getpid())
     figures = {
         "python": label,
         "run": result.testsRun,

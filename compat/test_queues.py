@@ -203,6 +203,19 @@ class QueueLifetimeCase(CompatCase):
                 pickle.dumps(q)
 
 
+    def test_fork_context_queue_given_to_a_spawn_child(self):
+        q = self.Queue()  # this case's context is fork
+        spawn = self.get_context("spawn")
+        p = spawn.Process(target=put_items, args=(q, ["from spawn"]), daemon=True)
+        if self.differs("mixed-start-methods"):
+            p.start()
+            self.assertEqual(q.get(timeout=TIMEOUT), "from spawn")
+            self.join(p)
+        else:
+            with self.assertRaisesRegex(RuntimeError, "fork context"):
+                p.start()
+
+
 class CrossProcessQueueCase(CompatCase):
     START_METHODS = ("fork", "spawn", "forkserver")
 

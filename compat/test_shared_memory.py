@@ -1,5 +1,6 @@
 """SharedMemory, ShareableList and SharedMemoryManager: identical assertions on both backends."""
 
+import os
 import pickle
 
 from .support import TIMEOUT, CompatCase, install_cases
@@ -15,6 +16,12 @@ def set_item_by_name(cls, name, index, value):
     sl = cls(name=name)
     sl[index] = value
     sl.shm.close()
+
+
+def _shm_files():
+    """Open file descriptors of this process on /dev/shm (what psutil's open_files() lists)."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/shm/")
+               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
 
 
 def write_through_handle(sm, data):
@@ -48,6 +55,16 @@ class SharedMemoryCase(_SharedMemoryHelpers):
         other.buf[5] = 33
         self.assertEqual(sm.buf[5], 33)
         other.close()
+
+    def test_a_handle_holds_open_files_of_its_segment(self):
+        before = _shm_files()
+        sm = self.new_segment(64)
+        other = self.SharedMemory(sm.name)
+        self.addCleanup(other.close)
+        if self.differs("no-file-per-segment"):
+            self.assertEqual(_shm_files(), before)
+        else:
+            self.assertGreaterEqual(_shm_files(), before + 2)  # its fd (and mmap's copy)
 
     def test_repr_names_the_segment_and_its_size(self):
         sm = self.new_segment(512)

@@ -1,6 +1,6 @@
 """mpsysv: multiprocessing's queues and shared memory over System V IPC."""
 
-from ._libc import RemovedError
+from ._ipc.errors import RemovedError
 from .primitives import Attachment, MessageQueue, SemaphoreSet, Segment, ftok
 from .queues import Empty, Full, JoinableQueue, Queue, SimpleQueue
 from .shared import ForeignSegmentError, ShareableList, SharedMemory, SharedMemoryManager

@@ -7,13 +7,13 @@ from typing import Optional, Sequence
 
 
 def _demo(args) -> int:
-    from . import _demo
+    from ._tools import demo
 
-    return _demo.run(args.jobs, args.workers)
+    return demo.run(args.jobs, args.workers)
 
 
 # Modules that contribute subcommands, each with add_subcommands(subparsers).
-_SUBCOMMAND_MODULES = ("_runner", "_admin")
+_SUBCOMMAND_MODULES = ("_tools.runner", "_tools.admin")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -8,34 +8,33 @@ stdlib. Streamed objects (see ``_streams``) always go through the buffer.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import threading
 import types
-import warnings
 import weakref
 from collections import deque
 from multiprocessing import queues as _stdlib, util
-from multiprocessing.reduction import ForkingPickler
 from queue import Empty, Full
 from time import monotonic
 from typing import Any, Optional
 
-from . import _libc as L
-from ._channel import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS, \
-    Batch, Channel, _Empty
-from ._wire import encode_batch
-from ._names import check_name
-from . import _parcels
+from ._connection import ReadLock, Reader, Writer
+from ._gc import collect as _gc
+from ._ipc import libc as L
+from ._ipc.names import check_name
+from ._queue.channel import Batch, Channel, _Empty
+from ._queue.layout import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS
+from ._queue.feeder import SENTINEL as _SENTINEL
+from ._queue.feeder import Feeder as _Feeder
+from ._queue.pickler import SCALARS as _SCALARS
+from ._queue.pickler import Pickler as _Pickler
+from ._queue.pickler import Pieces as _Pieces
+from ._queue.wire import encode_batch
+from ._queue import parcels as _parcels
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"]
 
-_SENTINEL = object()
-_IDLE = 0.001  # a putting thread quiet this long leaves the flushing to the feeder thread
-_PROBE_BYTES = 1024  # buffered bytes (+64 per object) between flush attempts of the putter
-_PLAIN = frozenset((str, bytes))
-_SCALARS = frozenset((int, float, bool, type(None)))  # see _Pickler
 _loads = pickle.loads
 _dumps = pickle.dumps
 _live: "weakref.WeakSet[_Base]" = weakref.WeakSet()
@@ -56,237 +55,6 @@ def _check_timeout(timeout) -> None:
         raise ValueError("'timeout' must be a non-negative number")
 
 
-class _Pickler:
-    """Pickles with multiprocessing's reducers; plain objects take ``pickle.dumps``
-    (scalars with protocol 3, whose pickles have no 9-byte FRAME opcode, so 2.5x more of
-    them fit the queue)."""
-
-    __slots__ = ("_pool",)
-
-    def __init__(self):
-        self._pool = []
-
-    def dumps(self, obj) -> bytes:
-        kind = type(obj)
-        if kind in _SCALARS:
-            return _dumps(obj, 3)
-        if kind in _PLAIN:
-            return _dumps(obj, 5)
-        try:
-            f, p = self._pool.pop()
-        except IndexError:
-            f = io.BytesIO()
-            p = ForkingPickler(f, 5)
-        try:
-            p.dump(obj)
-            return f.getvalue()
-        finally:
-            p.clear_memo()
-            f.seek(0)
-            f.truncate()
-            self._pool.append((f, p))
-
-
-class _Pieces:
-    """The pickle of a large ``bytes`` object as pieces (opcodes, the object itself,
-    STOP): a parcel copies the object once, straight into its segment, instead of
-    first into a pickle of its own (a copy and a fresh allocation fewer)."""
-
-    __slots__ = ("parts", "nbytes")
-
-    def __init__(self, data: bytes):
-        # PROTO 5, BINBYTES8 <length u64> <data>, STOP: what pickle.loads reads back.
-        self.parts = (b"\x80\x05\x8e" + len(data).to_bytes(8, "little"), data, b".")
-        self.nbytes = len(data) + 12
-
-    def __len__(self) -> int:
-        return self.nbytes
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.parts)
-
-
-class _Feeder:
-    """The per-process buffer of objects the kernel queue had no room for, and the
-    thread that flushes it. It holds no queue reference, so a forgotten queue can be
-    collected while its data drains.
-
-    Objects leave the buffer strictly in order. While the putting thread keeps adding
-    to a backlog it flushes it too (without blocking); the thread takes over once the
-    putter is quiet and sleeps on a futex, not in msgsnd, while the queue is full.
-    """
-
-    def __init__(self, chan: Channel, error_hook):
-        self.chan = chan
-        self.cond = threading.Condition(threading.Lock())
-        self.send_lock = threading.Lock()
-        self.buffer: deque = deque()
-        self.enqueued = 0
-        self.probe = _PROBE_BYTES
-        self.streaming = False
-        self.thread: Optional[threading.Thread] = None
-        self.cancelled = False
-        self.released = False
-        self.exit_finalizer: Optional[util.Finalize] = None
-        self.error_hook = error_hook
-        # Tell the channel what left the buffer (counted objects, parcels): see _journal.
-        self.track = chan.counted
-
-    def enqueue(self, payload, mtype: int) -> None:
-        # deque.append is atomic; the lock is only needed to wake the thread (which waits
-        # on the condition only while the buffer is empty) or to start it.
-        buffer = self.buffer
-        buffer.append((payload, mtype))
-        self.enqueued += 1  # a lost update only delays the thread's take-over
-        if len(buffer) == 1 or self.thread is None or len(payload) > self.chan.msgmax:
-            with self.cond:
-                if self.thread is None:
-                    self.thread = threading.Thread(target=self._run,
-                                                   name="mpsysv.QueueFeederThread", daemon=True)
-                    self.thread.start()
-                self.cond.notify()
-        # Flush from this thread when a getter made room for a waiting feeder thread, and
-        # every kilobyte or so anyway (a getter frees about that much meanwhile): the
-        # feeder thread leaves it to us while we keep putting.
-        self.probe -= len(payload) + 64
-        if (self.probe <= 0 or self.chan.may_have_room()) and self.send_lock.acquire(False):
-            self.probe = _PROBE_BYTES
-            try:
-                self.flush(False)
-            finally:
-                self.send_lock.release()
-
-    def flush(self, block_streams: bool) -> bool:
-        """Send buffered objects while the queue takes them (caller holds send_lock).
-
-        True when nothing sendable is left; False when the queue is full (or the next
-        object is a stream and *block_streams* is false).
-        """
-        chan, buffer, msgmax = self.chan, self.buffer, self.chan.msgmax
-        track = self.track
-        while True:
-            try:
-                payload, mtype = buffer[0]  # only send_lock's holder takes items out
-            except IndexError:
-                return True
-            if payload is _SENTINEL:
-                return True
-            if len(payload) > msgmax and not block_streams:
-                return False
-            if not (chan.counted_move(lambda: self._send_first(payload, mtype, True))
-                    if track else self._send_first(payload, mtype, False)):
-                return False
-
-    def _send_first(self, payload, mtype: int, track: bool) -> bool:
-        """Hand the buffer's first object to the kernel (False: the queue is full)."""
-        chan = self.chan
-        if len(payload) > chan.msgmax:
-            self.streaming = True
-            try:
-                chan.send_stream(payload, mtype, track)
-            finally:
-                self.streaming = False
-        elif not chan.try_send(payload, mtype):
-            return False
-        self.buffer.popleft()
-        if track:
-            chan.buffered_sent(payload)
-        return True
-
-    def _flush_locked(self) -> bool:
-        with self.send_lock:
-            return self.flush(True)
-
-    def _run(self) -> None:
-        cond, buffer, msgmax = self.cond, self.buffer, self.chan.msgmax
-        while True:
-            with cond:
-                while not buffer:
-                    cond.wait()
-                if buffer[0][0] is _SENTINEL:
-                    buffer.popleft()
-                    break
-                if len(buffer[0][0]) <= msgmax:
-                    # While the putting thread keeps putting, it flushes too: leave it
-                    # alone (two threads flushing trade the GIL on every call).
-                    seen = self.enqueued
-                    cond.wait(_IDLE)
-                    if self.enqueued != seen:
-                        continue
-            try:
-                if not self._flush_locked():
-                    self.chan.wait_room(self._flush_locked)
-            except L.RemovedError as exc:
-                with cond:
-                    lost = sum(1 for p, _ in buffer if p is not _SENTINEL)
-                    buffer.clear()
-                if lost:
-                    warnings.warn(f"{exc}; {lost} object(s) this process had put could not "
-                                  "be sent and are lost", RuntimeWarning, stacklevel=1)
-                break
-            except Exception as exc:  # pragma: no cover - reported like the stdlib does
-                with self.send_lock:
-                    payload = buffer.popleft()[0] if buffer else None
-                self.error_hook(exc, payload)
-        self.release()
-
-    def shutdown(self, join: bool) -> None:
-        """Flush and let go of the queue: at close(), collection or exit. Only at exit
-        (*join*, unless cancelled) does it wait for the flush; a collected queue's
-        thread finishes and lets go by itself, so dropping a queue never blocks."""
-        with self.cond:
-            thread = self.thread
-            alive = thread is not None and thread.is_alive()
-            if alive:
-                self.buffer.append((_SENTINEL, 0))
-                self.cond.notify()
-        if not alive:
-            self.release()
-        elif util._exiting:
-            # Other daemon threads may still touch the mapping: the kernel unmaps at exit.
-            if join and not self.cancelled:
-                thread.join()
-            self.chan.release(detach=False)
-        elif self.cancelled:
-            # The thread may still be blocked; let the last holder remove, keep the mapping.
-            self.chan.release(detach=False)
-        else:
-            # The thread lets go when it has flushed; if the program ends first, its
-            # hold must still be given back (the last holder removes the queue). The
-            # thread's release() cancels this, so a closed queue leaves nothing behind.
-            with self.cond:
-                if not self.released:
-                    self.exit_finalizer = util.Finalize(None, self._release_at_exit,
-                                                        exitpriority=-10)
-
-    def _release_at_exit(self) -> None:
-        with self.cond:
-            if self.released:
-                return
-            self.released = True
-        self.chan.release(detach=False)
-
-    def release(self) -> None:
-        with self.cond:
-            if self.released:
-                return
-            self.released = True
-            finalizer, self.exit_finalizer = self.exit_finalizer, None
-        if finalizer is not None:
-            finalizer.cancel()
-        self.chan.release(detach=not util._exiting)
-
-    @property
-    def pending(self) -> int:
-        """Objects in the buffer (the end-of-flush marker not counted)."""
-        buffer = self.buffer
-        return len(buffer) - (1 if buffer and buffer[-1][0] is _SENTINEL else 0)
-
-    def unsent(self) -> int:
-        """Objects put in this process that the kernel queue does not show yet."""
-        return self.pending - self.streaming
-
-
 class _Base:
     _kind = KIND_QUEUE
 
@@ -302,10 +70,12 @@ class _Base:
         if name is None:
             if create:
                 raise ValueError("create=True needs a name (anonymous queues are always new)")
+            _gc.collect_garbage()  # once per program: what killed programs left
             chan = Channel.create(self._kind, maxsize, None, mode)
         else:
             name = check_name(name)
             if create:
+                _gc.collect_garbage()  # once per program: what killed programs left
                 chan = Channel.create(self._kind, maxsize, name, mode)
             else:
                 chan = Channel.open_name(name)
@@ -333,7 +103,7 @@ class _Base:
     def _register_finalizer(self) -> None:
         if self._finalizer is not None:
             self._finalizer.cancel()
-        self._finalizer = util.Finalize(self, self._feeder.shutdown, args=(True,),
+        self._finalizer = util.Finalize(self, _let_go, args=(self._feeder, True),
                                         exitpriority=-10)
 
     def _after_fork(self) -> None:
@@ -418,30 +188,25 @@ class _Base:
         """``put()`` of a bounded or joinable queue: the slot and the task it takes stay
         noted in this process's journal entry until the object is in the kernel queue,
         so that if this process dies first the next user of the queue gives them back."""
-        chan = self._chan
         if self._maxsize:
             self._take_slots(1, block, timeout)
         if self._kind == KIND_JOINABLE:
-            chan.task_added()
+            self._chan.counts.task_added()
         self._send_counted(payload, mtype)
 
     def _send_counted(self, payload, mtype: int) -> None:
         """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
         object is both queued and noted (see _journal)."""
-        chan = self._chan
-
-        def send() -> bool:
+        counts = self._chan.counts
+        with counts.moving():
             if self._send(payload, mtype):
-                chan.counted_sent(1)
-            return True
-
-        chan.counted_move(send)
+                counts.counted_sent(1)
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
             _check_timeout(timeout)
         deadline = None if timeout is None or not block else monotonic() + timeout
-        if not self._chan.take_slots(count, block, deadline):
+        if not self._chan.counts.take_slots(count, block, deadline):
             raise Full
 
     def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
@@ -467,6 +232,10 @@ class _Base:
             if got:
                 self._stash.extend((got.mtype, obj) for obj in got[1:])
                 return got[0]
+
+    # The base get and put, whatever a subclass overrides (for ``_connection``).
+    _base_get = get
+    _base_put = put
 
     def _from_stash(self, mtype: int):
         """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
@@ -510,11 +279,11 @@ class _Base:
         chan = self._chan
         if self._kind == KIND_JOINABLE:
             for _ in range(count):
-                chan.task_added()
+                chan.counts.task_added()
         if not chan.counted:
             for message, n in chunks:
                 if n > 1:
-                    chan.batch_added(n)
+                    chan.counts.add_extra(n - 1)  # qsize counts the batch at once
                 self._send(message, mtype)
             return
         for message, _ in chunks:
@@ -602,7 +371,7 @@ class _Base:
         if self._closed:
             return
         self._closed = True
-        self._feeder.shutdown(False)
+        _let_go(self._feeder, False)
 
     def join_thread(self) -> None:
         if not self._closed:
@@ -622,26 +391,25 @@ class _Base:
 
     # -- what multiprocessing.Pool and ProcessPoolExecutor reach for ------------------
 
-    def _pool_part(self, attr: str, factory: str):
+    def _pool_part(self, attr: str, factory: type):
         part = self.__dict__.get(attr)
         if part is None:
-            from . import _poolsupport
-            part = self.__dict__[attr] = getattr(_poolsupport, factory)(self)
+            part = self.__dict__[attr] = factory(self)
         return part
 
     @property
     def _reader(self):
         """A Connection-like reader (recv, poll, fileno, close) for stdlib internals."""
-        return self._pool_part("_reader_part", "Reader")
+        return self._pool_part("_reader_part", Reader)
 
     @property
     def _writer(self):
         """A Connection-like writer (send, close) for stdlib internals."""
-        return self._pool_part("_writer_part", "Writer")
+        return self._pool_part("_writer_part", Writer)
 
     @property
     def _rlock(self):
-        return self._pool_part("_rlock_part", "ReadLock")
+        return self._pool_part("_rlock_part", ReadLock)
 
     def _poll(self, timeout: float = 0.0) -> bool:
         return self._reader.poll(timeout)
@@ -692,10 +460,10 @@ class JoinableQueue(Queue, _stdlib.JoinableQueue):
     def task_done(self) -> None:
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        self._chan.task_done()
+        self._chan.counts.task_done()
 
     def join(self) -> None:
-        self._chan.join_tasks()
+        self._chan.counts.join_tasks()
 
 
 class SimpleQueue(_Base, _stdlib.SimpleQueue):
@@ -724,6 +492,15 @@ class SimpleQueue(_Base, _stdlib.SimpleQueue):
 
     def empty(self) -> bool:
         return self.qsize() == 0
+
+
+def _let_go(feeder: _Feeder, join: bool) -> None:
+    """Flush and give back a handle's hold on its queue (at close(), collection or
+    exit). An anonymous queue that others still hold has nobody left to remove it if
+    they are all killed: collect garbage once more when this program ends."""
+    if not feeder.chan.named:
+        _gc.collect_at_exit()
+    feeder.shutdown(join)
 
 
 def _after_fork_in_child() -> None:

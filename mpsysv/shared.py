@@ -3,8 +3,8 @@
 The API of ``multiprocessing.shared_memory`` on ``shmget``/``shmat``: a name maps to
 a key, a 256-byte trailer after the user's bytes proves that a segment is mpsysv's
 segment of that name, detaching waits for the last view, and ``track=True``
-segments are removed when their program ends (see ``_tracker``). Kernel calls go
-through ``_libc`` and ``primitives``; nothing here loads libc itself.
+segments are removed when their program ends (see ``_shm.tracker``). Kernel calls go
+through ``_ipc.libc`` and ``_ipc.objects``; nothing here loads libc itself.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import types
 import weakref
 from typing import Iterable, Iterator, NoReturn, Optional
 
-from . import _gc
-from . import _libc as L
-from ._names import check_name, name_key, random_name
-from ._tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
+from ._gc import collect as _gc
+from ._ipc import libc as L
+from ._ipc.errors import permission_denied, raise_errno
+from ._ipc.names import check_name, name_key, random_name
+from ._shm.tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
                        PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, forget, live_segments,
                        match_identity, pack_identity, parse_identity, process_identity,
                        read_trailer, register, register_raw)
-from .primitives import Attachment, Segment, SegmentStat, segment_owner_and_mode
+from ._ipc.objects import Attachment, Segment, SegmentStat
 
 __all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError"]
 
@@ -211,7 +212,7 @@ class SharedMemory:
                 raise FileNotFoundError(
                     errno.ENOENT, "Shared memory was removed already (by another process, "
                     "`ipcrm`, or the tracker of the program that created it)", self._label())
-            L.raise_errno(err, "shmctl(IPC_RMID)", self._what())
+            raise_errno(err, "shmctl(IPC_RMID)", self._what())
         self._unlinked = True
 
     def __reduce__(self):
@@ -312,7 +313,7 @@ class SharedMemory:
         if addr is None or addr == _FAILED:
             err = L.get_errno()
             L.shmctl(ident, L.IPC_RMID, None)
-            L.raise_errno(err, "shmat", f"shared memory {bare!r}")
+            raise_errno(err, "shmat", f"shared memory {bare!r}")
         trailer = pack_identity(bare, size, (FLAG_TRACKED if track else 0)
                                 | (FLAG_HUGETLB if hugetlb else 0), purpose, ctime, creator,
                                 tracker)
@@ -329,13 +330,13 @@ class SharedMemory:
                 raise FileNotFoundError(errno.ENOENT, "No shared memory with this name", bare)
             if err == errno.EACCES:
                 raise _permission_error("shmget", bare, key)
-            L.raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
+            raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
         addr = L.shmat(ident, None, L.SHM_RDONLY if readonly else 0)
         if addr is None or addr == _FAILED:
             err = L.get_errno()
             if err == errno.EACCES:
                 raise _permission_error("shmat", bare, key, readonly)
-            L.raise_errno(err, "shmat", f"shared memory {bare!r} (id={ident})")
+            raise_errno(err, "shmat", f"shared memory {bare!r} (id={ident})")
         segsz = ds.shm_segsz
         raw = _wait_for_trailer(addr + segsz - TRAILER_SIZE) if segsz >= TRAILER_SIZE else None
         found = match_identity(raw, bare) if raw is not None else None
@@ -413,15 +414,13 @@ def _wait_for_trailer(address: int) -> bytes:
 
 def _permission_error(call: str, bare: str, key: int, readonly: bool = True) -> PermissionError:
     """A PermissionError that says whose segment it is and what its mode allows."""
-    owner, mode = segment_owner_and_mode(key)
     if readonly:
-        access, hint = "reading", "ask its owner for mode=0o640 or 0o644 (or set_mode())"
+        access, fix = "reading", "ask its owner for mode=0o640 or 0o644 (or set_mode())"
     else:
-        access, hint = "writing", ("attach it with readonly=True, or ask its owner for "
-                                   "mode=0o660 or 0o666 (or set_mode())")
-    return PermissionError(
-        errno.EACCES, f"{call}: Permission denied: shared memory {bare!r} belongs to {owner} "
-        f"with mode {mode}, which does not allow {access} by uid {os.geteuid()}; {hint}", bare)
+        access, fix = "writing", ("attach it with readonly=True, or ask its owner for "
+                                  "mode=0o660 or 0o666 (or set_mode())")
+    return permission_denied(call, f"shared memory {bare!r}", key,
+                             f"does not allow {access} by uid {os.geteuid()}", fix, bare)
 
 
 def _exists_error(bare: str, key: int) -> FileExistsError:
@@ -474,7 +473,7 @@ def _raise_create_error(err: int, size: int, hugetlb: bool) -> NoReturn:
                 if hugetlb else f"not enough memory for {size} bytes")
     elif err == errno.EPERM and hugetlb:
         hint = "huge pages need CAP_IPC_LOCK or membership of vm.hugetlb_shm_group"
-    L.raise_errno(err, "shmget", f"shared memory of {size} bytes", hint)
+    raise_errno(err, "shmget", f"shared memory of {size} bytes", hint)
 
 
 # --- ShareableList ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from contextlib import suppress
 
 import pytest
 
-from mpsysv import _admin
-from mpsysv import _gc
-from mpsysv import _libc as L
-from mpsysv._layout import CTL_SIZE
+from mpsysv._tools import admin as _admin
+from mpsysv._gc import collect as _gc
+from mpsysv._ipc import libc as L
+from mpsysv._queue.layout import CTL_SIZE
 from mpsysv import JoinableQueue, Queue, RemovedError
 from mpsysv.cli import main
 from mpsysv.shared import SharedMemory
@@ -255,11 +255,11 @@ def test_stat_keeps_the_stream_marker_apart_from_the_parcel_table(capsys):
     q = Queue(name=unique_name("q"), create=True)
     try:
         q.put(b"p" * 100_000)  # a parcel: a sent entry in the table
-        q._chan._set_mark(os.getpid(), 1234, 1)  # as if a stream were going out
+        q._chan.streams._set_mark(os.getpid(), 1234, 1)  # as if a stream were going out
         try:
             ctl = run_json(capsys, "stat", q.name)["objects"][0]["mpsysv"]
         finally:
-            q._chan._set_mark(0, 0, 0)
+            q._chan.streams._set_mark(0, 0, 0)
         assert [p["state"] for p in ctl["parcels"]] == ["sent"]
         assert ctl["stream_marker"] == {"writer_pid": os.getpid(), "reader_pid": 0,
                                         "stream_id": 1234, "state": "streaming"}

@@ -23,15 +23,16 @@ from contextlib import suppress
 import pytest
 
 import mpsysv
-from mpsysv import _channel as C
-from mpsysv import _gc
-from mpsysv import _journal
-from mpsysv import _libc as L
-from mpsysv import _parcels
-from mpsysv import queues
+from mpsysv._ipc.procs import alive as _alive
+from mpsysv._queue import layout as C
+from mpsysv._gc import collect as _gc
+from mpsysv._queue import journal as _journal
+from mpsysv._ipc import libc as L
+from mpsysv._queue import parcels as _parcels
 from mpsysv import JoinableQueue, Queue, RemovedError
 from mpsysv.shared import SharedMemory
 
+from . import seams
 from .helpers import sysv_counts
 
 BIG = 3 << 20          # "multi-MiB": 385 frames of 8 KiB
@@ -59,7 +60,7 @@ def path(request, monkeypatch):
     """Large objects travel as parcels (a segment each) or, when parcels are off or all
     parcel slots are busy, as framed streams: test both."""
     if request.param == "stream":
-        monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
+        monkeypatch.setattr(*seams.PARCEL_MIN, 1 << 62)
     return request.param
 
 
@@ -169,8 +170,8 @@ def diagnose(q) -> str:
     """What a hung stream looks like from outside (for failure messages)."""
     chan = q._chan
     writer, reader, sid, state = chan._mark()
-    return (f"{kernel_state(q)}, stream marker writer={writer} (alive={C._alive(writer)}) "
-            f"reader={reader} (alive={C._alive(reader)}) sid={sid:#x} state={state}, "
+    return (f"{kernel_state(q)}, stream marker writer={writer} (alive={_alive(writer)}) "
+            f"reader={reader} (alive={_alive(reader)}) sid={sid:#x} state={state}, "
             f"frames available={chan.sems[C.AVAIL].value}, space={chan.sems[C.SPACE].value}")
 
 
@@ -376,13 +377,13 @@ def _get_and_die_at(q, target, attr: str) -> None:
 
 
 def test_consumer_killed_right_after_taking_a_stream_head(monkeypatch):
-    monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
+    monkeypatch.setattr(*seams.PARCEL_MIN, 1 << 62)
     q = Queue()
     r, w = os.pipe()
 
     producer = fork_run(_big_producer, q, 1, w)
     try:
-        _get_and_die_at(q, C.Channel, "_read_stream")
+        _get_and_die_at(q, *seams.STREAM_READ)
         assert wait_pid(producer, 5) == 0, "the producer blocked forever on a dead reader"
         assert_reclaimed(q)
     finally:
@@ -396,7 +397,7 @@ def test_consumer_killed_between_taking_a_parcel_message_and_reading_it():
     q = Queue()
     q.put(obj("P", 0, payload(0, BIG)))
 
-    _get_and_die_at(q, _parcels.ParcelTable, "unwrap")
+    _get_and_die_at(q, *seams.PARCEL_UNWRAP)
     round_trip_in_child(q)  # the next writer's claim reclaims what dead processes left
     try:
         assert_reclaimed(q)
@@ -419,7 +420,7 @@ def test_consumer_killed_after_taking_a_parcel_message_is_noticed_while_others_s
         q.join_thread()
 
     try:
-        _get_and_die_at(q, _parcels.ParcelTable, "unwrap")
+        _get_and_die_at(q, *seams.PARCEL_UNWRAP)
         assert kernel_state(q)["main"][0] == 3
         assert wait_pid(fork_run(next_writer), WATCHDOG) == 0
         # Its claim found the dead consumer's parcel although the queue never emptied.
@@ -434,7 +435,7 @@ def test_consumer_killed_after_taking_a_parcel_message_is_noticed_while_others_s
 
 def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay_queued(
         monkeypatch):
-    monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
+    monkeypatch.setattr(*seams.PARCEL_MIN, 1 << 62)
     q = Queue()
     r, w = os.pipe()
 
@@ -446,7 +447,7 @@ def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay
         for i in range(3):
             q.put(("small", i))
         wait_for_feeder(q, 0)
-        _get_and_die_at(q, C.Channel, "_read_stream")  # takes the head, dies before reading
+        _get_and_die_at(q, *seams.STREAM_READ)  # takes the head, dies before reading
         assert kernel_state(q)["main"][0] == 3
         assert wait_pid(producer, 5) == 0, "the writer waited for a dead reader"
         got = [q.get(timeout=5) for _ in range(5)]
@@ -461,7 +462,7 @@ def test_consumer_killed_after_taking_a_stream_head_is_noticed_while_others_stay
 
 
 def test_producer_killed_while_its_head_waits_behind_other_objects(monkeypatch):
-    monkeypatch.setattr(_parcels, "PARCEL_MIN", 1 << 62)
+    monkeypatch.setattr(*seams.PARCEL_MIN, 1 << 62)
     q = Queue()
     for i in range(3):
         q.put(("small", i))
@@ -581,7 +582,7 @@ def test_a_live_getter_between_receive_and_slot_release_is_never_counted_as_lost
         os.kill(pid, signal.SIGCONT)
         assert wait_pid(pid, WATCHDOG) == 0
         q.put_nowait("c")
-        time.sleep(2 * C._REPAIR_EVERY)
+        time.sleep(2 * seams.value(seams.REPAIR_EVERY))
         with pytest.raises(mpsysv.Full):
             q.put_nowait("d")  # "b" and "c" fill it: no slot came from nowhere
         assert [q.get(timeout=5), q.get(timeout=5)] == ["b", "c"]
@@ -597,7 +598,8 @@ def test_producer_killed_around_its_slot_keeps_slots_exact(at):
     q = Queue(1)
 
     def victim():
-        _die_at(C.PosixSemaphore if at == "try_acquire" else C.Channel, at)
+        _die_at(*{"try_acquire": seams.COUNTER_TRY_ACQUIRE, "try_send": seams.SEND,
+                  "counted_sent": seams.NOTE_CLEARED}[at])
         q.put("sent")
 
     wait_pid(fork_run(victim), WATCHDOG)
@@ -608,7 +610,7 @@ def test_producer_killed_around_its_slot_keeps_slots_exact(at):
                 q.put_nowait("x")  # the slot of the queued object is not given back
             assert q.get(timeout=1) == "sent"
         q.put_nowait("fits")  # raises Full when the dead producer's slot is gone
-        time.sleep(2 * C._REPAIR_EVERY)
+        time.sleep(2 * seams.value(seams.REPAIR_EVERY))
         with pytest.raises(mpsysv.Full):
             q.put_nowait("x")
         assert q.get(timeout=1) == "fits"
@@ -624,7 +626,7 @@ def test_consumer_killed_between_taking_a_batch_and_counting_it_out_keeps_qsize_
     q = Queue()
     q.put_many([1, 2, 3])
 
-    _get_and_die_at(q, C.Channel, "_add_extra")
+    _get_and_die_at(q, *seams.BATCH_COUNTED)
     try:
         assert q.qsize() == 0
     finally:
@@ -638,7 +640,7 @@ def test_consumer_killed_after_taking_one_of_a_put_many_keeps_counts_exact(joina
     q = (JoinableQueue if joinable else Queue)(4)
     q.put_many([1, 2, 3])
 
-    _get_and_die_at(q, queues, "_loads")  # (after msgrcv, before the window closes)
+    _get_and_die_at(q, *seams.DECODE)  # (after msgrcv, before the window closes)
     try:
         assert q.qsize() == 2
         q.put_nowait(4)
@@ -646,7 +648,7 @@ def test_consumer_killed_after_taking_one_of_a_put_many_keeps_counts_exact(joina
         with pytest.raises(mpsysv.Full):
             q.put_nowait(6)
         if joinable:  # the lost object's task went with it
-            assert q._chan.unfinished() == 4
+            assert q._chan.counts.unfinished() == 4
     finally:
         close_queue(q)
 
@@ -693,9 +695,9 @@ def test_random_kills_leave_the_slots_of_a_bounded_queue_exact():
         assert drained <= maxsize
         assert q.qsize() == 0
         for _ in range(maxsize):
-            time.sleep(2 * C._REPAIR_EVERY)
+            time.sleep(2 * seams.value(seams.REPAIR_EVERY))
             q.put_nowait("x")  # Full: a slot was lost
-        time.sleep(2 * C._REPAIR_EVERY)
+        time.sleep(2 * seams.value(seams.REPAIR_EVERY))
         with pytest.raises(mpsysv.Full):
             q.put_nowait("y")  # a slot was given back twice
     finally:
@@ -706,12 +708,12 @@ def test_joinable_producer_killed_between_send_and_clearing_its_note_keeps_count
     jq = JoinableQueue()
     jq.put("kept")
 
-    _put_and_die_at(jq, C.Channel, "counted_sent", "sent")
+    _put_and_die_at(jq, *seams.NOTE_CLEARED, "sent")
     try:
-        assert jq._chan.unfinished() == 2, "the task of a queued object was given back"
+        assert jq._chan.counts.unfinished() == 2, "the task of a queued object was given back"
         assert sorted([jq.get(timeout=5), jq.get(timeout=5)]) == ["kept", "sent"]
         jq.task_done()
-        assert jq._chan.unfinished() == 1
+        assert jq._chan.counts.unfinished() == 1
         jq.task_done()
         joiner = fork_run(jq.join)
         assert wait_pid(joiner, 5) == 0, "join() hung"
@@ -725,17 +727,18 @@ def test_a_task_recount_waits_for_a_live_putter_between_its_send_and_its_note():
     """A recount must not count a live putter's object twice (queued, and noted as
     unsent): it waits until that putter is out of its window."""
     jq = JoinableQueue()
-    real = C.Channel.counted_sent
+    owner, attr = seams.NOTE_CLEARED
+    real = getattr(owner, attr)
 
     def stopping_putter():
         def stop_then_clear(self, n):
             os.kill(os.getpid(), signal.SIGSTOP)
             real(self, n)
-        C.Channel.counted_sent = stop_then_clear
+        setattr(owner, attr, stop_then_clear)
         jq.put("x")
 
     def dying_putter():  # leaves a task noted and counted, never sent: a recount is due
-        _die_at(C.Channel, "try_send")
+        _die_at(*seams.SEND)
         jq.put("lost")
 
     stopped = fork_run(stopping_putter)
@@ -743,10 +746,10 @@ def test_a_task_recount_waits_for_a_live_putter_between_its_send_and_its_note():
         _, status = os.waitpid(stopped, os.WUNTRACED)
         assert os.WIFSTOPPED(status)
         wait_pid(fork_run(dying_putter), WATCHDOG)
-        assert jq._chan.unfinished() == 2  # not derived while "x" is moving
+        assert jq._chan.counts.unfinished() == 2  # not derived while "x" is moving
         os.kill(stopped, signal.SIGCONT)
         assert wait_pid(stopped, WATCHDOG) == 0
-        assert jq._chan.unfinished() == 1
+        assert jq._chan.counts.unfinished() == 1
         assert jq.get(timeout=5) == "x"
         jq.task_done()
         joiner = fork_run(jq.join)
@@ -767,14 +770,14 @@ def test_joinable_consumer_killed_in_get_loses_the_task_only_with_the_object(whe
 
     def victim():
         if where == "before counting it out":
-            _die_at(queues, "_loads")  # (after msgrcv, before the window closes)
+            _die_at(*seams.DECODE)  # (after msgrcv, before the window closes)
         jq.get(timeout=5)
         if where == "after counting it out":
             os.kill(os.getpid(), signal.SIGKILL)
 
     wait_pid(fork_run(victim), WATCHDOG)
     try:
-        assert jq._chan.unfinished() == (1 if where == "before counting it out" else 2)
+        assert jq._chan.counts.unfinished() == (1 if where == "before counting it out" else 2)
         assert jq.get(timeout=5) == "b"
         jq.task_done()
         joiner = fork_run(jq.join)
@@ -790,9 +793,9 @@ def test_joinable_consumer_killed_in_get_loses_the_task_only_with_the_object(whe
 def test_joinable_producer_killed_between_count_and_send_keeps_counts_exact():
     jq = JoinableQueue()
 
-    _put_and_die_at(jq, C.Channel, "try_send", "lost")
+    _put_and_die_at(jq, *seams.SEND, "lost")
     try:
-        assert jq._chan.unfinished() == 0, "a task was counted for an object never sent"
+        assert jq._chan.counts.unfinished() == 0, "a task was counted for an object never sent"
     finally:
         close_queue(jq)
 
@@ -801,7 +804,7 @@ def test_join_gives_back_the_task_of_a_producer_killed_between_count_and_send():
     jq = JoinableQueue()
     jq.put("kept")
 
-    _put_and_die_at(jq, C.Channel, "try_send", "lost")
+    _put_and_die_at(jq, *seams.SEND, "lost")
     assert jq.get(timeout=5) == "kept"
     jq.task_done()
     joiner = fork_run(jq.join)  # the first to look: join() itself repairs
@@ -819,14 +822,14 @@ def test_joinable_producer_killed_inside_the_task_count_update_keeps_counts_exac
 
     def victim():
         if at == "before the count went up":
-            _die_at(C.PosixSemaphore, "post")
+            _die_at(*seams.COUNTER_POST)
         else:
-            _die_at(C._StateLock, "__exit__")  # the first unlock in put() is task_added's
+            _die_at(*seams.STATE_UNLOCK)  # the first unlock in put() is task_added's
         jq.put("lost")
 
     wait_pid(fork_run(victim), WATCHDOG)
     try:
-        assert jq._chan.unfinished() == 1, "the dead producer's half-counted task remains"
+        assert jq._chan.counts.unfinished() == 1, "the dead producer's half-counted task remains"
         assert jq.get(timeout=5) == "kept"
         jq.task_done()
         joiner = fork_run(jq.join)
@@ -849,7 +852,7 @@ def test_producer_killed_with_objects_in_its_buffer_gives_back_their_tasks_and_s
     try:
         queued = kernel_state(jq)["main"][0]
         assert 0 < queued < 100
-        assert jq._chan.unfinished() == queued, "tasks counted for objects never sent remain"
+        assert jq._chan.counts.unfinished() == queued, "tasks counted for objects never sent remain"
         for _ in range(queued):
             jq.get(timeout=5)
             jq.task_done()
@@ -878,7 +881,7 @@ def test_queue_works_without_notes_when_every_journal_entry_is_taken():
         for _ in range(3):
             jq.task_done()
         jq.join()
-        assert jq._chan.unfinished() == 0
+        assert jq._chan.counts.unfinished() == 0
     finally:
         for off in entries:
             _journal.ENTRY.pack_into(view, off, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -927,7 +930,7 @@ def test_producer_killed_with_a_parcel_in_its_buffer_leaves_no_parcel_behind():
 def _die_inside_task_update(jq, when: str) -> None:
     """Take the state lock and die half-way through a task-count update."""
     chan = jq._chan
-    with chan._state_locked():
+    with chan.counts.state_locked():
         unfinished = chan.sems[C.UNFINISHED]
         if when == "task_done after decrement":
             unfinished.try_acquire()
@@ -947,13 +950,13 @@ def test_killed_inside_a_task_update_is_repaired_by_the_next_locker(when):
     jq.put("t2")
     assert jq.get(timeout=5) == "t1"
     wait_pid(fork_run(_die_inside_task_update, jq, when), WATCHDOG)
-    assert jq._chan.unfinished() == 2
+    assert jq._chan.counts.unfinished() == 2
     jq.task_done()
     assert jq.get(timeout=5) == "t2"
     jq.task_done()
     joiner = fork_run(jq.join)
     assert wait_pid(joiner, 10) == 0, "join() hung after the repair"
-    assert jq._chan.unfinished() == 0
+    assert jq._chan.counts.unfinished() == 0
     close_queue(jq)
 
 
@@ -962,9 +965,9 @@ def test_a_task_done_killed_half_way_did_not_happen_and_join_still_returns():
     jq.put("t")
     jq.get(timeout=5)
     wait_pid(fork_run(_die_inside_task_update, jq, "task_done after decrement"), WATCHDOG)
-    assert jq._chan.unfinished() == 1  # derived again: the task is still held here
+    assert jq._chan.counts.unfinished() == 1  # derived again: the task is still held here
     jq.task_done()
-    assert jq._chan.unfinished() == 0
+    assert jq._chan.counts.unfinished() == 0
     joiner = fork_run(jq.join)
     try:
         assert wait_pid(joiner, 3) == 0, "join() blocked on a gate nobody will lower"
@@ -992,7 +995,7 @@ def test_killed_holders_never_stop_the_last_one_from_removing_the_queue():
 _PROGRAM = textwrap.dedent("""
     import os, sys, time
     import mpsysv
-    from mpsysv import _tracker
+    from mpsysv._shm import tracker as _tracker
     from mpsysv.shared import SharedMemory
     q = mpsysv.Queue(); q.put(b"x" * 100)
     jq = mpsysv.JoinableQueue(3); jq.put("task")
@@ -1124,7 +1127,7 @@ def test_named_queue_whose_creator_died_while_creating_it_is_collected():
     name = f"half-made-{os.getpid()}"
 
     def victim():
-        _die_at(C.PosixSemaphore, "init")  # after its objects, before the magic
+        _die_at(*seams.COUNTER_INIT)  # after its objects, before the magic
         Queue(name=name, create=True)
 
     wait_pid(fork_run(victim), WATCHDOG)
@@ -1157,13 +1160,14 @@ def test_collection_never_removes_a_live_object():
     r, w = os.pipe()
 
     def creating():
-        real_init = C.PosixSemaphore.init
+        owner, attr = seams.COUNTER_INIT
+        real_init = getattr(owner, attr)
 
         def slow(self, value=0):
             os.write(w, b"!")
             time.sleep(30)
             return real_init(self, value)
-        C.PosixSemaphore.init = slow
+        setattr(owner, attr, slow)
         Queue(name=f"creating-{os.getpid()}", create=True)
 
     creator = fork_run(creating)
@@ -1245,7 +1249,7 @@ def test_blocked_call_reports_removal_from_outside(call):
         elif call == "join":
             _expect_removed(q.join)
         else:
-            _expect_removed(lambda: q._chan.send_stream(b"z" * BIG, 1))
+            _expect_removed(lambda: q._chan.streams.send(b"z" * BIG, 1))
     child = fork_run(blocked)
     time.sleep(0.5)
     _ipcrm_queue(q)

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mpsysv
-from mpsysv import _gc
-from mpsysv import _libc as L
-from mpsysv import _parcels
-from mpsysv import _streams
-from mpsysv import _wire as W
+from mpsysv._gc import collect as _gc
+from mpsysv._ipc import libc as L
+from mpsysv._queue import parcels as _parcels
+from mpsysv._queue import streams as _streams
+from mpsysv._queue import wire as W
 from mpsysv import JoinableQueue, MessageQueue, Queue, SimpleQueue
 from mpsysv.shared import ShareableList, SharedMemory
 

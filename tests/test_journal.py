@@ -4,8 +4,8 @@ bounded queue marks while it takes a message, and what a dead process's entry le
 import ctypes
 import os
 
-from mpsysv import _journal
-from mpsysv._layout import CTL_SIZE
+from mpsysv._queue import journal as _journal
+from mpsysv._queue.layout import CTL_SIZE
 
 
 def make_journal():

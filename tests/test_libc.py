@@ -15,7 +15,8 @@ import subprocess
 import pytest
 
 import mpsysv
-from mpsysv import _libc as L
+from mpsysv._ipc import libc as L
+from mpsysv._ipc.errors import raise_errno
 from mpsysv import MessageQueue, SemaphoreSet, Segment
 
 _counter = itertools.count(1)
@@ -255,7 +256,7 @@ class TestErrnoMapping:
     ])
     def test_errno_becomes_the_builtin_oserror_subclass(self, err, cls):
         with pytest.raises(cls) as info:
-            L.raise_errno(err, "msgget", "message queue key=0x00000001")
+            raise_errno(err, "msgget", "message queue key=0x00000001")
         assert type(info.value) is cls
         assert info.value.errno == err
         assert "msgget" in str(info.value) and "key=0x00000001" in str(info.value)
@@ -263,17 +264,17 @@ class TestErrnoMapping:
     def test_removed_error_is_an_oserror_that_explains_the_likely_causes(self):
         assert issubclass(mpsysv.RemovedError, OSError)
         with pytest.raises(mpsysv.RemovedError, match="was removed") as info:
-            L.raise_errno(errno.EIDRM, "msgrcv", "message queue id=3")
+            raise_errno(errno.EIDRM, "msgrcv", "message queue id=3")
         assert "ipcrm" in str(info.value)
 
     def test_invalid_identifier_reads_as_removed(self):
         with pytest.raises(mpsysv.RemovedError, match="does not exist") as info:
-            L.raise_errno(errno.EINVAL, "semop", "semaphore set id=9", "invalid identifier")
+            raise_errno(errno.EINVAL, "semop", "semaphore set id=9", "invalid identifier")
         assert info.value.errno == errno.EINVAL
 
     def test_hint_is_appended_to_the_message(self):
         with pytest.raises(BlockingIOError, match=r"\(queue is full\)"):
-            L.raise_errno(errno.EAGAIN, "msgsnd", "message queue id=1", "queue is full")
+            raise_errno(errno.EAGAIN, "msgsnd", "message queue id=1", "queue is full")
 
 
 class TestLimitsAndTime:

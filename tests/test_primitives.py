@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import mpsysv
-from mpsysv import _libc as L
+from mpsysv._ipc import libc as L
 from mpsysv import MessageQueue, RemovedError, SemaphoreSet, Segment
 
 ROOT = Path(__file__).resolve().parent.parent

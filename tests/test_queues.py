@@ -314,11 +314,11 @@ class ManyToManyFramedTest(ManyToManyTest):
     path objects between one message and the parcel threshold take)."""
 
     def setUp(self):
-        self._saved = mpsysv._parcels.PARCEL_MIN
-        mpsysv._parcels.PARCEL_MIN = 1 << 62
+        self._saved = mpsysv._queue.parcels.PARCEL_MIN
+        mpsysv._queue.parcels.PARCEL_MIN = 1 << 62
 
     def tearDown(self):
-        mpsysv._parcels.PARCEL_MIN = self._saved
+        mpsysv._queue.parcels.PARCEL_MIN = self._saved
 
 
 class ParcelTest(unittest.TestCase):
@@ -413,7 +413,7 @@ class BatchTest(unittest.TestCase):
     def test_joinable_put_many_counts_every_task(self):
         jq = JoinableQueue()
         jq.put_many(range(10))
-        self.assertEqual(jq._chan.unfinished(), 10)
+        self.assertEqual(jq._chan.counts.unfinished(), 10)
         for _ in jq.get_many(10):
             jq.task_done()
         jq.join()
@@ -696,7 +696,7 @@ class JoinableQueueTest(unittest.TestCase):
         n = 33_000
         for i in range(n):
             jq.put(i)
-        self.assertEqual(jq._chan.unfinished(), n)
+        self.assertEqual(jq._chan.counts.unfinished(), n)
         for _ in range(n):
             jq.get(timeout=10)
             jq.task_done()
@@ -793,9 +793,9 @@ def test_large_bytes_arrive_whole_as_parcels_or_streamed_when_no_parcel_is_free(
     # bytes from the parcel size on are copied straight into the parcel (pieces of a
     # pickle); when no parcel can be had they must stream as a whole pickle instead.
     if not parcels:
-        monkeypatch.setattr(mpsysv._parcels.ParcelTable, "wrap", lambda self, payload: None)
+        monkeypatch.setattr(mpsysv._queue.parcels.ParcelTable, "wrap", lambda self, payload: None)
     q = Queue()
-    sizes = [mpsysv._parcels.PARCEL_MIN - 1, mpsysv._parcels.PARCEL_MIN, 100_001, 3 << 20]
+    sizes = [mpsysv._queue.parcels.PARCEL_MIN - 1, mpsysv._queue.parcels.PARCEL_MIN, 100_001, 3 << 20]
     try:
         for n in sizes:
             q.put(bytes(range(251)) * (n // 251) + b"z" * (n % 251))

@@ -77,7 +77,7 @@ class RunnerTest(unittest.TestCase):
         self.assertIn(f"argv0: {program('failing.py')}", out)
         self.assertIn('KeyError: \'from the program\'', err)
         self.assertIn("in explode", err)
-        self.assertNotIn("_runner.py", err)
+        self.assertNotIn("_tools/runner.py", err)
 
     def test_main_module_stays_the_program(self):
         script = textwrap.dedent("""

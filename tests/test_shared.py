@@ -18,8 +18,8 @@ import unittest
 from unittest import mock
 
 import mpsysv
-from mpsysv import _tracker
-from mpsysv._names import name_key, random_name
+from mpsysv._shm import tracker as _tracker
+from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import ForeignSegmentError, SharedMemory
 

@@ -5,7 +5,7 @@ import struct
 import unittest
 from multiprocessing import shared_memory as stdlib
 
-from mpsysv._names import random_name
+from mpsysv._ipc.names import random_name
 from mpsysv.shared import ShareableList, SharedMemory, SharedMemoryManager
 
 from .helpers import fork, join_or_kill, spawn

@@ -14,8 +14,8 @@ import threading
 import time
 import unittest
 
-from mpsysv import _tracker
-from mpsysv._names import name_key, random_name
+from mpsysv._shm import tracker as _tracker
+from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import SharedMemory
 from .helpers import fork, join_or_kill
@@ -43,7 +43,7 @@ class TrackedProgramTest(unittest.TestCase):
 
     def test_forgotten_segment_is_removed_at_normal_exit_with_a_warning(self):
         result = run_python("""
-            from mpsysv import _tracker
+            from mpsysv._shm import tracker as _tracker
             from mpsysv.shared import SharedMemory
             shm = SharedMemory(create=True, size=4096)
             shm.buf[0] = 1
@@ -134,7 +134,7 @@ class TrackedProgramTest(unittest.TestCase):
     def test_fork_children_share_the_tracker_and_remove_nothing_when_they_exit(self):
         result = run_python("""
             import os, sys
-            from mpsysv import _tracker
+            from mpsysv._shm import tracker as _tracker
             from mpsysv.shared import SharedMemory
             parent = SharedMemory(create=True, size=8)
             r, w = os.pipe()
@@ -187,7 +187,7 @@ class TrackedProgramTest(unittest.TestCase):
     def test_tracking_leaves_the_programs_environment_alone_and_spawn_children_still_join(self):
         result = run_python("""
             import multiprocessing as mp, os
-            from mpsysv import _tracker
+            from mpsysv._shm import tracker as _tracker
             from mpsysv.shared import SharedMemory
 
             def child(queue):
@@ -198,11 +198,14 @@ class TrackedProgramTest(unittest.TestCase):
 
             if __name__ == "__main__":
                 before = dict(os.environ)
+                queue = mp.get_context("spawn").Queue()
+                early = mp.get_context("spawn").Process(target=child, args=(queue,))
                 mine = SharedMemory(create=True, size=8)
-                for method in ("spawn", "forkserver"):
-                    ctx = mp.get_context(method)
-                    queue = ctx.Queue()
-                    p = ctx.Process(target=child, args=(queue,))
+                for method in ("spawn", "forkserver", "early"):
+                    if method == "early":  # constructed before the tracker started
+                        p = early
+                    else:
+                        p = mp.get_context(method).Process(target=child, args=(queue,))
                     p.start()
                     tracker, name = queue.get(timeout=60)
                     p.join(60)
@@ -213,7 +216,7 @@ class TrackedProgramTest(unittest.TestCase):
             """)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout.splitlines(), ["spawn True 0", "forkserver True 0",
-                                                      "environ unchanged True"])
+                                                      "early True 0", "environ unchanged True"])
 
     def test_an_attach_with_explicit_track_true_removes_the_segment_at_its_programs_end(self):
         shm = SharedMemory(create=True, size=8, track=False)
@@ -330,8 +333,8 @@ class TrackerIdentityTest(SegmentTestCase):
         self.addCleanup(foreign.remove)
         result = run_python(f"""
             import os, time
-            from mpsysv import _tracker
-            from mpsysv._names import name_key
+            from mpsysv._shm import tracker as _tracker
+            from mpsysv._ipc.names import name_key
             from mpsysv.primitives import Segment
             pid = os.getpid()
             for name in ({name!r}, {other!r}):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsysv import _wire as W
+from mpsysv._queue import wire as W
 
 
 def frames_of(payload, sid, msgmax):

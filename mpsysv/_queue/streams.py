@@ -4,7 +4,8 @@ One stream at a time (the stream lock, SEM_UNDO): a head in the main queue names
 its frames follow in the stream queue typed by its stream id, and its reader
 acknowledges the last one, so small objects can never take the capacity a stream
 needs. The stream marker in the control segment tells either side whether the other
-is still alive. ``StreamSide`` is a part of ``Channel``, kept apart for its size.
+is still alive. ``Streams`` is a component of ``Channel``; it uses the queue's kernel
+objects (``QueueObjects``) and the journal, nothing above them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 import time
 import warnings
 from typing import Optional
 
-from . import _libc as L
-from . import _wire
-from ._journal import alive as _alive
-from ._layout import (_MARK, _MARK_OFF, _READER, _STATE, AVAIL, DONE, SEM_STREAM, SPACE,
+from .._ipc import libc as L
+from .._ipc.procs import alive as _alive
+from . import wire as _wire
+from .journal import Journal
+from .objects import NoCopy, QueueObjects
+from .layout import (_MARK, _MARK_OFF, _READER, _STATE, AVAIL, DONE, SEM_STREAM, SPACE,
                       ST_ABANDONED, ST_HEAD, ST_IDLE)
 
-__all__ = ["StreamSide"]
+__all__ = ["Streams"]
 
 _SLICE = 0.25  # how often a stalled stream checks whether its peer is still alive
 _UNCLAIMED = 1.0  # how long a taken stream head may stay without a registered reader
@@ -30,10 +34,24 @@ _E = errno
 _getpid = os.getpid
 
 
-class StreamSide:
-    """The stream half of ``Channel`` (its attributes are Channel's)."""
+class Streams:
+    """The objects of one queue that travel as streams, both sides."""
 
-    def send_stream(self, payload, mtype: int, counted: bool = False) -> None:
+    def __init__(self, objects: QueueObjects, journal: Journal):
+        self._q = objects
+        self.journal = journal
+        self.msgmax = objects.msgmax
+        self.stream_qid = objects.stream_qid
+        self.sems = objects.sems
+        self._view = objects._view
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self._headless_since: Optional[float] = None
+
+    def after_fork(self) -> None:
+        self._counter_lock = threading.Lock()
+
+    def send(self, payload, mtype: int, counted: bool = False) -> None:
         """Send a multi-frame object: one head in the main queue, frames in the stream queue.
 
         Streams go one at a time (the stream lock, held until the reader acknowledged
@@ -46,7 +64,7 @@ class StreamSide:
             counter = self._counter
         sid = _wire.stream_id_for(_getpid(), counter)
         head, frames = _wire.split(payload, sid, self.msgmax)
-        self._lock(SEM_STREAM)
+        self._q._lock(SEM_STREAM)
         try:
             self._repair_stream()
             self._purge_others(sid)
@@ -55,11 +73,11 @@ class StreamSide:
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
             self._headless_since = None
-            self._send_msg(self.main_qid, head, mtype, 0)
-            if counted and self.maxsize > 0:
+            self._q._send_msg(self._q.main_qid, head, mtype, 0)
+            if counted and self._q.maxsize > 0:
                 self.journal.sent(0, 1)
-            if self._tw_word[0]:
-                self._wake_timed()
+            if self._q._tw_word[0]:
+                self._q._wake_timed()
             for frame in frames:
                 if not self._send_frame(frame, sid):
                     return
@@ -67,12 +85,12 @@ class StreamSide:
             self._await_reader(sid)
         finally:
             self._set_mark(0, 0, ST_IDLE)
-            self._unlock(SEM_STREAM)
+            self._q._unlock(SEM_STREAM)
 
     def _send_frame(self, frame: bytes, sid: int) -> bool:
         """Send one frame; False when the reader died and the stream was dropped."""
-        while not self._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
-            if not self._sleep_on(self.sems[SPACE], time.monotonic() + _SLICE):
+        while not self._q._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
+            if not self._q._sleep_on(self.sems[SPACE], time.monotonic() + _SLICE):
                 if self._reader_gone(sid):
                     return False
                 self._purge_others(sid)
@@ -80,7 +98,7 @@ class StreamSide:
 
     def _await_reader(self, sid: int) -> None:
         """Wait until the reader has taken the last frame (or died)."""
-        while not self._sleep_on(self.sems[DONE], time.monotonic() + _SLICE):
+        while not self._q._sleep_on(self.sems[DONE], time.monotonic() + _SLICE):
             if self._reader_gone(sid):
                 return
 
@@ -105,12 +123,12 @@ class StreamSide:
         long, or while another process takes a message and dies, loses the object: it
         finds the stream gone.) Where the kernel cannot copy queued messages, the
         writer keeps waiting while other messages are queued."""
-        qnum, last = self._queue_state()
+        qnum, last = self._q.queue_state()
         if qnum:
             if self.queued_head(sid) is not False:
                 self._headless_since = None
                 return False
-            last = self._queue_state()[1]  # (whoever took it took it before this read)
+            last = self._q.queue_state()[1]  # (whoever took it took it before this read)
         if not _alive(last):
             return True
         now = time.monotonic()
@@ -140,12 +158,12 @@ class StreamSide:
         if self._mark()[3] != ST_IDLE:
             self._set_mark(0, 0, ST_IDLE)
 
-    def _read_stream(self, head: bytes) -> Optional[bytes]:
+    def read(self, head: bytes) -> Optional[bytes]:
         """Collect the frames of the stream *head* starts; None if it was dropped."""
         try:
             assembly = _wire.Reassembly(head)
         except _wire.WireError as exc:
-            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+            warnings.warn(f"{self._q._what()}: dropped a foreign message ({exc})", RuntimeWarning,
                           stacklevel=4)
             return None
         sid = assembly.stream_id
@@ -163,10 +181,10 @@ class StreamSide:
                 if err == _E.EINTR:
                     continue
                 if err != _E.ENOMSG:
-                    self._fail("msgrcv", err)
-                if not self._sleep_on(avail, time.monotonic() + _SLICE) and \
+                    self._q._fail("msgrcv", err)
+                if not self._q._sleep_on(avail, time.monotonic() + _SLICE) and \
                         self._writer_gone(sid):
-                    warnings.warn(f"{self._what()}: dropped an object whose writer (pid "
+                    warnings.warn(f"{self._q._what()}: dropped an object whose writer (pid "
                                   f"{_wire.writer_pid(sid)}) died while sending it",
                                   RuntimeWarning, stacklevel=4)
                     return None
@@ -175,7 +193,7 @@ class StreamSide:
                 assembly.add(view[8:8 + n])
             except _wire.WireError as exc:
                 self._purge(sid)
-                warnings.warn(f"{self._what()}: dropped an incomplete object ({exc})",
+                warnings.warn(f"{self._q._what()}: dropped an incomplete object ({exc})",
                               RuntimeWarning, stacklevel=4)
                 return None
             space.post()
@@ -198,3 +216,18 @@ class StreamSide:
     def _set_mark(self, writer: int, sid: int, state: int) -> None:
         """The writer's fields (and a cleared reader field: only a reader sets it)."""
         _MARK.pack_into(self._view, _MARK_OFF, writer, 0, sid, state)
+
+    def queued_head(self, sid: int) -> Optional[bool]:
+        """Whether the head of stream *sid* is in the main queue; None when the kernel
+        cannot tell."""
+        try:
+            for msg in self._q.queued_messages():
+                if msg[0] == _wire.HEAD:
+                    try:
+                        if _wire.parse_head(msg)[0] == sid:
+                            return True
+                    except _wire.WireError:
+                        pass
+        except NoCopy:
+            return None
+        return False

@@ -26,8 +26,8 @@ import traceback
 import warnings
 from typing import NamedTuple, Optional, Tuple
 
-from ._procs import start_ticks
-from .primitives import Segment, ipc_table
+from .._ipc.objects import Segment
+from .._ipc.procs import ipc_table, start_ticks
 
 __all__ = ["TRAILER_SIZE", "MAGIC", "VERSION", "FLAG_TRACKED", "FLAG_HUGETLB",
            "PURPOSE_SHARED_MEMORY", "PURPOSE_SHAREABLE_LIST", "Identity", "pack_identity",
@@ -290,9 +290,11 @@ def _start_tracker() -> None:
     try:
         listener.bind("\0" + address)
         listener.listen(64)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_parent = os.path.abspath(__file__)
+        for _ in range(3):  # mpsysv/_shm/tracker.py -> the folder that holds mpsysv
+            package_parent = os.path.dirname(package_parent)
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                f"from mpsysv._tracker import main; main({read_end}, {listener.fileno()})")
+                f"from mpsysv._shm.tracker import main; main({read_end}, {listener.fileno()})")
         popen = subprocess.Popen([sys.executable, "-I", "-c", code],
                                  pass_fds=(read_end, listener.fileno()),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -312,6 +314,10 @@ def _publish(value: str) -> None:
     """Hand the tracker's address to the processes this one starts from now on."""
     from multiprocessing import process
     process.current_process()._config[CONFIG_KEY] = value
+    # Processes constructed already but not started copied the config before this.
+    for proc in list(getattr(process, "_dangling", ())):
+        if getattr(proc, "_popen", True) is None:
+            proc._config[CONFIG_KEY] = value
 
 
 # --- the tracker process ---------------------------------------------------------------

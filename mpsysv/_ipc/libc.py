@@ -1,15 +1,13 @@
-"""ctypes bindings to the System V IPC calls of glibc: constants, structures, errors.
+"""ctypes bindings to the System V IPC calls of glibc: constants, structures, functions.
 
-This is the only module that touches libc. Everything above it calls the thin
-wrappers here, which turn a failed call into the matching ``OSError`` subclass
-with a message naming the call and the object. Nothing here keeps state.
+This is the only module that touches libc. Callers check the return value and hand
+a failure's errno to ``errors.raise_errno`` (the one errno -> exception mapping).
+Nothing here keeps state.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
 import platform
 import time
 
@@ -18,7 +16,7 @@ __all__ = [
     "IPC_INFO", "MSG_NOERROR", "MSG_EXCEPT", "MSG_COPY", "SHM_RDONLY", "SHM_RND", "SHM_HUGETLB",
     "SHM_NORESERVE", "SEM_UNDO", "GETPID", "GETVAL", "GETALL", "GETNCNT", "GETZCNT", "SETVAL",
     "SETALL", "SEMVMX", "ipc_perm", "msqid_ds", "shmid_ds", "semid_ds", "sembuf", "timespec",
-    "RemovedError", "raise_errno", "limits",
+    "limits",
 ]
 
 # <sys/ipc.h>
@@ -199,38 +197,6 @@ SEM_T_SIZE = 32
 SEM_VALUE_MAX = 2 ** 31 - 1
 
 
-class RemovedError(OSError):
-    """The IPC object was removed (``EIDRM``) while this process was using it."""
-
-
-_WHY_REMOVED = ("it was removed while in use (by its last holder, `ipcrm`, `python -m mpsysv rm`, "
-                "or systemd-logind's RemoveIPC=yes at logout)")
-_EXC = {
-    errno.EEXIST: FileExistsError,
-    errno.ENOENT: FileNotFoundError,
-    errno.EACCES: PermissionError,
-    errno.EPERM: PermissionError,
-    errno.EINTR: InterruptedError,
-    errno.EAGAIN: BlockingIOError,
-    errno.EIDRM: RemovedError,
-}
-
-
-def raise_errno(err: int, call: str, what: str, hint: str = "") -> "NoReturn":  # noqa: F821
-    """Raise the ``OSError`` subclass for *err*, naming the call, the object and a hint."""
-    cls = _EXC.get(err, OSError)
-    if err == errno.EIDRM:
-        message = f"{call}: {what} was removed: {_WHY_REMOVED}"
-    elif err == errno.EINVAL and "invalid identifier" in hint:
-        cls = RemovedError
-        message = f"{call}: {what} does not exist (any more): {_WHY_REMOVED}"
-    else:
-        message = f"{call}({what}): {os.strerror(err)}"
-    if hint and cls is not RemovedError:
-        message += f" ({hint})"
-    raise cls(err, message)
-
-
 def read_limit(name: str, default: int) -> int:
     """One value of ``/proc/sys/kernel/NAME`` (the first field), or *default*."""
     try:
@@ -254,16 +220,6 @@ def limits() -> dict:
         "shmall": read_limit("shmall", 2 ** 63), "shmmni": read_limit("shmmni", 4096),
         "semmsl": sem[0], "semmns": sem[1], "semopm": sem[2], "semmni": sem[3],
     }
-
-
-def ftok(path: str, proj_id: int) -> int:
-    """The key C programs derive from *path* and *proj_id* (``ftok(3)``)."""
-    if not 0 < proj_id <= 255:
-        raise ValueError(f"'proj_id' must be in 1..255, not {proj_id!r}")
-    key = ftok_(os.fsencode(path), proj_id)
-    if key == -1:
-        raise_errno(_get_errno(), "ftok", repr(path))
-    return key
 
 
 def deadline_timespec(deadline: float) -> timespec:

@@ -37,7 +37,7 @@ def add_subcommands(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from .patch import patch
+    from ..patch import patch
 
     patch()
     runner = run_module if args.module else run_path

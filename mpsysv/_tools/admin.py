@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from . import _gc
-from ._names import check_name, name_key
+from .._gc import collect as _gc
+from .._ipc.names import check_name, name_key
 
 __all__ = ["add_subcommands", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NOT_FOUND",
            "EXIT_AMBIGUOUS", "EXIT_REFUSED"]
@@ -160,7 +160,7 @@ def cmd_stat(args) -> int:
 def _kernel_stat(o: _gc.IpcObject) -> dict:
     """Everything the kernel says: IPC_STAT, the semaphores, and /proc/sysvipc's extras
     (resident and swapped bytes of a segment); /proc's row alone when IPC_STAT fails."""
-    from .primitives import MessageQueue, Segment, SemaphoreSet
+    from ..primitives import MessageQueue, Segment, SemaphoreSet
 
     try:
         if o.kind == "msg":

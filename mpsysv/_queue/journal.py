@@ -37,16 +37,16 @@ import threading
 import time
 from typing import Iterator, Optional, Tuple
 
-from ._layout import CTL_SIZE
-from ._procs import alive, start_ticks
+from .._ipc.procs import alive, start_ticks
+from .layout import (J_HELD, J_MOVING, J_PARCELS, J_PID, J_SLOTS, J_START, J_TASKS,
+                     JOURNAL_ENTRIES, JOURNAL_ENTRY, JOURNAL_OFF)
 
 __all__ = ["Journal", "JOURNAL_OFF", "NENTRIES", "ENTRY", "MOVE", "alive", "start_ticks"]
 
-JOURNAL_OFF = 2240
-ENTRY = struct.Struct("<iiiiiIQQ")
-NENTRIES = (CTL_SIZE - JOURNAL_OFF) // ENTRY.size  # 353, to the end of the control segment
+ENTRY, NENTRIES = JOURNAL_ENTRY, JOURNAL_ENTRIES
 _RETRY = 1.0  # seconds a process that found the table full waits before it looks again
-_PID, _TASKS, _SLOTS, _HELD, _MOVING, _START, _PARCELS = 0, 4, 8, 12, 20, 24, 32
+_PID, _TASKS, _SLOTS, _HELD, _MOVING, _START, _PARCELS = (J_PID, J_TASKS, J_SLOTS, J_HELD,
+                                                          J_MOVING, J_START, J_PARCELS)
 _OFFSETS = range(JOURNAL_OFF, JOURNAL_OFF + NENTRIES * ENTRY.size, ENTRY.size)
 MOVE = 0x101  # one more thread in a window (low byte) and one more window (upper bits)
 _I32 = struct.Struct("<i")

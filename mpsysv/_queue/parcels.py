@@ -34,22 +34,21 @@ import ctypes
 import os
 import struct
 import time
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional, Protocol, Set, Tuple
 
-from . import _libc as L
-from . import _wire
-from ._procs import alive as _alive
-from .primitives import ipc_table
+from .._ipc import libc as L
+from .._ipc.procs import alive as _alive, ipc_table
+from . import wire as _wire
+from .journal import Journal
+from .layout import (FILLING, FREE, PARCEL_ENTRY, PARCEL_SLOTS, PARCEL_TABLE_OFF, POOLED,
+                     READING, SENT)
 
 __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
 # Objects from this size on travel as parcels; smaller multi-message ones are framed
 # (MPSYSV_PARCEL_MIN overrides it, for measuring the crossover).
 PARCEL_MIN = int(os.environ.get("MPSYSV_PARCEL_MIN", 16 * 1024))
-TABLE_OFF = 1024
-NSLOTS = 48
-_ENTRY = struct.Struct("<iiiiQ")  # segment id, writer, state, reader, segment size
-FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
+TABLE_OFF, NSLOTS, _ENTRY = PARCEL_TABLE_OFF, PARCEL_SLOTS, PARCEL_ENTRY
 POOL_LIMIT = 256 << 20  # bytes of idle segments a queue keeps for reuse
 _POOL_ALWAYS = 1 << 20  # segments up to this size are always kept (48 slots bound them)
 MAGIC = b"MPSYSVP1"
@@ -68,6 +67,18 @@ def _size_class(n: int) -> int:
     return -(-need // step) * step
 
 
+class ParcelHost(Protocol):
+    """What the parcel table needs from the queue that holds it."""
+
+    def state_locked(self) -> ContextManager: ...  # the queue's state lock
+
+    def journal_entry(self) -> Optional[int]: ...  # under it: this process's entry
+
+    def queue_state(self) -> Tuple[int, int]: ...  # (messages queued, last taker's pid)
+
+    def queued_parcels(self) -> Optional[Set[Tuple[int, int]]]: ...  # None: cannot tell
+
+
 class ParcelTable:
     """The parcel slots of one queue (a view into its attached control segment).
 
@@ -76,18 +87,13 @@ class ParcelTable:
     mappings, because a fresh segment costs a page fault per page on both sides.
     """
 
-    def __init__(self, view: memoryview, owner_id: int, lock: Callable, mode: int = 0o600,
-                 journal=None, journal_entry: Optional[Callable] = None,
-                 queue_state: Optional[Callable] = None,
-                 queued_parcels: Optional[Callable] = None):
+    def __init__(self, view: memoryview, owner_id: int, mode: int, journal: Journal,
+                 host: "ParcelHost"):
         self._mode = mode
         self._view = view
         self._owner = owner_id
-        self._lock = lock
         self._journal = journal
-        self._journal_entry = journal_entry  # under the lock: this process's entry
-        self._queue_state = queue_state  # (messages in the main queue, last taker's pid)
-        self._queued_parcels = queued_parcels  # {(slot, segment id)} in the main queue
+        self._host = host
         self._next_scan = 0.0
         self._maps = {}  # segment id -> (address, size): this process's mappings
         self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
@@ -125,10 +131,10 @@ class ParcelTable:
         me = os.getpid()
         n = len(payload)
         size = _size_class(n)
-        with self._lock():
+        with self._host.state_locked():
             slot, segid = self._claim(me, size)
-            if slot is not None and self._journal_entry is not None:
-                off = self._journal_entry()
+            if slot is not None:
+                off = self._host.journal_entry()
                 if off is not None:
                     self._journal.parcel_made(off, slot)
         if slot is None:
@@ -164,8 +170,7 @@ class ParcelTable:
 
     def handed(self, message) -> None:
         """The message naming one of this process's parcels is in the kernel queue."""
-        if self._journal is not None:
-            self._journal.parcel_sent(_wire.parse_parcel(message)[0])
+        self._journal.parcel_sent(_wire.parse_parcel(message)[0])
 
     def _claim(self, me: int, size: int):
         """``(slot, segment id or -1)`` under the lock: a pooled segment of the size
@@ -203,30 +208,30 @@ class ParcelTable:
         module's docstring)."""
         sent = [(slot, e[0], e[1]) for slot, e in
                 ((s, self._entry(s)) for s in range(NSLOTS)) if e[2] == SENT]
-        if not sent or self._queue_state is None:
+        if not sent:
             self._stranded.clear()
             return set()
-        qnum, last = self._queue_state()
+        qnum, last = self._host.queue_state()
         now = time.monotonic()
         if qnum:
             # Their messages may be among the queued ones: look at a copy of each, at
             # most once per STRANDED_AFTER (a long queue costs a call per message).
-            if self._queued_parcels is None or now < self._next_scan:
+            if now < self._next_scan:
                 return set()
             self._next_scan = now + STRANDED_AFTER
-            queued = self._queued_parcels()
+            queued = self._host.queued_parcels()
             sent = [] if queued is None else [p for p in sent if p[:2] not in queued]
             if not sent:
                 self._stranded.clear()
                 return set()
             # Read after the copies: a consumer that took one of those messages while
             # they were copied is that last taker (or one came after it).
-            last = self._queue_state()[1]
+            last = self._host.queue_state()[1]
         seen, self._stranded = self._stranded, {}
         last_dead = None
         found = set()
         for slot, segid, writer in sent:
-            unsent = self._journal.parcel_unsent(writer, slot) if self._journal else None
+            unsent = self._journal.parcel_unsent(writer, slot)
             if unsent is not False and _alive(writer):
                 continue  # its message may still be in its writer's buffer
             if unsent:

@@ -15,10 +15,14 @@ import weakref
 from collections import deque
 from multiprocessing import util
 from time import monotonic
-from typing import Any, Optional
+from queue import Empty
+from typing import Any, Optional, Protocol
 
-from ._channel import TW, WAKE, Channel
-from .queues import Empty, _Base
+from ._gc import collect as _gc
+from ._queue.channel import Channel
+from ._queue.feeder import Feeder
+from ._queue.layout import TW, WAKE
+from ._queue.pickler import Pickler
 
 __all__ = ["Reader", "Writer", "ReadLock"]
 
@@ -29,6 +33,24 @@ _SLICE = 1.0
 # At exit a Reader's hold goes before its queue handle's (-10): the handle is then the
 # last holder and removes the queue itself. Either order is correct.
 _EXIT_PRIORITY = -5
+
+
+class _Base(Protocol):
+    """What the adapters use of a queue handle (``queues._Base``): the base ``get`` and
+    ``put`` whatever a subclass overrides, and the parts that tell what is still in
+    this process."""
+
+    _chan: Channel
+    _closed: bool
+    _stash: deque
+    _strict: bool
+    _feeder: Feeder
+    _pickler: Pickler
+
+    def _base_get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
+
+    def _base_put(self, obj: Any, block: bool = True,
+                  timeout: Optional[float] = None) -> None: ...
 
 
 def _closed_error() -> OSError:
@@ -76,7 +98,8 @@ class _Watch:
                 if fd >= 0:
                     os.close(fd)
             self.rfd = self.wfd = -1
-            self.chan.release()
+            if self.chan.release():
+                _gc.collect_at_exit()
 
     def close(self) -> None:
         """Stop the watcher and let go of the mapping once no thread is waiting on it."""
@@ -255,7 +278,7 @@ class Reader:
         queue = self._live()
         if self._taken:
             return self._taken.popleft()
-        return _Base.get(queue)
+        return queue._base_get()
 
     def poll(self, timeout: Optional[float] = 0.0) -> bool:
         queue = self._live()
@@ -334,9 +357,9 @@ class Reader:
                 wait = max(deadline - monotonic(), 0.0)
             try:
                 if wait == 0.0:
-                    obj = _Base.get(queue, False)
+                    obj = queue._base_get(False)
                 else:
-                    obj = _Base.get(queue, True, wait)
+                    obj = queue._base_get(True, wait)
             except Empty:
                 if in_flight or (deadline is not None and monotonic() < deadline):
                     continue
@@ -397,10 +420,12 @@ class Writer:
             raise _closed_error()
         if not queue._strict:
             queue._pickler.dumps(obj)  # put() would report and drop it: raise instead
-        _Base.put(queue, obj)
+        queue._base_put(obj)
         feeder = queue._feeder
         if feeder.unsent():
-            queue._chan.wait_room(lambda: not feeder.unsent())
+            with queue._chan.room_wait() as room:
+                while feeder.unsent():
+                    room.sleep()
 
     def close(self) -> None:
         """This process sends no more through this Writer; the queue stays usable."""

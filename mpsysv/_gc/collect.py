@@ -10,22 +10,22 @@ reach or will clean any more; an object that might be live is always left alone.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import pwd
-import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from . import _channel as _ch
-from . import _journal
-from . import _libc as L
-from . import _names
-from . import _parcels
-from . import _tracker
-from ._procs import proc_stat
-from .primitives import ipc_table
+from .._ipc import libc as L
+from .._ipc import names as _names
+from .._ipc.errors import raise_errno
+from .._ipc.procs import alive, ipc_table, proc_stat
+from .._ipc.futex import PosixSemaphore
+from .._queue import layout as _layout
+from .._queue import parcels as _parcels
+from .._shm import tracker as _tracker
 
 __all__ = ["IpcObject", "Scan", "scan", "collect_garbage", "remove", "group_of", "process_alive"]
 
@@ -192,7 +192,7 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
     None when it cannot be read (permissions, or the lock is busy)."""
     locked = False
     if semid is not None:
-        op = L.sembuf(_ch.SEM_STATE, -1, L.SEM_UNDO)
+        op = L.sembuf(_layout.SEM_STATE, -1, L.SEM_UNDO)
         ts = L.relative_timespec(_LOCK_TIMEOUT)
         if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == -1:
             return None
@@ -202,69 +202,24 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
         if address is None:
             return None
         try:
-            raw = ctypes.string_at(address, _ch.CTL_SIZE)
-            counters = [_ch.PosixSemaphore(address + off).value for off in _ch.SEM_OFFS]
+            raw = ctypes.string_at(address, _layout.CTL_SIZE)
+            counters = [PosixSemaphore(address + off).value for off in _layout.SEM_OFFS]
         finally:
             L.shmdt(address)
     finally:
         if locked:
-            op = L.sembuf(_ch.SEM_STATE, 1, L.SEM_UNDO)
+            op = L.sembuf(_layout.SEM_STATE, 1, L.SEM_UNDO)
             L.semop(semid, L.byref(op), 1)
     return _parse_queue_header(raw, counters)
 
 
 def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
-    if raw[:8] != _ch.MAGIC:
-        return {"magic": raw[:8].hex(), "being_created": not raw[:8].strip(b"\0")}
-    (_, version, kind, maxsize, creator, flags, created, main_qid, stream_qid, semid,
-     msgmax) = _ch._HDR.unpack_from(raw)
-    n = int.from_bytes(raw[_ch._NAME_OFF:_ch._NAME_OFF + 2], "little")
-    name = raw[_ch._NAME_OFF + 2:_ch._NAME_OFF + 2 + n].decode("utf-8", "replace") if n else None
-    writer, reader, sid, state = _ch._MARK.unpack_from(raw, _ch._MARK_OFF)
-    (state_pid,) = struct.unpack_from("<i", raw, _ch._STATE_MARK_OFF)
-    names = ("timed_waiters", "wakeups", "free_slots", "stream_space", "stream_frames",
-             "stream_done", "unfinished_tasks", "feeders_waiting_for_room", "room_wakeups",
-             "putters_waiting_for_a_slot", "slot_wakeups", "getters_waiting_for_one_mtype")
-    states = {_parcels.FILLING: "filling", _parcels.SENT: "sent", _parcels.READING: "reading",
-              _parcels.POOLED: "pooled"}
-    parcels = []
-    for slot in range(_parcels.NSLOTS):
-        segid, p_writer, p_state, p_reader, size = _parcels._ENTRY.unpack_from(
-            raw, _parcels.TABLE_OFF + slot * _parcels._ENTRY.size)
-        if p_state != _parcels.FREE:
-            parcels.append({"slot": slot, "segment_id": segid,
-                            "state": states.get(p_state, p_state), "writer_pid": p_writer,
-                            "reader_pid": p_reader, "size": size})
-    return {
-        "magic": _ch.MAGIC.decode(), "version": version,
-        "type": _ch.KIND_NAMES.get(kind, f"kind {kind}"), "maxsize": maxsize,
-        "name": name, "named": bool(flags & _ch._FLAG_NAMED), "creator_pid": creator,
-        "created": created, "main_qid": main_qid, "stream_qid": stream_qid, "semid": semid,
-        "msgmax": msgmax, "counters": dict(zip(names, counters)),
-        "stream_marker": {"writer_pid": writer, "reader_pid": reader, "stream_id": sid,
-                          "state": {0: "idle", 1: "streaming", 3: "abandoned"}.get(state,
-                                                                                   state)},
-        "task_update_in_progress_by": state_pid, "parcels": parcels,
-        "journal": _journal_entries(raw),
-        "slots_recovered": _ch._RECOVERED.unpack_from(raw, _ch._RECOVERED_OFF)[0],
-        "counted_without_notes": bool(raw[_ch._UNNOTED_OFF]),
-        "held_tasks_of_gone_processes": _ch._HELD_GONE.unpack_from(raw, _ch._HELD_GONE_OFF)[0],
-        "task_count_to_derive_again": bool(raw[_ch._RECOUNT_OFF]),
-    }
-
-
-def _journal_entries(raw: bytes) -> List[dict]:
-    """The journal entries in use: what each process counted and has not sent yet."""
-    out = []
-    for i in range(_journal.NENTRIES):
-        pid, tasks, slots, held, _, moving, start, bits = _journal.ENTRY.unpack_from(
-            raw, _journal.JOURNAL_OFF + i * _journal.ENTRY.size)
-        if pid:
-            out.append({"pid": pid, "start_ticks": start, "alive": _journal.alive(pid, start),
-                        "unsent_tasks": tasks, "unsent_slots": slots, "held_tasks": held,
-                        "threads_moving_an_object": moving & 0xFF,
-                        "unsent_parcel_slots": [s for s in range(64) if bits >> s & 1]})
-    return out
+    info = _layout.describe(raw, counters)
+    if "journal" in info:
+        info["journal"] = [{"pid": e["pid"], "start_ticks": e["start_ticks"],
+                            "alive": alive(e["pid"], e["start_ticks"]), **e}
+                           for e in info["journal"]]
+    return info
 
 
 def _read_trailer(seg: IpcObject) -> Optional[_tracker.Identity]:
@@ -385,7 +340,7 @@ def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) 
     f = ctl.fields
     ctl.holders = f["nattch"]
     ctl.creator_pid = f["cpid"] or None
-    blank_named = (ctl.key != 0 and f["size"] == _ch.CTL_SIZE and f["nattch"] == 0
+    blank_named = (ctl.key != 0 and f["size"] == _layout.CTL_SIZE and f["nattch"] == 0
                    and f["cpid"] and not process_alive(f["cpid"]) and len(members) >= 2)
     if blank_named and _ctl_magic_is_blank(ctl):
         ctl.state = "garbage"
@@ -467,14 +422,14 @@ def _classify_parcel(seg: IpcObject, shm_ids: set) -> bool:
 def _classify_segment(seg: IpcObject, inspect: bool) -> None:
     f = seg.fields
     seg.holders = f["nattch"]
-    if inspect and f["size"] == _ch.CTL_SIZE:
+    if inspect and f["size"] == _layout.CTL_SIZE:
         address = _attach_readonly(seg.id)
         if address is not None:
             try:
                 magic = ctypes.string_at(address, 8)
             finally:
                 L.shmdt(address)
-            if magic == _ch.MAGIC:
+            if magic == _layout.MAGIC:
                 # A queue without its message queues: they were removed from outside.
                 seg.role = QUEUE
                 seg.queue = seg.id
@@ -546,7 +501,7 @@ def remove(obj: IpcObject) -> None:
     else:
         rc, call = L.shmctl(obj.id, L.IPC_RMID, None), "shmctl(IPC_RMID)"
     if rc == -1:
-        L.raise_errno(L.get_errno(), call, f"{obj.kind} id={obj.id}")
+        raise_errno(L.get_errno(), call, f"{obj.kind} id={obj.id}")
 
 
 def _ours(obj: IpcObject) -> bool:
@@ -593,6 +548,24 @@ def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bo
             else:
                 removed.append(obj)
         return removed, failed
+
+
+def collect_at_exit() -> None:
+    """This process let go of a queue others still hold: if they are all killed, no
+    holder is left to remove it, so collect garbage once more when this program ends
+    (a forked child of ours killed after we let go is the usual case)."""
+    me = os.getpid()
+    if _exit_collect[0] != me:
+        _exit_collect[0] = me
+        atexit.register(_collect_now, me)
+
+
+def _collect_now(pid: int) -> None:
+    if os.getpid() == pid:  # not in a fork child that inherited the handler
+        collect_garbage(force=True)
+
+
+_exit_collect = [0]  # the pid that registered _collect_now
 
 
 def _after_fork_in_child() -> None:

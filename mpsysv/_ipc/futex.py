@@ -11,7 +11,8 @@ from __future__ import annotations
 import errno
 from typing import Optional
 
-from . import _libc as L
+from . import libc as L
+from .errors import raise_errno
 
 __all__ = ["PosixSemaphore"]
 
@@ -27,14 +28,14 @@ class PosixSemaphore:
 
     def init(self, value: int = 0) -> None:
         if L.sem_init(self.address, 1, value) == -1:
-            L.raise_errno(L.get_errno(), "sem_init", self._name)
+            raise_errno(L.get_errno(), "sem_init", self._name)
 
     def post(self) -> None:
         if L.sem_post(self.address) == -1:
             err = L.get_errno()
             if err == errno.EOVERFLOW:
                 raise OverflowError(f"{self._name}: count would exceed {L.SEM_VALUE_MAX}")
-            L.raise_errno(err, "sem_post", self._name)
+            raise_errno(err, "sem_post", self._name)
 
     def try_acquire(self) -> bool:
         """Decrement if positive, at once; False when the count is zero."""
@@ -43,7 +44,7 @@ class PosixSemaphore:
             if err == errno.EAGAIN:
                 return False
             if err != errno.EINTR:
-                L.raise_errno(err, "sem_trywait", self._name)
+                raise_errno(err, "sem_trywait", self._name)
         return True
 
     def acquire(self, deadline: Optional[float] = None) -> bool:
@@ -55,7 +56,7 @@ class PosixSemaphore:
             while L.sem_wait(self.address) == -1:
                 err = L.get_errno()
                 if err != errno.EINTR:
-                    L.raise_errno(err, "sem_wait", self._name)
+                    raise_errno(err, "sem_wait", self._name)
             return True
         ts = L.deadline_timespec(deadline)
         ref = L.byref(ts)
@@ -64,7 +65,7 @@ class PosixSemaphore:
             if err == errno.ETIMEDOUT:
                 return False
             if err != errno.EINTR:
-                L.raise_errno(err, "sem_clockwait", self._name)
+                raise_errno(err, "sem_clockwait", self._name)
         return True
 
     @property

@@ -1,0 +1,68 @@
+"""errno -> Python exceptions: the one mapping every layer uses.
+
+A failed call becomes the ``OSError`` subclass users already catch, with a message
+that names the call, the object and, where one helps, the fix. ``EIDRM`` (and an
+id that stopped being valid) becomes ``RemovedError``, which says who may have
+removed the object. Nothing here calls the kernel except to look up an owner.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import NoReturn, Optional
+
+from .procs import segment_owner_and_mode
+
+__all__ = ["RemovedError", "WHY_REMOVED", "raise_errno", "removed", "permission_denied"]
+
+
+class RemovedError(OSError):
+    """The IPC object was removed (``EIDRM``) while this process was using it."""
+
+
+RemovedError.__module__ = "mpsysv"  # its public name (and the one pickles carry)
+
+WHY_REMOVED = ("it was removed while in use (by its last holder, `ipcrm`, `python -m mpsysv rm`, "
+               "or systemd-logind's RemoveIPC=yes at logout)")
+_EXC = {
+    errno.EEXIST: FileExistsError,
+    errno.ENOENT: FileNotFoundError,
+    errno.EACCES: PermissionError,
+    errno.EPERM: PermissionError,
+    errno.EINTR: InterruptedError,
+    errno.EAGAIN: BlockingIOError,
+    errno.EIDRM: RemovedError,
+}
+
+
+def raise_errno(err: int, call: str, what: str, hint: str = "") -> NoReturn:
+    """Raise the ``OSError`` subclass for *err*, naming the call, the object and a hint."""
+    cls = _EXC.get(err, OSError)
+    if err == errno.EIDRM:
+        message = f"{call}: {what} was removed: {WHY_REMOVED}"
+    elif err == errno.EINVAL and "invalid identifier" in hint:
+        cls = RemovedError
+        message = f"{call}: {what} does not exist (any more): {WHY_REMOVED}"
+    else:
+        message = f"{call}({what}): {os.strerror(err)}"
+    if hint and cls is not RemovedError:
+        message += f" ({hint})"
+    raise cls(err, message)
+
+
+def removed(call: str, what: str, how: str, err: int = errno.EIDRM) -> RemovedError:
+    """``RemovedError`` for *what*, which *how* (e.g. "was removed while in use")."""
+    return RemovedError(err, f"{call}: {what} {how}: {WHY_REMOVED}")
+
+
+def permission_denied(call: str, what: str, key: int, refused: str, fix: str,
+                      filename: Optional[str] = None) -> PermissionError:
+    """A ``PermissionError`` that says whose object *what* is, what its mode allows
+    (*refused*: what it does not) and the *fix*."""
+    owner, mode = segment_owner_and_mode(key)
+    message = (f"{call}: Permission denied: {what} belongs to {owner} with mode {mode}, "
+               f"which {refused}; {fix}")
+    if filename is None:
+        return PermissionError(errno.EACCES, message)
+    return PermissionError(errno.EACCES, message, filename)

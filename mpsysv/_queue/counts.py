@@ -1,0 +1,455 @@
+"""The counts of a bounded or joinable queue: free slots, unfinished tasks, the join gate.
+
+Glossary of the crash-safety words (the journal module has the table's layout):
+
+* note -- what a process writes in its journal entry *before* it counts (a slot it is
+  taking, a task it added) and clears *after* the object's message is in the queue;
+* held -- tasks a process took out of the queue and has not marked done yet;
+* window -- the moments an object moves between two counts (a getter from before its
+  ``msgrcv`` until it counted the object out; a JoinableQueue putter around its send
+  and the clearing of its note), marked in the entry's ``moving`` word;
+* freeze -- a repair reading the counts asks new windows to wait (the freeze flag);
+* repair -- deriving a count again from what the kernel and the journal say, after a
+  process died: free slots are ``maxsize`` minus queued objects minus live notes;
+  unfinished tasks are queued objects plus live task notes plus every ``held``.
+
+The futex counters are caches of those truths; everything that changes a count in
+two places does it under the state lock (a SysV semaphore with ``SEM_UNDO``, so a
+killed holder releases it) with a crash marker naming the holder, so the next holder
+knows to repair. ``Counts`` is a component of ``Channel``; it uses the queue's
+kernel objects (``QueueObjects``) and the journal, nothing above them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import Callable, Optional
+
+from .._ipc import libc as L
+from .journal import MOVE, Journal
+from .layout import (_EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
+                     _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
+                     _UNNOTED_OFF, KIND_JOINABLE, SEM_GATE, SEM_STATE, SLOTS, SW, SWAKE,
+                     UNFINISHED)
+from .objects import _ALIVE_CHECK, QueueObjects
+
+__all__ = ["Counts"]
+
+_REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
+_SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
+_FREEZE_WAIT = 0.05  # how long a repair waits for the windows open in live processes
+_E = errno
+_getpid = os.getpid
+
+
+class Counts:
+    """Slots, tasks and the join gate of one queue, exact across kills."""
+
+    def __init__(self, objects: QueueObjects, journal: Journal):
+        self._q = objects
+        self.journal = journal
+        self._view = objects._view
+        self.sems = objects.sems
+        self.kind = objects.kind
+        self.maxsize = objects.maxsize
+        self._next_repair = 0.0
+
+    # -- the state lock ---------------------------------------------------------------
+
+    def state_locked(self) -> "_StateLock":
+        return _StateLock(self)
+
+    def add_extra(self, delta: int) -> None:
+        """One locked update of the batch object count per batch message."""
+        with self.state_locked():
+            self._add_to(_EXTRA, _EXTRA_OFF, delta)
+
+    def _add_to(self, field, off: int, delta: int) -> None:
+        """Under the state lock: add *delta* to a count in the control segment."""
+        field.pack_into(self._view, off, field.unpack_from(self._view, off)[0] + delta)
+
+    # -- windows ------------------------------------------------------------------------
+
+    def moving_word(self) -> Optional[memoryview]:
+        """This process's journal ``moving`` word, claiming its entry on first use."""
+        word = self.journal.moving_word()
+        if word is None and self.own_entry():
+            word = self.journal.moving_word()
+        return word
+
+    def yield_to_repair(self, moving: memoryview) -> None:
+        """A repair froze the windows: step out leaving no trace, wait until it is done
+        (``_FREEZE_WAIT`` at most), step in again."""
+        journal, view = self.journal, self._view
+        try:
+            with journal.mutex:
+                moving[0] = (moving[0] - MOVE) & 0xFFFFFFFF
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while view[_FREEZE_OFF] and time.monotonic() < give_up:
+                time.sleep(0.0002)
+            if view[_FREEZE_OFF] and L.semctl(self._q.semid, SEM_STATE, L.GETVAL, 0) == 1:
+                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
+        finally:
+            with journal.mutex:
+                if journal.active:
+                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+
+    def moving(self) -> "_Window":
+        """``with counts.moving(): send...``: a counted object's send and the clearing of
+        its note, as a window a JoinableQueue's task recount must see (the object is
+        queued and noted)."""
+        return _Window(self if self.kind == KIND_JOINABLE else None)
+
+    # -- the task count of a JoinableQueue ------------------------------------------------
+
+    def task_added(self) -> None:
+        """Count one task; this process's journal entry notes it until it is sent."""
+        with self.state_locked():
+            if self.journal_entry() is not None:
+                self.journal.add_task()
+            else:
+                self._view[_UNNOTED_OFF] = 1
+            unfinished = self.sems[UNFINISHED]
+            unfinished.post()
+            if unfinished.value == 1:
+                self._set_gate(1)
+
+    def task_done(self) -> None:
+        with self.state_locked():
+            unfinished = self.sems[UNFINISHED]
+            if not unfinished.try_acquire():
+                raise ValueError("task_done() called too many times")
+            if self.journal_entry() is not None:
+                self.journal.task_done()
+            else:
+                self._view[_UNNOTED_OFF] = 1
+            if unfinished.value == 0:
+                self._set_gate(0)
+
+    def unfinished(self) -> int:
+        self.repair()
+        return self.sems[UNFINISHED].value
+
+    def join_tasks(self) -> None:
+        """Wait until every task put on the queue was marked done (the gate is zero).
+
+        About once a second (and before the first wait) it rolls back what dead
+        processes left: tasks counted and never sent, a gate left up by a killed
+        ``task_done()``."""
+        op = L.sembuf(SEM_GATE, 0, 0)
+        semid = self._q.semid
+        while True:
+            self.repair()
+            ts = L.relative_timespec(_ALIVE_CHECK)
+            if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == 0:
+                return
+            err = L.get_errno()
+            if err not in (_E.EAGAIN, _E.EINTR):
+                self._q._fail("semtimedop", err)
+
+    def _set_gate(self, value: int) -> None:
+        if L.semctl(self._q.semid, SEM_GATE, L.SETVAL, value) == -1:
+            self._q._fail("semctl(SETVAL)", L.get_errno())
+
+    def _repair_state(self, dead: int) -> None:
+        """Under the state lock: holder *dead* died inside it, maybe between a task's
+        note and its count: derive the count again, and the gate from it."""
+        self._view[_FREEZE_OFF] = 0
+        if self.kind == KIND_JOINABLE:
+            self._view[_RECOUNT_OFF] = 1
+        self._repair_journal()
+        self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
+
+    # -- the journal: what dead processes counted and never sent -----------------------
+
+    def repair(self) -> None:
+        """Settle what dead processes left: their notes (the slots and tasks they
+        counted for objects never sent), a half-done update inside the state lock, a
+        task count still to be derived again."""
+        if int.from_bytes(self._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little") or \
+                self._view[_RECOUNT_OFF] or self.journal.any_dead():
+            with self.state_locked():
+                self._repair_journal()
+
+    def _repair_journal(self) -> None:
+        """Under the state lock: free the entries of dead processes (what they held is
+        kept in the control segment); the counts their notes stood in for are derived
+        again (slots in ``repair_slots``, tasks here)."""
+        view = self._view
+        tasks, held, windows = self.journal.collect_dead()
+        if windows and self.kind == KIND_JOINABLE:
+            # A getter killed before it counted its object out: the object is lost,
+            # and so is its task (a putter killed after its send: its object counts).
+            view[_RECOUNT_OFF] = 1
+        if held:
+            self._add_to(_HELD_GONE, _HELD_GONE_OFF, held)
+        if tasks:
+            if view[_UNNOTED_OFF]:
+                # Some process counts without notes: no count can be derived; give the
+                # dead processes' unsent tasks back as noted (exact but for a kill
+                # between a send and its note's clearing).
+                unfinished = self.sems[UNFINISHED]
+                for _ in range(tasks):
+                    unfinished.try_acquire()
+                if unfinished.value == 0:
+                    self._set_gate(0)
+            else:
+                view[_RECOUNT_OFF] = 1
+        if view[_RECOUNT_OFF]:
+            self._recount_tasks()
+
+    def _recount_tasks(self) -> None:
+        """Under the state lock: set a JoinableQueue's unfinished count to what the
+        kernel queue and the journal say: objects queued, tasks noted by live putters
+        (not sent yet), tasks held by processes (taken, not done). Done only while no
+        live process was in a window where an object moves between those counts (the
+        journal's ``moving`` words, before and after); otherwise the next repair tries
+        again."""
+        view = self._view
+        if self.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
+            view[_RECOUNT_OFF] = 0
+            return
+        def read():
+            tasks, _, held = self.journal.noted()
+            return tasks + held + self._q._stat_main().msg_qnum
+
+        counts = self._read_frozen(read)
+        if counts is None:
+            return
+        truth = max(counts + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
+                    + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
+        unfinished = self.sems[UNFINISHED]
+        now = unfinished.value
+        for _ in range(truth - now):
+            unfinished.post()
+        for _ in range(now - truth):
+            unfinished.try_acquire()
+        self._set_gate(1 if truth > 0 else 0)
+        view[_RECOUNT_OFF] = 0
+
+    def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
+        """Under the state lock: ``read()`` the counts while no live process is in a
+        window. New windows wait (the freeze flag; a busy getter would otherwise open
+        one every few microseconds), open ones are waited for (``_FREEZE_WAIT`` at
+        most). None when one stayed open (a stopped process) or one moved while the
+        counts were read (the journal's ``moving`` words, before and after)."""
+        journal, view = self.journal, self._view
+        view[_FREEZE_OFF] = 1
+        try:
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while True:
+                before = journal.movers()
+                if before is not None:
+                    break
+                if time.monotonic() >= give_up:
+                    return None
+                time.sleep(0.0002)
+            counts = read()
+            return counts if journal.movers() == before else None
+        finally:
+            view[_FREEZE_OFF] = 0
+
+    def journal_entry(self) -> Optional[int]:
+        """Under the state lock: this process's journal entry, claimed on first use
+        (None while the table is full: then this process's counts go unjournaled)."""
+        journal = self.journal
+        off = journal.mine()
+        if off is None and journal.may_claim():
+            off = journal.claim()
+            if off is None:
+                self._repair_journal()
+                off = journal.claim()
+        return off
+
+    def own_entry(self) -> bool:
+        """Claim this process's journal entry if it has none; False (and slot recoveries
+        stop for good) while every entry is taken by a live process."""
+        journal = self.journal
+        if journal.mine() is None:
+            if journal.may_claim():
+                with self.state_locked():
+                    self.journal_entry()
+            if journal.mine() is None:
+                self._view[_UNNOTED_OFF] = 1
+                return False
+        return True
+
+    # -- the slots of a bounded queue -------------------------------------------------
+
+    def take_slots(self, n: int, block: bool, deadline: Optional[float]) -> bool:
+        """Take *n* slots (all or none), waiting until *deadline* (None: for good) when
+        *block*; False when they could not be had.
+
+        A slot is noted in the journal before it is taken, so ``repair_slots`` never
+        finds a slot that a live putter holds and no count shows. For the same reason
+        a putter without a slot does not sleep on the slot count (a slot taken that way
+        could not be noted first) but on a wake-up of its own, looking for lost slots while
+        it waits.
+        """
+        self.own_entry()
+        taken = 0
+        waiting = False
+        try:
+            while taken < n:
+                if self._try_slot():
+                    taken += 1
+                elif not block:
+                    self.repair_slots()
+                    if not self._try_slot():
+                        return False
+                    taken += 1
+                elif not waiting:
+                    # Counted as waiting before the next try: a getter that frees a slot
+                    # after that try sees a waiter to wake.
+                    self.sems[SW].post()
+                    waiting = True
+                    self.repair_slots()
+                elif not self._wait_for_slot(deadline):
+                    return False
+            taken = 0
+            return True
+        finally:
+            if waiting:
+                self.sems[SW].try_acquire()
+            if taken:  # giving up, or an exception: hand back what was taken
+                self.slots_freed(taken)
+                self.journal.sent(0, taken)
+
+    def _wait_for_slot(self, deadline: Optional[float]) -> bool:
+        """Sleep on this putter's wake-up until *deadline*, looking for lost slots (and
+        for the queue's removal) every ``_SLOT_CHECK`` s."""
+        q, wake = self._q, self.sems[SWAKE]
+        while True:
+            step = time.monotonic() + _SLOT_CHECK
+            if q._sleep_on(wake, step if deadline is None or deadline > step else deadline):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            q._stat_main()
+            self.repair_slots()
+
+    def _try_slot(self) -> bool:
+        journal = self.journal
+        journal.add_slots(1)
+        if self.sems[SLOTS].try_acquire():
+            return True
+        journal.sent(0, 1)
+        return False
+
+    def slots_freed(self, n: int) -> None:
+        """*n* slots are free again: count them, and wake as many waiting putters."""
+        slots = self.sems[SLOTS]
+        for _ in range(n):
+            slots.post()
+        waiting = self._q._sw_word[0]
+        if waiting:
+            wake = self.sems[SWAKE]
+            for _ in range(min(n, waiting - wake.value)):
+                wake.post()
+
+    def repair_slots(self) -> None:
+        """Give back the slots that no count shows, at most every ``_REPAIR_EVERY`` s
+        (what a putter that finds no slot runs).
+
+        The free-slot count is only a cache. The truth is ``maxsize`` minus the objects
+        in the kernel queue (``msg_qnum`` plus the batch count) minus the slots live
+        processes noted (dead processes' notes are dropped first). What a killed
+        process took and never sent or gave back (a putter between taking a slot and
+        sending, a getter between its msgrcv and giving the slot back) shows as a
+        shortfall. The counts are read in the order an object moves through them
+        (free, noted, queued), so a live putter can be counted twice but never
+        missed. A live getter between msgrcv and its post would be missed, so the
+        shortfall counts only if no live getter was in that window at any time while
+        the counts were read (the journal's ``moving`` words, before and after).
+        """
+        now = time.monotonic()
+        if now < self._next_repair:
+            return
+        self._next_repair = now + _REPAIR_EVERY
+        def read():
+            free = self.sems[SLOTS].value
+            noted = self.journal.noted()[1]
+            return free + noted + self._q._stat_main().msg_qnum
+
+        with self.state_locked():
+            self._repair_journal()
+            if self._view[_UNNOTED_OFF]:
+                return
+            counts = self._read_frozen(read)
+            if counts is None:
+                return
+            lost = self.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+            if lost > 0:
+                self._add_to(_RECOVERED, _RECOVERED_OFF, lost)
+                self.slots_freed(lost)
+
+    def counted_sent(self, n: int) -> None:
+        """*n* counted objects (one message each) are in the kernel queue now."""
+        self.journal.sent(n if self.kind == KIND_JOINABLE else 0, n if self.maxsize > 0 else 0)
+
+    def fold_held(self) -> None:
+        """Before this handle's journal entry is freed: keep the tasks it took and did
+        not mark done (another handle may mark them) in the control segment."""
+        journal = self.journal
+        if self.kind != KIND_JOINABLE or journal.mine() is None:
+            return
+        try:
+            with self.state_locked():
+                self._add_to(_HELD_GONE, _HELD_GONE_OFF, journal.take_held())
+        except OSError:
+            pass  # removed already: nothing left to count
+
+
+class _StateLock:
+    """The state lock with a crash marker: the next holder repairs a half-done update."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: Counts):
+        self.counts = counts
+
+    def __enter__(self):
+        counts = self.counts
+        counts._q._lock(SEM_STATE)
+        view = counts._view
+        dead = int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little")
+        if dead:
+            counts._repair_state(dead)
+        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
+        return self
+
+    def __exit__(self, *exc):
+        counts = self.counts
+        counts._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
+        counts._q._unlock(SEM_STATE)
+
+
+class _Window:
+    """A JoinableQueue putter's window around its send (nothing for other queues)."""
+
+    __slots__ = ("counts", "word")
+
+    def __init__(self, counts: Optional[Counts]):
+        self.counts = counts
+        self.word = None
+
+    def __enter__(self):
+        counts = self.counts
+        if counts is not None:
+            moving = self.word = counts.moving_word()
+            if moving is not None:
+                with counts.journal.mutex:
+                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+                if counts._view[_FREEZE_OFF]:
+                    counts.yield_to_repair(moving)
+        return self
+
+    def __exit__(self, *exc):
+        moving = self.word
+        if moving is not None:
+            journal = self.counts.journal
+            with journal.mutex:
+                if journal.active:
+                    moving[0] -= 1
