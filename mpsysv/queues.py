@@ -3,7 +3,7 @@
 Objects are pickled in the caller and handed to the kernel at once when the queue
 has room (one ``msgsnd``; a large object's parcel message likewise); otherwise they
 wait in a per-process buffer, so ``put`` on an unbounded queue never blocks, as in the
-stdlib. Streamed objects (see ``_streams``) always go through the buffer.
+stdlib. Streamed objects (see ``_queue.streams``) always go through the buffer.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class _Base:
 
     def _send_counted(self, payload, mtype: int) -> None:
         """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
-        object is both queued and noted (see _journal)."""
+        object is both queued and noted (see ``_queue.journal``)."""
         counts = self._chan.counts
         with counts.moving():
             if self._send(payload, mtype):

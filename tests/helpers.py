@@ -1,8 +1,10 @@
 """Helpers for the process-level tests: watchdogs, unique names, kernel object counts."""
 
+import itertools
 import multiprocessing as mp
 import os
 import signal
+import time
 import uuid
 
 fork = mp.get_context("fork")
@@ -15,10 +17,28 @@ def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{worker}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
+_counter = itertools.count(1)
+
+
+def unique_key() -> int:
+    """A key no other process can be using: from this pid and a counter, with the high bit
+    set, which mpsysv's own name and sub-object keys never have (and which exercises the
+    signed/unsigned handling of keys)."""
+    return 0x80000000 | (((os.getpid() << 8) | next(_counter) % 256) & 0x7fffffff)
+
+
+def wait_until(predicate, timeout: float = 10.0, poll: float = 0.005) -> bool:
+    """Poll *predicate* until it is true (True) or *timeout* seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 def join_or_kill(procs, timeout: float) -> None:
     """Join every process within *timeout* seconds in total; kill and fail otherwise."""
-    import time
-
     deadline = time.monotonic() + timeout
     hung = []
     for p in procs:

@@ -7,7 +7,6 @@ constants and ftok; ``/proc/sysvipc`` is the reference for what IPC_STAT returns
 
 import ctypes
 import errno
-import itertools
 import os
 import shutil
 import subprocess
@@ -19,14 +18,8 @@ from mpsysv._ipc import libc as L
 from mpsysv._ipc.errors import raise_errno
 from mpsysv import MessageQueue, SemaphoreSet, Segment
 
-_counter = itertools.count(1)
+from .helpers import unique_key
 
-
-def unique_key() -> int:
-    """A key no other process can be using: from this pid and a counter, with the high bit
-    set, which mpsysv's own name and sub-object keys never have (and which exercises the
-    signed/unsigned handling of keys)."""
-    return 0x80000000 | (((os.getpid() << 8) | next(_counter) % 256) & 0x7fffffff)
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ and SIGKILLed on failure; blocked threads are released by a message or a semapho
 import ctypes
 import errno
 import gc
-import itertools
 import os
 import pickle
 import select
@@ -28,16 +27,11 @@ import mpsysv
 from mpsysv._ipc import libc as L
 from mpsysv import MessageQueue, RemovedError, SemaphoreSet, Segment
 
+from .helpers import unique_key, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 WATCHDOG = 10.0  # seconds before a child or a blocked thread counts as hung
 NOBODY = 65534
-_counter = itertools.count(1)
-
-
-def unique_key() -> int:
-    """A key no other process can be using: from this pid and a counter, with the high bit
-    set, which mpsysv's own name and sub-object keys never have."""
-    return 0x80000000 | (((os.getpid() << 8) | next(_counter) % 256) & 0x7fffffff)
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,14 +110,6 @@ def child(fn, *args):
         c.kill()
 
 
-def wait_until(predicate, what: str, timeout: float = WATCHDOG) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.005)
-
-
 def wait_blocked_in(task: str, call: str) -> None:
     """Wait until the task at /proc/TASK sleeps in the kernel function named like *call*
     (or, where wchan is hidden, sleeps at all)."""
@@ -136,7 +122,7 @@ def wait_blocked_in(task: str, call: str) -> None:
         except FileNotFoundError:
             pytest.fail(f"{task} ended before it blocked in {call}")
         return state == "S" and (call in wchan or wchan in ("0", ""))
-    wait_until(blocked, f"{task} blocks in {call}")
+    assert wait_until(blocked, WATCHDOG), f"timed out waiting until {task} blocks in {call}"
 
 
 def send_later(q: MessageQueue, delay: float, data: bytes, mtype: int = 1) -> Child:
@@ -402,7 +388,7 @@ class TestSemaphoreValues:
         for t in threads:
             t.start()
         try:
-            wait_until(lambda: sems.getncnt(0) == 1 and sems.getzcnt(1) == 1, "both wait")
+            assert wait_until(lambda: sems.getncnt(0) == 1 and sems.getzcnt(1) == 1, WATCHDOG)
             assert sems.getzcnt(0) == 0 and sems.getncnt(1) == 0
         finally:
             sems.setall([1, 0])
@@ -464,7 +450,7 @@ class TestSemaphoreOps:
 
     def test_waiter_gets_removed_error_when_the_set_is_removed(self, sems):
         with child(sems.op, 0, -1) as c:
-            wait_until(lambda: sems.getncnt(0) == 1, "the child waits")
+            assert wait_until(lambda: sems.getncnt(0) == 1, WATCHDOG), "the child waits"
             sems.remove()
             exc = c.exception()
         assert isinstance(exc, RemovedError), repr(exc)
@@ -478,7 +464,7 @@ class TestSemaphoreOps:
             sems.op(0, -1, undo=True)
             time.sleep(WATCHDOG * 6)
         with child(hold_forever) as c:
-            wait_until(lambda: sems.getval(0) == 0, "the child holds the lock")
+            assert wait_until(lambda: sems.getval(0) == 0, WATCHDOG), "the child holds the lock"
             assert sems.op(0, -1, block=False) is False
             c.kill()
         assert sems.op(0, -1, timeout=WATCHDOG) is True

@@ -11,24 +11,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import unittest
 
 from mpsysv._shm import tracker as _tracker
 from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import SharedMemory
-from .helpers import fork, join_or_kill
+from .helpers import fork, join_or_kill, wait_until
 from .test_shared import ROOT, TIMEOUT, SegmentTestCase, run_python, segment_exists
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def process_gone(pid):

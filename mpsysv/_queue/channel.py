@@ -144,7 +144,7 @@ class Channel(QueueObjects):
         journal = self.journal
         while True:
             # Until its object is counted out (slot back, task held) a getter of a
-            # counted queue is in a window the repairs must see (see _journal), and so
+            # counted queue is in a window the repairs must see (see journal), and so
             # it never sleeps inside msgrcv.
             moving = self.counts.moving_word() if counted else None
             got = 0  # objects taken out of the queue for the caller (a task each)

@@ -17,7 +17,7 @@ whose message is still in this process. An owner is dead when its pid *and* star
 time no longer match a process (a reused pid is no owner).
 
 Dead owners' notes are not rolled back: a note may stand for a count never made or
-an object already queued. The counts are derived again instead (``Channel``): free
+an object already queued. The counts are derived again instead (``counts``): free
 slots are ``maxsize`` minus the objects in the kernel queue minus the live slot notes;
 unfinished tasks are the queued objects plus the live task notes plus every entry's
 ``held`` (and what freed entries held). ``moving`` makes that exact: its low byte

@@ -1,6 +1,6 @@
 """``python -m mpsysv ls|stat|clean|rm``: look at mpsysv's kernel objects and clean up.
 
-A thin layer over ``_gc``: it finds and classifies, this module prints and removes on
+A thin layer over ``_gc.collect``: it finds and classifies, this module prints and removes on
 request. Exit codes are stable for scripts (see ``EXIT_*``); ``--json`` prints one
 JSON document on stdout.
 """
