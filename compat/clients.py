@@ -208,8 +208,8 @@ def main(argv=None) -> int:
     for name, test_id in differ:
         why = CLIENT_DIFFERENCES.get(name, {}).get(test_id)
         if why:
-            print(f"  outcome differs, explained in compat/differences.py: {name}: {test_id}: "
-                  f"{why[0]}")
+            print(f"  outcome differs, deliberate ({why[0]} in compat/differences.py): "
+                  f"{name}: {test_id}: {why[1]}")
         else:
             unexplained += 1
             print(f"  outcome differs: {name}: {test_id}")

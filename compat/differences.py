@@ -86,22 +86,20 @@ KNOWN_BUGS: dict = {}
 # ``compat/cpython_whole.py`` counts them as deliberate instead of failed.
 CPYTHON_DIFFERENCES = {
     "TestStartMethod.test_mixed_startmethod": (
-        "pickle-anywhere",
+        "mixed-start-methods",
         "a queue made by a fork context is refused (`RuntimeError` in the child) when "
         "passed to a spawn or forkserver child; an mpsysv handle attaches in any process"),
 }
 
-# Real clients' tests (``compat/clients.py``) whose outcome differs, with the client's
-# code that causes it and why mpsysv keeps its behaviour.
+# Real clients' tests (``compat/clients.py``) whose outcome differs: the ``DIFFERENCES``
+# key it follows from and the client's code that meets it.
 CLIENT_DIFFERENCES = {
     "UltraDict": {
         "tests.tests.UltraDictTests.test_cleanup": (
+            "no-file-per-segment",
             "counts `psutil.Process().open_files()` and expects 4 for one `UltraDict` "
-            "(tests/tests.py:142): on the stdlib each POSIX segment is an open file "
-            "(`/dev/shm/psm_...`); a System V segment is attached with `shmat()` and holds "
-            "no file descriptor, so the count stays 0",
-            "no descriptor per segment: no `RLIMIT_NOFILE` limit on how many segments a "
-            "process maps, nothing for a fork child or `exec` to inherit"),
+            "(tests/tests.py:142): each stdlib segment is an open file "
+            "`/dev/shm/psm_...`, an mpsysv segment none, so the count stays 0"),
     },
 }
 
