@@ -127,6 +127,14 @@ def run_suite(client: Client, vpython: str, src: str, backend: str, patch: str,
             paths = [_REPO] + paths
             command += ["-m", "mpsysv", "run"]
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    # What the suite's processes will get from multiprocessing.Queue() and SharedMemory.
+    probe = ("import multiprocessing as m, multiprocessing.shared_memory as s\n"
+             "print(type(m.Queue()).__module__, s.SharedMemory.__module__)")
+    probe_file = os.path.join(work, "probe.py")
+    with open(probe_file, "w") as f:
+        f.write(probe)
+    seen = subprocess.run(isolated(command + [probe_file])[0], env=env, cwd=src,
+                          capture_output=True, text=True).stdout.split()
     command += ["-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={xml}",
                 *client.tests]
     command, _ = isolated(command)
@@ -141,7 +149,7 @@ def run_suite(client: Client, vpython: str, src: str, backend: str, patch: str,
         code, output = "timeout", exc.output or b""
     with open(log, "wb") as f:
         f.write(output)
-    return {"backend": backend, "exit": code, "log": log, **outcomes(xml)}
+    return {"backend": backend, "exit": code, "log": log, "objects": seen, **outcomes(xml)}
 
 
 def outcomes(xml: str) -> dict:
@@ -189,6 +197,8 @@ def main(argv=None) -> int:
         vpython, src, origin = prepare(client, args.python, args.work, args.mirror)
         std = run_suite(client, vpython, src, "stdlib", args.patch, args.work)
         mp = run_suite(client, vpython, src, "mpsysv", args.patch, args.work)
+        if any(not m.startswith("mpsysv") for m in mp["objects"]):
+            raise SystemExit(f"clients: the patched run would not use mpsysv: {mp['objects']}")
         changed = sorted(set(std["failed"]) ^ set(mp["failed"]))
         rows.append({"client": client.name, "version": client.version, "tests": origin,
                      "python": version, "patch": args.patch, "stdlib": std, "mpsysv": mp,
