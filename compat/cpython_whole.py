@@ -9,10 +9,11 @@ suite (``fork``, ``spawn``, ``forkserver``: ``test_multiprocessing_<method>``;
 ``futures``: ``test_concurrent_futures``) and each backend, one regrtest run in one
 process (``python -m test NAME --junit-xml ...``) inside ``unshare --ipc --mount``
 with a fresh ``/dev/shm`` (an IPC namespace and POSIX shared memory of its own, so
-nothing it makes outlives it or meets another program's objects). The ``mpsysv`` backend puts
-``compat/site`` (a ``sitecustomize`` calling ``mpsysv.patch()``) and the repository on
-``PYTHONPATH``, so the runner and every child it starts is patched; the ``stdlib``
-backend runs the same command without them.
+nothing it makes outlives it or meets another program's objects). Each backend runs in
+a venv of the interpreter (``--out``/venvs): the ``mpsysv`` one has ``compat/site``'s
+``sitecustomize`` (calling ``mpsysv.patch()``) and a ``.pth`` naming this checkout in
+its site-packages, so regrtest and every Python child it starts is patched, even one
+started with ``-E`` or ``-I``; the ``stdlib`` venv has neither.
 
 An interpreter whose ``Lib/test`` lacks a ``test_multiprocessing_<method>`` module (the
 three are thin wrappers that call ``test._test_multiprocessing.install_tests_in_module_dict``)
@@ -159,7 +160,7 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
             figures = json.load(f)
         figures.update(read_results(stem + ".xml", stem + ".log"))
         return figures
-    cmd = [python, "-m", "test"]
+    cmd = [backend_python(python, info, backend, out_dir), "-m", "test"]
     names = [name]
     tmp = None
     if source != "installed":
@@ -182,10 +183,7 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
         cmd += ["--match", "*." + test]
     cmd, figures["namespace"] = isolated(cmd)
     env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE]
-    if backend == "mpsysv":
-        paths = [SITE, _REPO] + paths
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("PYTHONPATH", None)
     if os.path.exists(stem + ".xml"):
         os.unlink(stem + ".xml")
     start = time.monotonic()
@@ -209,6 +207,25 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
     return figures
 
 
+def backend_python(python: str, info: dict, backend: str, out_dir: str) -> str:
+    """A venv of *python* for *backend*; the mpsysv one has ``compat/site``'s
+    ``sitecustomize`` and a ``.pth`` naming this repository in its site-packages, so
+    every Python process started from it is patched, also children that the tests start
+    with ``-E`` or ``-I`` (which ignore ``PYTHONPATH``); only ``-S`` escapes it."""
+    venv = os.path.join(out_dir, "venvs", f"{info['version']}-{backend}")
+    vpython = os.path.join(venv, "bin", "python")
+    if not os.path.exists(vpython):
+        subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True)
+    if backend == "mpsysv":
+        purelib = subprocess.run([vpython, "-c", "import sysconfig; print(sysconfig."
+                                  "get_paths()['purelib'])"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+        shutil.copy(os.path.join(SITE, "sitecustomize.py"), purelib)
+        with open(os.path.join(purelib, "mpsysv-checkout.pth"), "w") as f:
+            f.write(_REPO + "\n")
+    return vpython
+
+
 def isolated(cmd: list) -> tuple:
     """*cmd* in an IPC namespace and a ``/dev/shm`` of its own (root only), and a word
     for it: SysV objects and POSIX segments or semaphores that it leaves vanish with it."""
@@ -221,7 +238,8 @@ def isolated(cmd: list) -> tuple:
 
 def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -> list:
     """The failed tests of *figures* that are not deliberate and fail a second run too."""
-    retry = sorted({short_id(t) for t in figures["failed"] if not deliberate(short_id(t))})
+    retry = sorted({short_id(t) for t in figures["failed"]
+                    if backend == "stdlib" or not deliberate(short_id(t))})
     if not retry:
         return []
     again = run_one(python, info, suite, backend, out_dir, {}, match=retry, label="-rerun",
@@ -288,14 +306,14 @@ def table(rows: list) -> tuple:
         note = " (wrapper written)" if r["source"] == "written" else (
             "" if r["source"] == "installed" else f" (from {r['source']})")
         cells[1] += note
-        std_failed = set(short_id(t) for t in std["failed"]) if std else set()
-        cells.append(f"{std['passed']} / {len(std['failed'])}" if std else "not run")
+        std_failed = set(_still(std)) if std else set()
+        cells.append(f"{std['passed']} / {len(std_failed)}{_once(std)}" if std else "not run")
         if mp:
             dl = [t for t in mp["failed"] if deliberate(short_id(t))]
-            other = [t for t in mp["failed"] if t not in dl]
-            cells.append(f"{mp['passed']} / {len(other)} / {len(dl)}")
+            other = _still(mp)
+            cells.append(f"{mp['passed']} / {len(other)} / {len(dl)}{_once(mp)}")
             unexplained += [(r["python"], r["suite"], t) for t in other
-                            if short_id(t) not in std_failed]
+                            if t not in std_failed]
         else:
             cells.append("not run")
         cells.append("; ".join(str(x["skipped"]) for x in (std, mp) if x))
@@ -303,6 +321,20 @@ def table(rows: list) -> tuple:
         cells.append("; ".join(str(x.get("seconds", "")) for x in (std, mp) if x))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), unexplained
+
+
+def _still(r: dict) -> list:
+    """``Class.test`` of the non-deliberate failures that failed their re-run too."""
+    first = [short_id(t) for t in r["failed"]
+             if r["backend"] == "stdlib" or not deliberate(short_id(t))]
+    return sorted(set(first) & set(r.get("again", first)))
+
+
+def _once(r: dict) -> str:
+    flaky = len({short_id(t) for t in r["failed"]} - set(_still(r))
+                - {short_id(t) for t in r["failed"] if r["backend"] == "mpsysv"
+                   and deliberate(short_id(t))})
+    return f" (+{flaky} passed when re-run)" if flaky else ""
 
 
 def short_id(test_id: str) -> str:
@@ -332,6 +364,11 @@ def main(argv=None) -> int:
         for suite in args.suite or list(SUITES):
             for backend in args.backend or BACKENDS:
                 r = run_one(python, info, suite, backend, args.out, lib_tests, args.reuse)
+                if r.get("failed") and "again" not in r:
+                    # A failure counts when the test fails a second, lone run too.
+                    r["again"] = rerun_failures(python, info, suite, backend, args.out, r)
+                    with open(os.path.splitext(r["log"])[0] + ".json", "w") as f:
+                        json.dump(r, f, indent=1)
                 rows.append(r)
                 print(f"cpython-whole: {r['python']} {SUITES[suite]} {backend}: "
                       + (r["missing"] if "missing" in r else

@@ -1,10 +1,11 @@
-"""Switch mpsysv on in every Python process started with this folder on ``PYTHONPATH``.
+"""Switch mpsysv on in every Python process that imports this ``sitecustomize``.
 
-``compat/cpython_suite.py --whole`` and ``compat/clients.py`` put this folder and the
-repository root on ``PYTHONPATH``: the test runner and every child it starts (fork,
-spawn, forkserver, plain ``subprocess`` children) import ``sitecustomize`` at startup,
-so their ``multiprocessing`` queues and shared memory are mpsysv's from the first line.
-A child started with ``-E``, ``-I`` or ``-S`` ignores it and runs on the stdlib.
+``compat/clients.py`` puts this folder and the repository root on ``PYTHONPATH``;
+``compat/cpython_suite.py --whole`` copies this file into a venv's site-packages (with
+a ``.pth`` naming the repository). Either way the test runner and every child it starts
+(fork, spawn, forkserver, plain ``subprocess`` children) import it at startup, so their
+``multiprocessing`` queues and shared memory are mpsysv's from the first line. Only the
+venv's copy reaches children started with ``-E`` or ``-I``; none reaches ``-S``.
 """
 
 import mpsysv
