@@ -40,7 +40,7 @@ from typing import NamedTuple
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
 sys.path.insert(0, _HERE)
-from cpython_whole import SITE, isolated  # noqa: E402
+from cpython_whole import SITE, default_signals, isolated  # noqa: E402
 
 from compat.differences import CLIENT_DIFFERENCES, KNOWN_BUGS  # noqa: E402
 TIMEOUT = 900  # seconds for one run of one suite
@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patch", choices=("site", "run"), default="site")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    default_signals()
     os.makedirs(args.work, exist_ok=True)
     version = subprocess.run([args.python, "-c", "import sys; print(sys.version.split()[0])"],
                              capture_output=True, text=True, check=True).stdout.strip()

@@ -226,6 +226,16 @@ def backend_python(python: str, info: dict, backend: str, out_dir: str) -> str:
     return vpython
 
 
+def default_signals() -> None:
+    """Let the suites' processes get SIGINT and SIGQUIT: a shell's background job (``&``,
+    ``nohup``) starts with them ignored, an ignored signal stays ignored across exec,
+    and tests that send SIGINT expecting ``KeyboardInterrupt`` would fail."""
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                          else signal.SIG_DFL)
+
+
 def isolated(cmd: list) -> tuple:
     """*cmd* in an IPC namespace and a ``/dev/shm`` of its own (root only), and a word
     for it: SysV objects and POSIX segments or semaphores that it leaves vanish with it."""
@@ -357,6 +367,7 @@ def main(argv=None) -> int:
                         help="reuse figures of runs already in --out")
     parser.add_argument("--json", help="write every run's figures to this file")
     args = parser.parse_args(argv)
+    default_signals()
     lib_tests = dict(item.split("=", 1) for item in args.lib_test)
     rows = []
     for python in args.python or pyenv_pythons():

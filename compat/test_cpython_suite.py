@@ -84,6 +84,7 @@ def _whole_interpreters():
 def test_whole_cpython_suite_fails_only_where_a_difference_is_deliberate(version, python,
                                                                          suite):
     info = cpython_whole.describe(python)
+    cpython_whole.default_signals()
     with tempfile.TemporaryDirectory() as out:
         figures = cpython_whole.run_one(python, info, suite, "mpsysv", out, {},
                                         limit=WHOLE_LIMIT)
