@@ -178,7 +178,7 @@ def run_one(python, info, suite, backend, out_dir, lib_tests, reuse=False, match
             names = [name + "_module"]
             os.symlink(path, os.path.join(tmp, names[0] + ".py"))
         cmd += ["--testdir", tmp]
-    cmd += names + ["--junit-xml", stem + ".xml", "--timeout", str(TIMEOUT)]
+    cmd += names + ["-v", "--junit-xml", stem + ".xml", "--timeout", str(TIMEOUT)]
     for test in match:
         cmd += ["--match", "*." + test]
     cmd, figures["namespace"] = isolated(cmd)
@@ -265,25 +265,34 @@ def _all_ids(xml_path: str) -> list:
     return [case.get("name") for case in ET.parse(xml_path).getroot().iter("testcase")]
 
 
+# unittest's verbose report of a failure: "ERROR: test_x (module.Class)" up to 3.10,
+# "ERROR: test_x (module.Class.test_x)" from 3.11, then " (subtest params)" if any.
+_REPORTED = re.compile(r"^(?:FAIL|ERROR): (\w+) \(([\w.]+)\)", re.M)
+
+
 def read_results(xml_path: str, log_path: str) -> dict:
-    """Counts and failing test ids from regrtest's JUnit file and its closing lines."""
+    """Counts and failing test ids from regrtest's JUnit file and its verbose log (the
+    JUnit file records a test whose subtests failed as passed)."""
     with open(log_path, errors="replace") as f:
-        results = re.findall(r"^(?:Tests )?[Rr]esult: (.+)$", f.read(), re.M)
+        log = f.read()
+    results = re.findall(r"^(?:Tests )?[Rr]esult: (.+)$", log, re.M)
     figures = {"result": results[-1] if results else "no result (crashed or timed out)"}
-    if not os.path.exists(xml_path):
-        figures.update(tests=0, skipped=0, passed=0, failed=[])
-        return figures
     tests = skipped = 0
-    failed = []
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
-        tests += 1
-        tags = {child.tag for child in case}
-        if "skipped" in tags:
-            skipped += 1
-        elif tags & {"failure", "error"}:
-            failed.append(case.get("name"))
-    figures.update(tests=tests, skipped=skipped, passed=tests - skipped - len(failed),
-                   failed=failed)
+    failed = {}
+    if os.path.exists(xml_path):
+        for case in ET.parse(xml_path).getroot().iter("testcase"):
+            tests += 1
+            tags = {child.tag for child in case}
+            if "skipped" in tags:
+                skipped += 1
+            elif tags & {"failure", "error"}:
+                failed[short_id(case.get("name"))] = case.get("name")
+    for method, where in _REPORTED.findall(log):
+        test_id = where if where.endswith("." + method) else f"{where}.{method}"
+        failed.setdefault(short_id(test_id), test_id)
+    failed = sorted(failed.values())
+    figures.update(tests=tests, skipped=skipped,
+                   passed=max(tests - skipped - len(failed), 0), failed=failed)
     return figures
 
 
