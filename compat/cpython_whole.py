@@ -262,7 +262,8 @@ def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -
 def _all_ids(xml_path: str) -> list:
     if not os.path.exists(xml_path):
         return []
-    return [case.get("name") for case in ET.parse(xml_path).getroot().iter("testcase")]
+    return [case.get("name") for case in ET.parse(xml_path).getroot().iter("testcase")
+            if case.get("name")]
 
 
 # unittest's verbose report of a failure: "ERROR: test_x (module.Class)" up to 3.10,
@@ -285,7 +286,7 @@ def read_results(xml_path: str, log_path: str) -> dict:
             tags = {child.tag for child in case}
             if "skipped" in tags:
                 skipped += 1
-            elif tags & {"failure", "error"}:
+            elif tags & {"failure", "error"} and case.get("name"):
                 failed[short_id(case.get("name"))] = case.get("name")
     for method, where in _REPORTED.findall(log):
         test_id = where if where.endswith("." + method) else f"{where}.{method}"
