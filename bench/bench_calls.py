@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mpsysv import MessageQueue, SemaphoreSet, Segment  # noqa: E402
 from mpsysv._ipc import libc as L  # noqa: E402
+from mpsysv._ipc.errors import raise_errno  # noqa: E402
 
 MiB = 1 << 20
 
@@ -26,7 +27,7 @@ MiB = 1 << 20
 def _raw_queue(stack: ExitStack) -> int:
     qid = L.msgget(L.IPC_PRIVATE, 0o600)
     if qid == -1:
-        L.raise_errno(L.get_errno(), "msgget", "benchmark queue")
+        raise_errno(L.get_errno(), "msgget", "benchmark queue")
     stack.callback(L.msgctl, qid, L.IPC_RMID, None)
     return qid
 
@@ -64,7 +65,7 @@ def case_semop_pair(stack: ExitStack, undo: bool):
     """semop down then up on a semaphore at 1, each a separate call."""
     sid = L.semget(L.IPC_PRIVATE, 1, 0o600)
     if sid == -1:
-        L.raise_errno(L.get_errno(), "semget", "benchmark set")
+        raise_errno(L.get_errno(), "semget", "benchmark set")
     stack.callback(L.semctl, sid, 0, L.IPC_RMID, 0)
     L.semctl(sid, 0, L.SETVAL, 1)
     flg = L.SEM_UNDO if undo else 0
@@ -101,7 +102,7 @@ def case_posix_sem(stack: ExitStack):
     stack.callback(a.detach)
     addr = a.address
     if L.sem_init(addr, 1, 0) == -1:
-        L.raise_errno(L.get_errno(), "sem_init", "benchmark sem_t")
+        raise_errno(L.get_errno(), "sem_init", "benchmark sem_t")
     post, trywait = L.sem_post, L.sem_trywait
 
     def run(n):

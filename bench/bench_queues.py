@@ -93,6 +93,8 @@ def _produce(q, go, n, payload):
     go.wait()
     for _ in range(n):
         q.put(payload)
+    if hasattr(q, "task_done"):
+        q.join()  # (a JoinableQueue: put; get + task_done; join -- all in the timing)
     if hasattr(q, "join_thread"):
         q.close()
         q.join_thread()
@@ -122,6 +124,9 @@ def throughput(factory, producers: int, consumers: int, n: int, payload) -> floa
     go.set()
     for c in cons:
         c.join()
+    if hasattr(q, "task_done"):
+        for p in procs:  # the producers' join() returned: every task was done
+            p.join()
     elapsed = time.perf_counter() - t0
     for p in procs:
         p.join()
@@ -203,15 +208,19 @@ def pingpong(factory, n: int) -> float:
 def _counted(kind: str):
     """The bounded or joinable variant of the mp.Queue and mpsysv.Queue columns (the
     other columns have none: their cases skip them)."""
-    variants = {ctx.Queue: {"bounded": lambda: ctx.Queue(1000), "joinable": ctx.JoinableQueue},
+    variants = {ctx.Queue: {"bounded": lambda: ctx.Queue(1000),
+                            "joinable": ctx.JoinableQueue,
+                            "bounded joinable": lambda: ctx.JoinableQueue(1000)},
                 mpsysv.Queue: {"bounded": lambda: mpsysv.Queue(1000),
-                               "joinable": mpsysv.JoinableQueue}}
+                               "joinable": mpsysv.JoinableQueue,
+                               "bounded joinable": lambda: mpsysv.JoinableQueue(1000)}}
     return lambda f: variants[f][kind] if f in variants else None
 
 
 def cases(quick: bool):
     small = 40_000 if quick else 200_000
     bounded, joinable = _counted("bounded"), _counted("joinable")
+    bounded_joinable = _counted("bounded joinable")
 
     def counted(variant, producers, consumers):
         return lambda f: (None if variant(f) is None else
@@ -230,8 +239,15 @@ def cases(quick: bool):
                                                                b"x" * (16 << 20))),
         ("Queue(1000), small objects 1->1", "obj/s", counted(bounded, 1, 1)),
         ("Queue(1000), small objects 1->4", "obj/s", counted(bounded, 1, 4)),
-        ("JoinableQueue (get+task_done), small objects 1->1", "obj/s", counted(joinable, 1, 1)),
-        ("JoinableQueue (get+task_done), small objects 1->4", "obj/s", counted(joinable, 1, 4)),
+        ("Queue(1000), small objects 4->1", "obj/s", counted(bounded, 4, 1)),
+        ("JoinableQueue (put; get+task_done; join), small objects 1->1", "obj/s",
+         counted(joinable, 1, 1)),
+        ("JoinableQueue (put; get+task_done; join), small objects 1->4", "obj/s",
+         counted(joinable, 1, 4)),
+        ("JoinableQueue(1000) (put; get+task_done; join), small objects 1->1", "obj/s",
+         counted(bounded_joinable, 1, 1)),
+        ("JoinableQueue(1000) (put; get+task_done; join), small objects 1->4", "obj/s",
+         counted(bounded_joinable, 1, 4)),
     ]
 
 

@@ -25,7 +25,7 @@ without one the suite is reported as not installed.
 
 The result is a Markdown table (stdout): per interpreter and suite, the tests passed,
 failed and, for mpsysv, the failures listed as deliberate in
-``compat/differences.py`` (``CPYTHON_DIFFERENCES``). Exit status 1 when mpsysv fails a
+``compat/differences.py`` (``CPYTHON_TESTS``). Exit status 1 when mpsysv fails a
 test that is not deliberate and that the stdlib passes.
 """
 
@@ -50,7 +50,7 @@ SITE = os.path.join(_HERE, "site")
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from compat.differences import CPYTHON_DIFFERENCES  # noqa: E402
+from compat.differences import CPYTHON_TESTS  # noqa: E402
 
 SUITES = {
     "fork": "test_multiprocessing_fork",
@@ -249,7 +249,7 @@ def isolated(cmd: list) -> tuple:
 def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -> list:
     """The failed tests of *figures* that are not deliberate and fail a second run too."""
     retry = sorted({short_id(t) for t in figures["failed"]
-                    if backend == "stdlib" or not deliberate(short_id(t))})
+                    if backend == "stdlib" or not _deliberate(figures, t)})
     if not retry:
         return []
     again = run_one(python, info, suite, backend, out_dir, {}, match=retry, label="-rerun",
@@ -268,7 +268,7 @@ def _all_ids(xml_path: str) -> list:
 
 # unittest's verbose report of a failure: "ERROR: test_x (module.Class)" up to 3.10,
 # "ERROR: test_x (module.Class.test_x)" from 3.11, then " (subtest params)" if any.
-_REPORTED = re.compile(r"^(?:FAIL|ERROR): (\w+) \(([\w.]+)\)", re.M)
+_REPORTED = re.compile(r"^(?:FAIL|ERROR): (\w+) \(([\w.]+)\)(?: (\(.*\)))?$", re.M)
 
 
 def read_results(xml_path: str, log_path: str) -> dict:
@@ -279,7 +279,7 @@ def read_results(xml_path: str, log_path: str) -> dict:
     results = re.findall(r"^(?:Tests )?[Rr]esult: (.+)$", log, re.M)
     figures = {"result": results[-1] if results else "no result (crashed or timed out)"}
     tests = skipped = 0
-    failed = {}
+    failed, subtests = {}, {}
     if os.path.exists(xml_path):
         for case in ET.parse(xml_path).getroot().iter("testcase"):
             tests += 1
@@ -288,20 +288,29 @@ def read_results(xml_path: str, log_path: str) -> dict:
                 skipped += 1
             elif tags & {"failure", "error"} and case.get("name"):
                 failed[short_id(case.get("name"))] = case.get("name")
-    for method, where in _REPORTED.findall(log):
+    for method, where, params in _REPORTED.findall(log):
         test_id = where if where.endswith("." + method) else f"{where}.{method}"
         failed.setdefault(short_id(test_id), test_id)
-    failed = sorted(failed.values())
+        subtests.setdefault(short_id(test_id), set()).add(params)
     figures.update(tests=tests, skipped=skipped,
-                   passed=max(tests - skipped - len(failed), 0), failed=failed)
+                   passed=max(tests - skipped - len(failed), 0),
+                   failed=sorted(failed.values()),
+                   subtests={t: sorted(subtests.get(t, {""})) for t in failed})
     return figures
 
 
-def deliberate(test_id: str):
-    """The ``CPYTHON_DIFFERENCES`` key for a failing test id, or None."""
-    for key in CPYTHON_DIFFERENCES:
-        if test_id.endswith("." + key):
-            return key
+def deliberate(test_id: str, subtests=("",)):
+    """The ``CPYTHON_TESTS`` key of a failing test (``Class.test``) whose failing
+    *subtests* (their parameters as unittest prints them, "" for the test itself) are
+    all listed there, or None. Keys are matched on ``Class.test``: module paths differ
+    between versions and with ``--testdir``."""
+    for key in CPYTHON_TESTS:
+        m = re.match(r"^(?:[\w.]*\.)?(\w+\.\w+)(?: (\(.*\)))?$", key)
+        if m and m.group(1) == test_id:
+            listed = {k.partition(" ")[2] for k in CPYTHON_TESTS if k.split(" ")[0]
+                      .endswith("." + test_id) or k.split(" ")[0] == test_id}
+            if "" in listed or set(subtests) <= listed:
+                return key
     return None
 
 
@@ -329,7 +338,7 @@ def table(rows: list) -> tuple:
         std_failed = set(_still(std)) if std else set()
         cells.append(f"{std['passed']} / {len(std_failed)}{_once(std)}" if std else "not run")
         if mp:
-            dl = [t for t in mp["failed"] if deliberate(short_id(t))]
+            dl = [t for t in mp["failed"] if _deliberate(mp, t)]
             other = _still(mp)
             cells.append(f"{mp['passed']} / {len(other)} / {len(dl)}{_once(mp)}")
             unexplained += [(r["python"], r["suite"], t) for t in other
@@ -343,17 +352,22 @@ def table(rows: list) -> tuple:
     return "\n".join(lines), unexplained
 
 
+def _deliberate(r: dict, test_id: str):
+    short = short_id(test_id)
+    return deliberate(short, r.get("subtests", {}).get(short, [""]))
+
+
 def _still(r: dict) -> list:
     """``Class.test`` of the non-deliberate failures that failed their re-run too."""
     first = [short_id(t) for t in r["failed"]
-             if r["backend"] == "stdlib" or not deliberate(short_id(t))]
+             if r["backend"] == "stdlib" or not _deliberate(r, t)]
     return sorted(set(first) & set(r.get("again", first)))
 
 
 def _once(r: dict) -> str:
     flaky = len({short_id(t) for t in r["failed"]} - set(_still(r))
                 - {short_id(t) for t in r["failed"] if r["backend"] == "mpsysv"
-                   and deliberate(short_id(t))})
+                   and _deliberate(r, t)})
     return f" (+{flaky} passed when re-run)" if flaky else ""
 
 

@@ -7,8 +7,10 @@ case that exists.
 ``KNOWN_BUGS`` lists stdlib behaviour mpsysv should have and does not yet: those cases
 assert the stdlib's behaviour and are expected to fail on mpsysv until fixed.
 
-``CPYTHON_DIFFERENCES`` lists the tests of CPython's own suites that fail on mpsysv
-because of one of those differences. ``python compat/differences.py`` prints the table as Markdown (for the README).
+``CPYTHON_TESTS`` maps CPython's own tests that fail on mpsysv by design to their row
+(``compat/cpython_whole.py`` counts them as deliberate), and ``CLIENT_DIFFERENCES``
+does the same for real clients' tests (``compat/clients.py``).
+``python compat/differences.py`` prints the table as Markdown (for the README).
 """
 
 from typing import NamedTuple
@@ -77,6 +79,22 @@ DIFFERENCES = {
         "no file descriptor: a System V segment is not a file",
         "cannot be honoured without opening a file per segment for no purpose; code that "
         "counts open files to check cleanup (UltraDict 0.0.6's `test_cleanup`) sees 0"),
+    "not-a-posix-name": Difference(
+        "SharedMemoryCase.test_posix_shm_unlink_of_the_private_name",
+        "`_name` is a POSIX shared memory name: `_posixshmem.shm_unlink(shm._name)` (what "
+        "`resource_tracker._CLEANUP_FUNCS['shared_memory']` is) removes the segment",
+        "`_name` has the stdlib's form (`'/' + name`) but names a System V segment: "
+        "`shm_unlink` finds no such file and raises `FileNotFoundError`",
+        "cannot be honoured: the segment is not in `/dev/shm`; `unlink()` and "
+        "`resource_tracker.unregister` under `patch()` are the ways to reach it"),
+}
+
+# CPython's own tests (regrtest ids, as `python -m test -v` prints them) that fail on
+# mpsysv because of a row above.
+CPYTHON_TESTS = {
+    "test_misc.TestStartMethod.test_mixed_startmethod": "mixed-start-methods",
+    "test_misc.TestResourceTracker.test_resource_tracker (rtype='shared_memory')":
+        "not-a-posix-name",
 }
 
 KNOWN_BUGS: dict = {
@@ -87,16 +105,6 @@ KNOWN_BUGS: dict = {
         "from a weakref callback on its array, which the collector calls before the "
         "cycle's `__del__` methods run, so the read segfaults (UltraDict 0.0.6's "
         "`close()` from `__del__`, UltraDict.py:980, at pytest's exit)"),
-}
-
-# Tests of CPython's own suites (``Class.test_method``) that fail on mpsysv on purpose,
-# each with the ``DIFFERENCES`` key it follows from and what the test expects.
-# ``compat/cpython_whole.py`` counts them as deliberate instead of failed.
-CPYTHON_DIFFERENCES = {
-    "TestStartMethod.test_mixed_startmethod": (
-        "mixed-start-methods",
-        "a queue made by a fork context is refused (`RuntimeError` in the child) when "
-        "passed to a spawn or forkserver child; an mpsysv handle attaches in any process"),
 }
 
 # Real clients' tests (``compat/clients.py``) whose outcome differs ("exit": the suite's

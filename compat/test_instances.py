@@ -13,6 +13,7 @@ import pickle
 import weakref
 
 from .support import BACKENDS, CompatCase, install_cases
+from .test_shared_memory import _unlink_quietly
 
 
 class InstancesCase(CompatCase):
@@ -133,10 +134,7 @@ def _accepts_a_stdlib_queue() -> bool:
 
 def _dispose(shm):
     shm.close()
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass
+    _unlink_quietly(shm)
 
 
 def _drop_handlers(logger):

@@ -69,6 +69,21 @@ class SharedMemoryCase(_SharedMemoryHelpers):
         else:
             self.assertGreaterEqual(_shm_files(), before + 2)  # its fd (and mmap's copy)
 
+    def test_posix_shm_unlink_of_the_private_name(self):
+        import _posixshmem
+        from multiprocessing import resource_tracker
+
+        sm = self.new_segment(16)
+        if self.differs("not-a-posix-name"):
+            with self.assertRaises(FileNotFoundError):
+                _posixshmem.shm_unlink(sm._name)
+            self.SharedMemory(sm.name).close()  # still there
+        else:
+            _posixshmem.shm_unlink(sm._name)
+            resource_tracker.unregister(sm._name, "shared_memory")
+            with self.assertRaises(FileNotFoundError):
+                self.SharedMemory(sm.name)
+
     def test_repr_names_the_segment_and_its_size(self):
         sm = self.new_segment(512)
         self.assertIn(sm.name, repr(sm))

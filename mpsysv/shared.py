@@ -346,10 +346,10 @@ class SharedMemory:
             raise ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity),
                                       bare)
         size, purpose = found
-        if track:
+        identity = parse_identity(raw) if track and raw is not None else None
+        if identity is not None:
             # An explicit track=True on attach, as in the stdlib (3.13): this program's
             # tracker removes the segment when the program ends, whoever created it.
-            identity = parse_identity(raw)
             register(key, identity.creator_pid, identity.ctime_ns, bare)
         self._set(bare, ident, key, size, Attachment(addr, size, readonly), readonly, purpose)
 
@@ -361,13 +361,18 @@ class SharedMemory:
         return self
 
     def _set(self, name, ident, key, size, attachment, readonly, purpose) -> None:
-        self._name = None if name is None else "/" + name
+        if name is None:
+            self._name = None
+        else:
+            self._name = "/" + name
+            _remember(self._name, name, key)  # unlink()'s check of _name is a lookup
         self._id, self._key, self._size = ident, key, size
         self._attachment, self._buf = attachment, attachment.buf
         self._readonly, self._unlinked, self._purpose = readonly, False, purpose
 
     def _label(self) -> str:
-        return self.name if self._name is not None else f"id={self._id}"
+        name = self.name
+        return name if name is not None else f"id={self._id}"
 
     def _what(self) -> str:
         return f"shared memory {self._label()!r} (id={self._id})"

@@ -174,7 +174,8 @@ def kernel_state(q) -> dict:
         assert L.msgctl(qid, L.IPC_STAT, L.byref(ds)) == 0
         out[role] = (ds.msg_qnum, ds.msg_cbytes)
     out["stream_lock"] = L.semctl(chan.semid, C.SEM_STREAM, L.GETVAL, 0)
-    out["state_lock"] = L.semctl(chan.semid, C.SEM_STATE, L.GETVAL, 0)
+    out["holders_lock"] = L.semctl(chan.semid, C.SEM_HOLDERS, L.GETVAL, 0)
+    out["state_lock_free"] = chan.state_lock.free()
     return out
 
 
@@ -193,7 +194,8 @@ def assert_reclaimed(q) -> None:
         state = kernel_state(q)
         state["parcels in use"] = [p for p in parcel_states(q) if p[0] != _parcels.POOLED]
         if (state["stream"] == (0, 0) and state["stream_lock"] == 1
-                and state["state_lock"] == 1 and not state["parcels in use"]):
+                and state["holders_lock"] == 1 and state["state_lock_free"]
+                and not state["parcels in use"]):
             listed = {segid for _, segid in parcel_states(q)}
             # (A reclaimed segment that a live writer still maps is already removed:
             # the kernel frees it at that writer's last detach.)

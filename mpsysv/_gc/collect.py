@@ -187,12 +187,12 @@ def _attach_readonly(shm_id: int) -> Optional[int]:
 
 
 def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
-    """The control segment's header and counters, read under the queue's state lock
+    """The control segment's header and counters, read under the queue's holders lock
     (so that no holder miscounts the attachments while this process is attached).
     None when it cannot be read (permissions, or the lock is busy)."""
     locked = False
     if semid is not None:
-        op = L.sembuf(_layout.SEM_STATE, -1, L.SEM_UNDO)
+        op = L.sembuf(_layout.SEM_HOLDERS, -1, L.SEM_UNDO)
         ts = L.relative_timespec(_LOCK_TIMEOUT)
         if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == -1:
             return None
@@ -208,7 +208,7 @@ def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
             L.shmdt(address)
     finally:
         if locked:
-            op = L.sembuf(_layout.SEM_STATE, 1, L.SEM_UNDO)
+            op = L.sembuf(_layout.SEM_HOLDERS, 1, L.SEM_UNDO)
             L.semop(semid, L.byref(op), 1)
     return _parse_queue_header(raw, counters)
 
@@ -284,7 +284,8 @@ def scan(*, inspect: bool = True, uid: Optional[int] = None) -> Scan:
         if parsed is None:
             continue
         purpose, slot, seq7 = parsed
-        if _SUB_KIND.get(purpose) != obj.kind or (obj.kind == "sem" and obj.fields["nsems"] != 3):
+        if _SUB_KIND.get(purpose) != obj.kind or (obj.kind == "sem"
+                                                  and obj.fields["nsems"] != _layout.NSEMS):
             continue  # a foreign object whose key happens to carry the tag
         groups.setdefault((slot, seq7), {})[purpose] = obj
 

@@ -17,21 +17,26 @@ from .errors import raise_errno
 __all__ = ["PosixSemaphore"]
 
 
+# post and trywait never block: they keep the GIL (no hand-off to another thread).
+_sem_post, _sem_trywait = L.sem_post_fast, L.sem_trywait_fast
+
+
 class PosixSemaphore:
     """The ``sem_t`` at *address* (32 bytes inside an attached segment)."""
 
-    __slots__ = ("address", "_name")
+    __slots__ = ("address", "_name", "_ptr")
 
     def __init__(self, address: int, name: str = "semaphore"):
         self.address = address
         self._name = name
+        self._ptr = L.ctypes.c_void_p(address)  # (for the calls that keep the GIL)
 
     def init(self, value: int = 0) -> None:
         if L.sem_init(self.address, 1, value) == -1:
             raise_errno(L.get_errno(), "sem_init", self._name)
 
     def post(self) -> None:
-        if L.sem_post(self.address) == -1:
+        if _sem_post(self._ptr) == -1:
             err = L.get_errno()
             if err == errno.EOVERFLOW:
                 raise OverflowError(f"{self._name}: count would exceed {L.SEM_VALUE_MAX}")
@@ -39,7 +44,7 @@ class PosixSemaphore:
 
     def try_acquire(self) -> bool:
         """Decrement if positive, at once; False when the count is zero."""
-        while L.sem_trywait(self.address) == -1:
+        while _sem_trywait(self._ptr) == -1:
             err = L.get_errno()
             if err == errno.EAGAIN:
                 return False

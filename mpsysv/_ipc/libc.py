@@ -195,6 +195,30 @@ sem_clockwait = _fn("sem_clockwait", c_int, _vp, c_int, _vp)
 sem_getvalue = _fn("sem_getvalue", c_int, _vp, _vp)
 SEM_T_SIZE = 32
 SEM_VALUE_MAX = 2 ** 31 - 1
+# Robust process-shared pthread mutexes, placed by mpsysv inside SysV segments: no system
+# call when uncontended; a holder's death hands the lock to the next locker with
+# EOWNERDEAD. These return an error number (not -1 and errno).
+PTHREAD_MUTEX_ERRORCHECK = 2
+PTHREAD_PROCESS_SHARED = 1
+PTHREAD_MUTEX_ROBUST = 1
+PTHREAD_MUTEXATTR_SIZE = 64  # (4 or 8 on glibc: room to spare)
+pthread_mutexattr_init = _fn("pthread_mutexattr_init", c_int, _vp)
+pthread_mutexattr_destroy = _fn("pthread_mutexattr_destroy", c_int, _vp)
+pthread_mutexattr_settype = _fn("pthread_mutexattr_settype", c_int, _vp, c_int)
+pthread_mutexattr_setpshared = _fn("pthread_mutexattr_setpshared", c_int, _vp, c_int)
+pthread_mutexattr_setrobust = _fn("pthread_mutexattr_setrobust", c_int, _vp, c_int)
+pthread_mutex_init = _fn("pthread_mutex_init", c_int, _vp, _vp)
+pthread_mutex_lock = _fn("pthread_mutex_lock", c_int, _vp)
+pthread_mutex_clocklock = _fn("pthread_mutex_clocklock", c_int, _vp, c_int, _vp)
+pthread_mutex_consistent = _fn("pthread_mutex_consistent", c_int, _vp)
+# The calls that never block, through a handle that keeps the GIL (no hand-off to
+# another thread per call): the uncontended lock and every unlock. No argtypes: callers
+# pass a prebuilt c_void_p.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+pthread_mutex_trylock_fast = _libc_gil["pthread_mutex_trylock"]
+pthread_mutex_unlock_fast = _libc_gil["pthread_mutex_unlock"]
+sem_post_fast = _libc_gil["sem_post"]
+sem_trywait_fast = _libc_gil["sem_trywait"]
 
 
 def read_limit(name: str, default: int) -> int:

@@ -22,7 +22,7 @@ from .._ipc import libc as L
 from . import wire as _wire
 from .counts import Counts
 from .journal import MOVE, Journal
-from .layout import (_EXTRA, _EXTRA_OFF, _FREEZE_OFF, KIND_JOINABLE, ROOM, RW, SEM_STATE, TW,
+from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, KIND_JOINABLE, ROOM, RW, SEM_HOLDERS, TW,
                      TWS, WAKE)
 from .objects import NoCopy, QueueObjects, attach_view
 from .parcels import ParcelTable, remove_listed
@@ -301,6 +301,9 @@ class Channel(QueueObjects):
         be using it; the kernel unmaps it at exit).
         """
         others = False
+        if not self._detached and self._view[_REMOVED_OFF]:
+            # Removed from outside: nobody can take its parcels any more.
+            self.parcels.remove_all()
         if not self._released and not self._detached:
             self.counts.fold_held()  # (before _drop_hold, which may detach under the lock)
             self._released = True
@@ -313,7 +316,7 @@ class Channel(QueueObjects):
         if self.named:
             return False
         try:
-            self._lock(SEM_STATE)
+            self._lock(SEM_HOLDERS)
         except OSError:
             return False
         if self.holders() <= 1:
@@ -323,7 +326,7 @@ class Channel(QueueObjects):
         # the other and both leave the queue behind.
         if detach:
             self.detach()
-        self._unlock(SEM_STATE)
+        self._unlock(SEM_HOLDERS)
         return True
 
     def _after_fork(self) -> None:

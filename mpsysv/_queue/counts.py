@@ -14,9 +14,11 @@ Glossary of the crash-safety words (the journal module has the table's layout):
   unfinished tasks are queued objects plus live task notes plus every ``held``.
 
 The futex counters are caches of those truths; everything that changes a count in
-two places does it under the state lock (a SysV semaphore with ``SEM_UNDO``, so a
-killed holder releases it) with a crash marker naming the holder, so the next holder
-knows to repair. ``Counts`` is a component of ``Channel``; it uses the queue's
+two places does it under the state lock (a robust process-shared mutex: no system call
+when uncontended, and a killed holder's lock goes to the next locker) with a crash
+marker naming the holder, so the next holder knows to repair. Joiners sleep on a
+counter of their own that only a ``task_done()`` bringing the count to zero (or a
+repair) posts, and only when the joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the queue's
 kernel objects (``QueueObjects``) and the journal, nothing above them.
 """
 
@@ -27,12 +29,10 @@ import os
 import time
 from typing import Callable, Optional
 
-from .._ipc import libc as L
 from .journal import MOVE, Journal
-from .layout import (_EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
+from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
                      _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
-                     _UNNOTED_OFF, KIND_JOINABLE, SEM_GATE, SEM_STATE, SLOTS, SW, SWAKE,
-                     UNFINISHED)
+                     _UNNOTED_OFF, JW, JWAKE, KIND_JOINABLE, SLOTS, SW, SWAKE, UNFINISHED)
 from .objects import _ALIVE_CHECK, QueueObjects
 
 __all__ = ["Counts"]
@@ -40,8 +40,16 @@ __all__ = ["Counts"]
 _REPAIR_EVERY = 0.05  # how often a putter that found no slot looks for dead processes' slots
 _SLOT_CHECK = 0.1  # how often a putter waiting for a slot looks again
 _FREEZE_WAIT = 0.05  # how long a repair waits for the windows open in live processes
-_E = errno
-_getpid = os.getpid
+_me = [b""]  # this process's pid as the crash mark's 4 bytes, kept current across fork
+
+
+def _pid_bytes() -> bytes:
+    if not _me[0]:
+        _me[0] = os.getpid().to_bytes(4, "little")
+    return _me[0]
+
+
+os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, b""))
 
 
 class Counts:
@@ -52,14 +60,16 @@ class Counts:
         self.journal = journal
         self._view = objects._view
         self.sems = objects.sems
+        self.words = objects.words
         self.kind = objects.kind
         self.maxsize = objects.maxsize
         self._next_repair = 0.0
+        self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
 
     # -- the state lock ---------------------------------------------------------------
 
     def state_locked(self) -> "_StateLock":
-        return _StateLock(self)
+        return self._state_lock
 
     def add_extra(self, delta: int) -> None:
         """One locked update of the batch object count per batch message."""
@@ -89,7 +99,7 @@ class Counts:
             give_up = time.monotonic() + _FREEZE_WAIT
             while view[_FREEZE_OFF] and time.monotonic() < give_up:
                 time.sleep(0.0002)
-            if view[_FREEZE_OFF] and L.semctl(self._q.semid, SEM_STATE, L.GETVAL, 0) == 1:
+            if view[_FREEZE_OFF] and self._q.state_lock.free():
                 view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
         finally:
             with journal.mutex:
@@ -106,52 +116,58 @@ class Counts:
 
     def task_added(self) -> None:
         """Count one task; this process's journal entry notes it until it is sent."""
+        if self._view[_REMOVED_OFF]:
+            self._q._fail("task_added", errno.EIDRM)
         with self.state_locked():
             if self.journal_entry() is not None:
                 self.journal.add_task()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            unfinished = self.sems[UNFINISHED]
-            unfinished.post()
-            if unfinished.value == 1:
-                self._set_gate(1)
+            self.sems[UNFINISHED].post()
 
     def task_done(self) -> None:
+        if self._view[_REMOVED_OFF]:
+            self._q._fail("task_done", errno.EIDRM)
         with self.state_locked():
-            unfinished = self.sems[UNFINISHED]
-            if not unfinished.try_acquire():
+            if not self.sems[UNFINISHED].try_acquire():
                 raise ValueError("task_done() called too many times")
             if self.journal_entry() is not None:
                 self.journal.task_done()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            if unfinished.value == 0:
-                self._set_gate(0)
+            if self.words[JW][0] and not self.words[UNFINISHED][0]:
+                self._wake_joiners()
 
     def unfinished(self) -> int:
         self.repair()
         return self.sems[UNFINISHED].value
 
     def join_tasks(self) -> None:
-        """Wait until every task put on the queue was marked done (the gate is zero).
+        """Wait until every task put on the queue was marked done (the count is zero).
 
-        About once a second (and before the first wait) it rolls back what dead
-        processes left: tasks counted and never sent, a gate left up by a killed
-        ``task_done()``."""
-        op = L.sembuf(SEM_GATE, 0, 0)
-        semid = self._q.semid
-        while True:
-            self.repair()
-            ts = L.relative_timespec(_ALIVE_CHECK)
-            if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == 0:
-                return
-            err = L.get_errno()
-            if err not in (_E.EAGAIN, _E.EINTR):
-                self._q._fail("semtimedop", err)
+        A joiner counts itself among the joiners (``JW``) before it reads the count, and
+        ``task_done()`` reads ``JW`` after it took its task off the count (both atomic
+        read-modify-writes), so a joiner that finds work left is always woken. About once
+        a second (and before the first wait) it settles what dead processes left --
+        tasks counted and never sent -- and checks that the queue still exists."""
+        q, wake, count = self._q, self.sems[JWAKE], self.words[UNFINISHED]
+        joiners = self.sems[JW]
+        joiners.post()
+        try:
+            while True:
+                self.repair()
+                if not count[0]:
+                    return
+                q.wait(wake, time.monotonic() + _ALIVE_CHECK)
+                q._stat_main()  # (a removal from outside ends the wait: RemovedError)
+        finally:
+            joiners.try_acquire()
 
-    def _set_gate(self, value: int) -> None:
-        if L.semctl(self._q.semid, SEM_GATE, L.SETVAL, value) == -1:
-            self._q._fail("semctl(SETVAL)", L.get_errno())
+    def _wake_joiners(self) -> None:
+        """The count is zero: wake every joiner that waits (and has no wake-up yet)."""
+        wake = self.sems[JWAKE]
+        for _ in range(self.words[JW][0] - self.words[JWAKE][0]):
+            wake.post()
 
     def _repair_state(self, dead: int) -> None:
         """Under the state lock: holder *dead* died inside it, maybe between a task's
@@ -160,7 +176,8 @@ class Counts:
         if self.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
-        self._set_gate(1 if self.sems[UNFINISHED].value > 0 else 0)
+        if not self.words[UNFINISHED][0]:
+            self._wake_joiners()
 
     # -- the journal: what dead processes counted and never sent -----------------------
 
@@ -193,8 +210,8 @@ class Counts:
                 unfinished = self.sems[UNFINISHED]
                 for _ in range(tasks):
                     unfinished.try_acquire()
-                if unfinished.value == 0:
-                    self._set_gate(0)
+                if not self.words[UNFINISHED][0]:
+                    self._wake_joiners()
             else:
                 view[_RECOUNT_OFF] = 1
         if view[_RECOUNT_OFF]:
@@ -226,7 +243,8 @@ class Counts:
             unfinished.post()
         for _ in range(now - truth):
             unfinished.try_acquire()
-        self._set_gate(1 if truth > 0 else 0)
+        if not truth:
+            self._wake_joiners()
         view[_RECOUNT_OFF] = 0
 
     def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
@@ -346,7 +364,7 @@ class Counts:
         waiting = self._q._sw_word[0]
         if waiting:
             wake = self.sems[SWAKE]
-            for _ in range(min(n, waiting - wake.value)):
+            for _ in range(min(n, waiting - self.words[SWAKE][0])):
                 wake.post()
 
     def repair_slots(self) -> None:
@@ -412,18 +430,31 @@ class _StateLock:
 
     def __enter__(self):
         counts = self.counts
-        counts._q._lock(SEM_STATE)
+        q = counts._q
+        mutex = q.state_lock
+        owner_died = mutex.try_acquire()  # the uncontended case: no system call
+        while owner_died is None:
+            owner_died = mutex.acquire(time.monotonic() + _ALIVE_CHECK)
+            if owner_died is None:
+                q._stat_main()  # (held that long: was the queue removed from outside?)
         view = counts._view
         dead = int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little")
-        if dead:
-            counts._repair_state(dead)
-        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _getpid().to_bytes(4, "little")
+        if dead or owner_died:
+            # The last holder died inside: if its mark is there, it may have left an
+            # update half done.
+            try:
+                if dead:
+                    counts._repair_state(dead)
+            finally:
+                if owner_died:
+                    mutex.consistent()
+        view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _pid_bytes()
         return self
 
     def __exit__(self, *exc):
         counts = self.counts
         counts._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
-        counts._q._unlock(SEM_STATE)
+        counts._q.state_lock.release()
 
 
 class _Window:

@@ -70,6 +70,8 @@ class Journal:
         self.active = False  # this handle has an entry (a plain attribute: see moving_word)
         self._moving: Optional[memoryview] = None
         self.held_word: Optional[memoryview] = None  # the owner's ``held`` (as _moving)
+        self._tasks: Optional[memoryview] = None  # the owner's ``tasks`` and ``slots``
+        self._slots: Optional[memoryview] = None
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 
@@ -86,11 +88,6 @@ class Journal:
     def _put(self, off: int, value: int) -> None:
         _I32.pack_into(self._view, off, value)
 
-    def _add(self, field: int, n: int) -> None:
-        off = self.mine()
-        if off is not None:
-            with self.mutex:
-                self._put(off + field, self._get(off + field) + n)
 
     def entries(self) -> Iterator[Tuple[int, tuple]]:
         table = bytes(self._view[JOURNAL_OFF:JOURNAL_OFF + NENTRIES * ENTRY.size])
@@ -128,6 +125,8 @@ class Journal:
         self._off, self._pid = spare, me
         self._moving = self._view[spare + _MOVING:spare + _MOVING + 4].cast("I")
         self.held_word = self._view[spare + _HELD:spare + _HELD + 4].cast("i")
+        self._tasks = self._view[spare + _TASKS:spare + _TASKS + 4].cast("i")
+        self._slots = self._view[spare + _SLOTS:spare + _SLOTS + 4].cast("i")
         self.active = True
         return spare
 
@@ -143,19 +142,25 @@ class Journal:
                     self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
                 self._off = None
                 self.active = False
-                self._moving.release()
-                self.held_word.release()
+                for word in (self._moving, self.held_word, self._tasks, self._slots):
+                    word.release()
 
     def add_slots(self, n: int) -> None:
-        self._add(_SLOTS, n)
+        if self._off is not None and self._pid == _me[0]:
+            with self.mutex:
+                self._slots[0] += n
 
     def add_task(self) -> None:
         """Under the state lock, before the task count goes up."""
-        self._add(_TASKS, 1)
+        if self._off is not None and self._pid == _me[0]:
+            with self.mutex:
+                self._tasks[0] += 1
 
     def task_done(self) -> None:
         """Under the state lock, with the task count going down."""
-        self._add(_HELD, -1)
+        if self._off is not None and self._pid == _me[0]:
+            with self.mutex:
+                self.held_word[0] -= 1
 
     def take_held(self) -> int:
         """Under the state lock: this entry's ``held``, zeroed (its owner lets go)."""
@@ -182,13 +187,14 @@ class Journal:
 
     def sent(self, tasks: int, slots: int) -> None:
         """What this process counted is in the kernel queue now."""
-        off = self.mine()
-        if off is not None and (tasks or slots):
+        if self._off is not None and self._pid == _me[0] and (tasks or slots):
             with self.mutex:
                 if tasks:
-                    self._put(off + _TASKS, max(self._get(off + _TASKS) - tasks, 0))
+                    word = self._tasks
+                    word[0] = max(word[0] - tasks, 0)
                 if slots:
-                    self._put(off + _SLOTS, max(self._get(off + _SLOTS) - slots, 0))
+                    word = self._slots
+                    word[0] = max(word[0] - slots, 0)
 
     def parcel_made(self, off: int, slot: int) -> None:
         """Under the state lock: parcel *slot* is this process's, its message not sent."""

@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional
 KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
 KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
 MTYPE_MAX = 2 ** 62 - 1
-MAGIC = b"MPSYSVQ2"  # 2: the 16 KiB layout with slot wake-ups and take marks
+MAGIC = b"MPSYSVQ3"  # 3: the state lock a robust mutex, the join gate futex counters
 CTL_SIZE = 16384
 
 # -- the header: identity and the other objects' ids ------------------------------------
@@ -26,15 +26,19 @@ _NAME_MAX = 254
 # -- futex counters: each a 32-byte glibc sem_t ------------------------------------------
 # Timed getters waiting and their wake-ups, bounded slots, stream flow (space, frames
 # available, done), unfinished tasks, feeders waiting for room and theirs, putters
-# waiting for a slot and theirs, the getters among TW that wait for one mtype.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE, TWS = range(12)
+# waiting for a slot and theirs, the getters among TW that wait for one mtype, joiners
+# waiting and their wake-ups.
+TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE, TWS, JW, JWAKE = range(14)
 _SEM_OFF = 320
 _SEM_SIZE = 32
-SEM_OFFS = tuple(_SEM_OFF + _SEM_SIZE * i for i in range(9)) + (704, 736, 768)
+SEM_OFFS = tuple(_SEM_OFF + _SEM_SIZE * i for i in range(9)) + (704, 736, 768, 864, 896)
 COUNTER_NAMES = ("timed_waiters", "wakeups", "free_slots", "stream_space", "stream_frames",
                  "stream_done", "unfinished_tasks", "feeders_waiting_for_room",
                  "room_wakeups", "putters_waiting_for_a_slot", "slot_wakeups",
-                 "getters_waiting_for_one_mtype")
+                 "getters_waiting_for_one_mtype", "joiners_waiting", "joiner_wakeups")
+# The state lock: a robust process-shared pthread mutex (``_ipc.mutex``).
+STATE_LOCK_OFF = 800
+STATE_LOCK_SIZE = 64
 
 # -- markers and counts -------------------------------------------------------------------
 _MARK = struct.Struct("<iiQI")  # stream marker: writer pid, reader pid, stream id, state
@@ -56,6 +60,9 @@ _HELD_GONE = struct.Struct("<q")
 _HELD_GONE_OFF = 688
 _RECOUNT_OFF = 696
 _FREEZE_OFF = 697  # a repair is reading the counts: no new window now (see counts)
+# Set by the first process that finds the queue's objects removed from outside: calls
+# that make no system call (task_done, task_added) report the removal too.
+_REMOVED_OFF = 698
 
 # -- the parcel table (parcels) ------------------------------------------------------------
 PARCEL_TABLE_OFF = 1024
@@ -71,8 +78,12 @@ JOURNAL_ENTRIES = (CTL_SIZE - JOURNAL_OFF) // JOURNAL_ENTRY.size  # 353
 # Field offsets inside an entry.
 J_PID, J_TASKS, J_SLOTS, J_HELD, J_MOVING, J_START, J_PARCELS = 0, 4, 8, 12, 20, 24, 32
 
-# Semaphore set members.
-SEM_STREAM, SEM_STATE, SEM_GATE = 0, 1, 2
+# Semaphore set members (both SEM_UNDO, so a killed holder releases them): the stream
+# lock, and the holders lock, held while a process counts the queue's holders and lets
+# go of its mapping, and while the garbage collector has the queue attached. (A mutex
+# cannot serve there: nobody may unmap a robust mutex it holds.)
+SEM_STREAM, SEM_HOLDERS = 0, 1
+NSEMS = 2
 # Stream marker states.
 ST_IDLE, ST_HEAD, ST_ABANDONED = 0, 1, 3
 _ST_NAMES = {ST_IDLE: "idle", ST_HEAD: "streaming", ST_ABANDONED: "abandoned"}
@@ -82,6 +93,7 @@ FIELDS = (
     ("header", 0, _HDR.size),
     ("name", _NAME_OFF, 2 + _NAME_MAX),
     *((f"counter {COUNTER_NAMES[i]}", off, _SEM_SIZE) for i, off in enumerate(SEM_OFFS)),
+    ("state lock", STATE_LOCK_OFF, STATE_LOCK_SIZE),
     ("stream marker", _MARK_OFF, _MARK.size),
     ("state mark", _STATE_MARK_OFF, 4),
     ("batch extra", _EXTRA_OFF, _EXTRA.size),
@@ -90,6 +102,7 @@ FIELDS = (
     ("held tasks of gone processes", _HELD_GONE_OFF, _HELD_GONE.size),
     ("recount flag", _RECOUNT_OFF, 1),
     ("freeze flag", _FREEZE_OFF, 1),
+    ("removed flag", _REMOVED_OFF, 1),
     ("parcel table", PARCEL_TABLE_OFF, PARCEL_SLOTS * PARCEL_ENTRY.size),
     ("journal", JOURNAL_OFF, JOURNAL_ENTRIES * JOURNAL_ENTRY.size),
 )

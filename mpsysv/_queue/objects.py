@@ -30,8 +30,10 @@ from .._ipc import libc as L
 from .._ipc import names as _names
 from .._ipc.errors import RemovedError, WHY_REMOVED, permission_denied, raise_errno, removed
 from .._ipc.futex import PosixSemaphore
-from .layout import (CTL_SIZE, MAGIC, RW, ROOM, SEM_GATE, SEM_OFFS, SEM_STATE, SEM_STREAM,
-                     SLOTS, SW, TW, TWS, WAKE, pack_header, pack_name, parse_header)
+from .._ipc.mutex import RobustMutex
+from .layout import (_REMOVED_OFF, CTL_SIZE, MAGIC, NSEMS, ROOM, RW, SEM_HOLDERS, SEM_OFFS, SEM_STREAM,
+                     SLOTS,
+                     STATE_LOCK_OFF, SW, TW, TWS, WAKE, pack_header, pack_name, parse_header)
 
 __all__ = ["QueueObjects", "NoCopy"]
 
@@ -68,9 +70,11 @@ class QueueObjects:
             header.main_qid, header.stream_qid, header.semid, header.msgmax)
         self.sems = [PosixSemaphore(address + off, f"{self._what()} counter {i}")
                      for i, off in enumerate(SEM_OFFS)]
-        # The count word of a glibc sem_t (checked at import): read without a call.
+        # The count word of each glibc sem_t (checked at import): read without a call.
+        self.words = [self._view[off:off + 4].cast("I") for off in SEM_OFFS]
         self._tw_word, self._rw_word, self._room_word, self._sw_word, self._tws_word = (
-            self._view[SEM_OFFS[i]:SEM_OFFS[i] + 4].cast("I") for i in (TW, RW, ROOM, SW, TWS))
+            self.words[i] for i in (TW, RW, ROOM, SW, TWS))
+        self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self._what()} state lock")
         self._detached = False
         self._sleepers = 0  # threads sleeping on a counter in the segment (see _sleep_on)
         self._sleepers_lock = threading.Lock()
@@ -100,16 +104,17 @@ class QueueObjects:
             created.append(("msg", main_qid))
             stream_qid = _create_sub(L.msgget, ctl_id, 2, mode)
             created.append(("msg", stream_qid))
-            semid = _create_sub(lambda k, f: L.semget(k, 3, f), ctl_id, 3, mode)
+            semid = _create_sub(lambda k, f: L.semget(k, NSEMS, f), ctl_id, 3, mode)
             created.append(("sem", semid))
-            for num, value in ((SEM_STREAM, 1), (SEM_STATE, 1), (SEM_GATE, 0)):
-                if L.semctl(semid, num, L.SETVAL, value) == -1:
+            for num in (SEM_STREAM, SEM_HOLDERS):
+                if L.semctl(semid, num, L.SETVAL, 1) == -1:
                     raise_errno(L.get_errno(), "semctl(SETVAL)", f"semaphore set id={semid}")
             view = memoryview((ctypes.c_char * CTL_SIZE).from_address(address)).cast("B")
             if name:
                 pack_name(view, name)
             for i, off in enumerate(SEM_OFFS):
                 PosixSemaphore(address + off).init(maxsize if i == SLOTS and maxsize > 0 else 0)
+            RobustMutex(address + STATE_LOCK_OFF).init()
             # The magic goes in last: openers by name wait for it.
             pack_header(view, kind, maxsize, _getpid(), name, mode, time.time(), main_qid,
                         stream_qid, semid, msgmax)
@@ -192,8 +197,7 @@ class QueueObjects:
             if self._sleepers:
                 weakref.finalize(self, L.shmdt, self._address)
                 return False
-        for word in (self._tw_word, self._rw_word, self._room_word, self._sw_word,
-                     self._tws_word):
+        for word in self.words:
             word.release()
         self._view.release()
         L.shmdt(self._address)
@@ -221,7 +225,8 @@ class QueueObjects:
         """A message went in: wake a getter waiting on the futex (it looks again after
         waking). One is enough for one message, unless some wait for one mtype: the
         one woken might not want it, so then every waiter looks."""
-        missing = self.sems[TW].value - self.sems[WAKE].value
+        words = self.words
+        missing = words[TW][0] - words[WAKE][0]
         if missing > 0:
             wake = self.sems[WAKE]
             for _ in range(missing if self._tws_word[0] else 1):
@@ -325,6 +330,8 @@ class QueueObjects:
 
     def _fail(self, call: str, err: int) -> NoReturn:
         if err in (_E.EIDRM, _E.EINVAL):
+            if not self._detached:
+                self._view[_REMOVED_OFF] = 1  # (for the calls that make no system call)
             raise removed(call, self._what(), "was removed while in use")
         raise_errno(err, call, self._what())
 

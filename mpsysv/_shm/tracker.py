@@ -313,7 +313,7 @@ def _start_tracker() -> None:
 def _publish(value: str) -> None:
     """Hand the tracker's address to the processes this one starts from now on."""
     from multiprocessing import process
-    process.current_process()._config[CONFIG_KEY] = value
+    getattr(process.current_process(), "_config")[CONFIG_KEY] = value  # private, untyped
     # Processes constructed already but not started copied the config before this.
     for proc in list(getattr(process, "_dangling", ())):
         if getattr(proc, "_popen", True) is None:
