@@ -188,19 +188,25 @@ class _Base:
         """``put()`` of a bounded or joinable queue: the slot and the task it takes stay
         noted in this process's journal entry until the object is in the kernel queue,
         so that if this process dies first the next user of the queue gives them back."""
-        if self._maxsize:
+        counts = self._chan.counts
+        if timeout is not None and block:
+            _check_timeout(timeout)
+        if self._maxsize and not counts.take_one():
             self._take_slots(1, block, timeout)
         if self._kind == KIND_JOINABLE:
-            self._chan.counts.task_added()
+            counts.task_added()
         self._send_counted(payload, mtype)
 
     def _send_counted(self, payload, mtype: int) -> None:
         """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
         object is both queued and noted (see ``_queue.journal``)."""
         counts = self._chan.counts
-        with counts.moving():
+        window = counts.enter_window()
+        try:
             if self._send(payload, mtype):
                 counts.counted_sent(1)
+        finally:
+            counts.leave_window(window)
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:

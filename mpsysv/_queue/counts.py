@@ -106,11 +106,34 @@ class Counts:
                 if journal.active:
                     moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
 
-    def moving(self) -> "_Window":
-        """``with counts.moving(): send...``: a counted object's send and the clearing of
-        its note, as a window a JoinableQueue's task recount must see (the object is
-        queued and noted)."""
-        return _Window(self if self.kind == KIND_JOINABLE else None)
+    def enter_window(self) -> Optional[memoryview]:
+        """A JoinableQueue putter steps into the window around its send and the clearing
+        of its note (the object is queued and noted: a task recount must see that).
+        Pair it with ``leave_window`` in a ``finally``; None: no window (not joinable, or
+        no journal entry)."""
+        if self.kind != KIND_JOINABLE:
+            return None
+        moving = self.moving_word()
+        if moving is not None:
+            with self.journal.mutex:
+                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
+            if self._view[_FREEZE_OFF]:
+                self.yield_to_repair(moving)
+        return moving
+
+    def leave_window(self, moving: Optional[memoryview]) -> None:
+        if moving is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    moving[0] -= 1
+
+    def take_one(self) -> bool:
+        """``take_slots(1, block=False)`` when a slot is free at once (the common case)."""
+        journal = self.journal
+        if journal.active or self.own_entry():
+            return self._try_slot()
+        return False
 
     # -- the task count of a JoinableQueue ------------------------------------------------
 
@@ -437,17 +460,19 @@ class _StateLock:
             owner_died = mutex.acquire(time.monotonic() + _ALIVE_CHECK)
             if owner_died is None:
                 q._stat_main()  # (held that long: was the queue removed from outside?)
+        if owner_died:
+            # At once: the crash mark, not the mutex, says what to repair, and it stays
+            # until a repair completes (a repairer killed half-way leaves it for the next
+            # locker); a repair that raised must not leave the mutex unrecoverable.
+            mutex.consistent()
         view = counts._view
         dead = int.from_bytes(view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4], "little")
-        if dead or owner_died:
-            # The last holder died inside: if its mark is there, it may have left an
-            # update half done.
+        if dead:
             try:
-                if dead:
-                    counts._repair_state(dead)
-            finally:
-                if owner_died:
-                    mutex.consistent()
+                counts._repair_state(dead)
+            except BaseException:
+                mutex.release()
+                raise
         view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = _pid_bytes()
         return self
 
@@ -455,32 +480,3 @@ class _StateLock:
         counts = self.counts
         counts._view[_STATE_MARK_OFF:_STATE_MARK_OFF + 4] = b"\0\0\0\0"
         counts._q.state_lock.release()
-
-
-class _Window:
-    """A JoinableQueue putter's window around its send (nothing for other queues)."""
-
-    __slots__ = ("counts", "word")
-
-    def __init__(self, counts: Optional[Counts]):
-        self.counts = counts
-        self.word = None
-
-    def __enter__(self):
-        counts = self.counts
-        if counts is not None:
-            moving = self.word = counts.moving_word()
-            if moving is not None:
-                with counts.journal.mutex:
-                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                if counts._view[_FREEZE_OFF]:
-                    counts.yield_to_repair(moving)
-        return self
-
-    def __exit__(self, *exc):
-        moving = self.word
-        if moving is not None:
-            journal = self.counts.journal
-            with journal.mutex:
-                if journal.active:
-                    moving[0] -= 1

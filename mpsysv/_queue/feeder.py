@@ -88,8 +88,11 @@ class Feeder:
             if len(payload) > msgmax and not block_streams:
                 return False
             if track:
-                with chan.counts.moving():
+                window = chan.counts.enter_window()
+                try:
                     sent = self._send_first(payload, mtype, True)
+                finally:
+                    chan.counts.leave_window(window)
             else:
                 sent = self._send_first(payload, mtype, False)
             if not sent:
