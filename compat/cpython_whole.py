@@ -246,14 +246,15 @@ def isolated(cmd: list) -> tuple:
              "sh"] + cmd, "private")
 
 
-def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None) -> list:
+def rerun_failures(python, info, suite, backend, out_dir, figures, limit=None,
+                   lib_tests=None) -> list:
     """The failed tests of *figures* that are not deliberate and fail a second run too."""
     retry = sorted({short_id(t) for t in figures["failed"]
                     if backend == "stdlib" or not _deliberate(figures, t)})
     if not retry:
         return []
-    again = run_one(python, info, suite, backend, out_dir, {}, match=retry, label="-rerun",
-                    limit=limit)
+    again = run_one(python, info, suite, backend, out_dir, lib_tests or {}, match=retry,
+                    label="-rerun", limit=limit)
     ran = {short_id(t) for t in again["failed"]} | {
         short_id(t) for t in _all_ids(os.path.splitext(again["log"])[0] + ".xml")}
     return sorted(t for t in retry if t not in ran or t in {short_id(x) for x in again["failed"]})
@@ -344,7 +345,7 @@ def table(rows: list) -> tuple:
             lines.append("| " + " | ".join(cells + ["not installed"] + [""] * 4) + " |")
             continue
         note = " (wrapper written)" if r["source"] == "written" else (
-            "" if r["source"] == "installed" else f" (from {r['source']})")
+            "" if r["source"] == "installed" else " (from --lib-test)")
         cells[1] += note
         std_failed = set(_still(std)) if std else set()
         cells.append(f"{std['passed']} / {len(std_failed)}{_once(std)}" if std else "not run")
@@ -412,7 +413,8 @@ def main(argv=None) -> int:
                 r = run_one(python, info, suite, backend, args.out, lib_tests, args.reuse)
                 if r.get("failed") and "again" not in r:
                     # A failure counts when the test fails a second, lone run too.
-                    r["again"] = rerun_failures(python, info, suite, backend, args.out, r)
+                    r["again"] = rerun_failures(python, info, suite, backend, args.out, r,
+                                                lib_tests=lib_tests)
                     with open(os.path.splitext(r["log"])[0] + ".json", "w") as f:
                         json.dump(r, f, indent=1)
                 rows.append(r)
