@@ -16,6 +16,8 @@ import tempfile
 
 import pytest
 
+from . import cpython_whole
+
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpython_suite.py")
 LIMIT = 600  # seconds for one interpreter's whole run
 
@@ -37,6 +39,7 @@ def _interpreters():
 
 @pytest.mark.parametrize("version,python", _interpreters(), ids=[v for v, _ in _interpreters()])
 def test_cpython_suite_passes_on_mpsysv(version, python):
+    cpython_whole.default_signals()  # SIGINT tests need it, even from a background job
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "figures.json")
         proc = subprocess.Popen([python, RUNNER, "--json", out], stdout=subprocess.PIPE,
@@ -65,7 +68,6 @@ def test_cpython_suite_passes_on_mpsysv(version, python):
 # time); the rest run the selection above, and ``python compat/cpython_suite.py --whole``
 # runs everything on every interpreter and on the stdlib too.
 
-from . import cpython_whole  # noqa: E402
 
 WHOLE_LIMIT = 900  # seconds for one suite's run
 
