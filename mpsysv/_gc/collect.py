@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from .._ipc import libc as L
 from .._ipc import names as _names
 from .._ipc.errors import raise_errno
-from .._ipc.procs import alive, ipc_table, proc_stat
+from .._ipc.procs import alive, ipc_table
 from .._ipc.futex import PosixSemaphore
 from .._queue import layout as _layout
 from .._queue import parcels as _parcels
@@ -40,13 +40,9 @@ _SUB_KIND = {1: "msg", 2: "msg", 3: "sem"}
 _SHM_ROLES = {_tracker.PURPOSE_SHARED_MEMORY: SHM, _tracker.PURPOSE_SHAREABLE_LIST: SHAREABLE_LIST}
 _SHM_DEST = 0o1000
 # A control segment's header can be read only while no holder is deciding whether it
-# is the last one (that decision counts attachments): under the queue's state lock.
+# is the last one (that decision counts attachments): under the queue's holders lock.
 _LOCK_TIMEOUT = 1.0
-# A creator's process must have started before the queue's creation time, give or take
-# the clock tick granularity of /proc.
-_START_SLACK = 2.0
 _FAILED = ctypes.c_void_p(-1).value
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -134,47 +130,11 @@ def _read_table(kind: str) -> List[IpcObject]:
     return rows
 
 
-def _proc_stat(pid: int) -> Optional[List[bytes]]:
-    """The fields of /proc/PID/stat after the command name; None when gone or a zombie."""
-    rest = proc_stat(pid)
-    return None if rest is None or rest[0] in (b"Z", b"X") else rest
-
-
-def process_start(pid: int) -> Optional[float]:
-    """When process *pid* started (seconds since the epoch), None if it is gone or a zombie."""
-    rest = _proc_stat(pid)
-    return None if rest is None else _boot_time() + int(rest[19]) / _CLK_TCK
-
-
 def process_alive(pid: int, started_before: Optional[float] = None,
                   start_ticks: Optional[int] = None) -> bool:
-    """True when *pid* is a live process that is plausibly the one meant: started before
-    *started_before* (epoch seconds), or with exactly *start_ticks* when that is known."""
-    if start_ticks:
-        rest = _proc_stat(pid)
-        return rest is not None and int(rest[19]) == start_ticks
-    start = process_start(pid)
-    if start is None:
-        return False
-    return started_before is None or start <= started_before + _START_SLACK
-
-
-_boot = None
-
-
-def _boot_time() -> float:
-    global _boot
-    if _boot is None:
-        _boot = 0.0
-        try:
-            with open("/proc/stat") as f:
-                for line in f:
-                    if line.startswith("btime "):
-                        _boot = float(line.split()[1])
-                        break
-        except OSError:
-            pass
-    return _boot
+    """True when *pid* is a live process that is plausibly the one meant (``procs.alive``):
+    with exactly *start_ticks* when that is known, else started before *started_before*."""
+    return alive(pid, start_ticks or 0, None if start_ticks else started_before)
 
 
 # --- reading mpsysv's own headers --------------------------------------------------------

@@ -26,10 +26,8 @@ from .errors import raise_errno
 
 __all__ = ["RobustMutex", "MUTEX_SIZE", "MUTEX_SLOT"]
 
-# sizeof(pthread_mutex_t) in glibc: 40 on x86_64, 48 on aarch64 and riscv64.
-_SIZES = {"x86_64": 40, "amd64": 40, "aarch64": 48, "arm64": 48, "riscv64": 48,
-          "ppc64le": 40, "s390x": 40, "loongarch64": 48}
-MUTEX_SIZE = _SIZES.get(platform.machine(), 48) if ctypes.sizeof(ctypes.c_void_p) == 8 else 32
+# sizeof(pthread_mutex_t) in glibc on the architectures libc.py supports.
+MUTEX_SIZE = {"x86_64": 40, "aarch64": 48}.get(platform.machine(), 48)
 MUTEX_SLOT = 64  # what a layout sets aside for one (8-byte aligned)
 _TID_MASK = 0x3FFFFFFF  # the owner's thread id in the lock word (linux/futex.h)
 
@@ -114,9 +112,13 @@ class RobustMutex:
     def _check(self, rc: int, call: str) -> None:
         if rc == errno.ENOTRECOVERABLE:
             raise OSError(rc, f"{call}: {self.name} is not recoverable: a holder died and the "
-                              "next one let go of it without repairing")
+                              "next one let go of it without repairing; only init() (a new "
+                              "queue) makes it usable again")
         if rc == errno.EDEADLK:
             raise RuntimeError(f"{call}: {self.name} is already held by this thread")
+        if rc == errno.EPERM:
+            raise PermissionError(rc, f"{call}: {self.name} is not held by this thread (held "
+                                      f"by thread id {self._word.value & _TID_MASK or 'none'})")
         if rc:
             raise_errno(rc, call, self.name)
 

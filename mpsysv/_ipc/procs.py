@@ -36,9 +36,12 @@ def start_ticks(pid: int) -> int:
     return _ticks(proc_stat(pid))
 
 
-def alive(pid: int, start: int = 0) -> bool:
+def alive(pid: int, start: int = 0, started_before: Optional[float] = None) -> bool:
     """True while process *pid* exists, is not a zombie (a killed process is a zombie
-    until its parent waits for it) and, when *start* is given, started then."""
+    until its parent waits for it) and, when *start* is given, started then (clock
+    ticks since boot); or, when only *started_before* is known (epoch seconds: when an
+    object it made was created), started no later than that (a reused pid started
+    after it)."""
     if pid <= 0:
         return False
     try:
@@ -46,11 +49,35 @@ def alive(pid: int, start: int = 0) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's: /proc still tells
     rest = proc_stat(pid)
     if not rest or rest[0] in (b"Z", b"X"):
         return False
-    return not start or _ticks(rest) in (0, start)
+    if start:
+        return _ticks(rest) in (0, start)
+    if started_before is not None:
+        return _boot_time() + _ticks(rest) / _CLK_TCK <= started_before + _START_SLACK
+    return True
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_START_SLACK = 2.0  # seconds: /proc's start time and an object's creation time differ
+_boot = [None]
+
+
+def _boot_time() -> float:
+    """When the machine booted (epoch seconds; /proc/stat's btime)."""
+    if _boot[0] is None:
+        _boot[0] = 0.0
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("btime "):
+                        _boot[0] = float(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return _boot[0]
 
 
 def ipc_table(kind: str) -> List[Dict[str, int]]:
