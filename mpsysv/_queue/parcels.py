@@ -34,7 +34,7 @@ import ctypes
 import os
 import struct
 import time
-from typing import Callable, ContextManager, Optional, Protocol, Set, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
 from .._ipc.procs import alive as _alive, ipc_table
@@ -95,8 +95,9 @@ class ParcelTable:
         self._journal = journal
         self._host = host
         self._next_scan = 0.0
-        self._maps = {}  # segment id -> (address, size): this process's mappings
-        self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
+        self._maps: Dict[int, Tuple[int, int]] = {}  # segment id -> (address, size): mine
+        # (slot, segment id) -> when this process first saw it stranded
+        self._stranded: Dict[Tuple[int, int], float] = {}
 
     def _entry(self, slot: int):
         return _ENTRY.unpack_from(self._view, TABLE_OFF + slot * _ENTRY.size)
