@@ -78,3 +78,13 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = 1
             print(f"\nmpsysv leak guard: objects left in this worker's namespace: "
                   f"{_describe(left)}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests run only when asked for (``MPSYSV_SLOW=1`` or ``-m slow``)."""
+    if os.environ.get("MPSYSV_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with MPSYSV_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,6 +1,11 @@
-"""Run this interpreter's own CPython tests for queues, shared memory and Pool on mpsysv.
+"""Run CPython's own multiprocessing tests on mpsysv: a selection here, or the whole suites.
 
     python compat/cpython_suite.py [-v] [--json FILE] [--no-gc] [-k SUBSTRING]
+    python compat/cpython_suite.py --whole [--python PY ...] [--suite NAME ...]
+                                   [--backend stdlib|mpsysv ...] [--lib-test X.Y=DIR ...]
+                                   [--out DIR] [--reuse] [--json FILE]
+
+``--whole`` is described in ``compat/cpython_whole.py``; without it:
 
 ``mpsysv.patch()`` is applied, then ``test._test_multiprocessing`` (from the installed
 ``test`` package) is imported and its classes are built for the fork start method,
@@ -78,6 +83,11 @@ class _Result(unittest.TextTestResult):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--whole" in argv:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import cpython_whole
+        return cpython_whole.main([a for a in argv if a != "--whole"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("-k", dest="pattern", help="run only tests whose id contains this")

@@ -3,7 +3,7 @@
 import unittest
 
 from . import test_context, test_pool, test_queues, test_shared_memory
-from .differences import CPYTHON_TESTS, DIFFERENCES, KNOWN_BUGS, markdown
+from .differences import CLIENT_DIFFERENCES, CPYTHON_TESTS, DIFFERENCES, KNOWN_BUGS, markdown
 from .support import CompatCase
 
 CASES = {name: obj for module in (test_context, test_pool, test_queues, test_shared_memory)
@@ -27,3 +27,11 @@ class DifferencesTableTest(unittest.TestCase):
 
     def test_markdown_has_a_row_per_difference(self):
         self.assertEqual(len(markdown().splitlines()), len(DIFFERENCES) + 2)
+
+    def test_every_client_test_listed_follows_from_a_difference_or_a_known_bug(self):
+        rows = [item for tests in CLIENT_DIFFERENCES.values() for item in tests.items()]
+        for test, (key, expects) in rows:
+            with self.subTest(test):
+                self.assertRegex(test, r"\w+\.test_\w+$|^exit$")
+                self.assertIn(key, {**DIFFERENCES, **KNOWN_BUGS})
+                self.assertTrue(expects)

@@ -2,8 +2,11 @@
 
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
-from .support import TIMEOUT, CompatCase, install_cases
+from .support import TIMEOUT, CompatCase, install_cases, known_bug
 
 
 def write_by_name(cls, name, data):
@@ -263,6 +266,44 @@ def _unlink_quietly(sm):
         sm.unlink()
     except FileNotFoundError:
         pass
+
+
+_GARBAGE_PROGRAM = textwrap.dedent("""
+    import gc, sys
+    if sys.argv[1] == "mpsysv":
+        from mpsysv import SharedMemory
+    else:
+        from multiprocessing.shared_memory import SharedMemory
+
+    class Holder:
+        def __del__(self):
+            print("read in __del__:", bytes(self.view[:5]).decode())
+
+    h = Holder()
+    h.shm = SharedMemory(create=True, size=4096)
+    h.shm.buf[:5] = b"hello"
+    h.view = h.shm.buf[0:10]
+    h.cycle = h
+    name = h.shm.name
+    del h
+    gc.collect()
+    from multiprocessing.shared_memory import SharedMemory as Std
+    (SharedMemory(name) if sys.argv[1] == "mpsysv" else Std(name)).unlink()
+    """)
+
+
+class SharedMemoryGarbageCase(CompatCase):
+    @known_bug("view-in-cyclic-garbage")
+    def test_view_held_by_cyclic_garbage_is_readable_in_its_del(self):
+        # UltraDict 0.0.6 keeps slices of a segment's buf and reads one in __del__; when
+        # the collector frees it with its SharedMemory, the slice must still be mapped.
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+        proc = subprocess.run([sys.executable, "-c", _GARBAGE_PROGRAM, self.backend],
+                              env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual((proc.returncode, proc.stdout), (0, "read in __del__: hello\n"),
+                         proc.stderr[-3000:])
 
 
 install_cases(globals())

@@ -262,7 +262,7 @@ class Reader:
         self._taken: deque = deque()
         self._watch: Optional[_Watch] = None  # fileno()'s, kept until close
         self._waits: set = set()  # the holds of poll() calls under way
-        self._finalizer = None
+        self._finalizer: Optional[util.Finalize] = None
         self._setup_lock = threading.Lock()
 
     @property

@@ -1,34 +1,79 @@
-"""The ``python -m mpsysv`` command line: demo and (later) inspection and cleanup tools."""
+"""The ``python -m mpsysv`` command line (also installed as ``mpsysv``): a demo, running a
+program on mpsysv, and tools that list, inspect and clean up mpsysv's kernel objects."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+import importlib
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+# Modules that contribute subcommands, each with add_subcommands(subparsers).
+_SUBCOMMAND_MODULES = ("_tools.runner", "_tools.admin")
+_DESCRIPTION = ("multiprocessing's queues and shared memory over System V IPC: a demo, "
+                "running a program on mpsysv, and tools that list, inspect and clean up "
+                "mpsysv's kernel objects. 'COMMAND --help' describes each command.")
 
 
-def _demo(args) -> int:
+def _at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, not {value}")
+        return value
+    return parse
+
+
+def _demo(args: argparse.Namespace) -> int:
     from ._tools import demo
 
     return demo.run(args.jobs, args.workers)
 
 
-# Modules that contribute subcommands, each with add_subcommands(subparsers).
-_SUBCOMMAND_MODULES = ("_tools.runner", "_tools.admin")
+def _prog() -> str:
+    return "mpsysv" if os.path.basename(sys.argv[0]) == "mpsysv" else "python -m mpsysv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand (each records its own ``prog`` for error messages)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=_prog(), description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"mpsysv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo", help="a producer/consumer pipeline on multiprocessing and on mpsysv, side by side",
+        description="One producer process, WORKERS worker processes and this process pass JOBS "
+                    "jobs (small dicts, 20 KB strings, a 2 MiB blob every 500) through two "
+                    "queues, first on multiprocessing.Queue, then unmodified under "
+                    "mpsysv.patched(); prints the times and checks that both backends return "
+                    "the same results (exit code 1 if not).")
+    demo.add_argument("--jobs", type=_at_least(1, "--jobs"), default=20000,
+                      help="how many jobs go through the pipeline (default: %(default)s)")
+    demo.add_argument("--workers", type=_at_least(1, "--workers"), default=3,
+                      help="how many worker processes take jobs (default: %(default)s)")
+    demo.set_defaults(func=_demo)
+    for name in _SUBCOMMAND_MODULES:
+        importlib.import_module(f"mpsysv.{name}").add_subcommands(sub)
+    for subparser in sub.choices.values():
+        subparser.set_defaults(prog=subparser.prog)
+    return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import importlib
-    import importlib.util
-
-    parser = argparse.ArgumentParser(prog="python -m mpsysv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a producer/consumer pipeline on multiprocessing and "
-                                       "on mpsysv, side by side")
-    demo.add_argument("--jobs", type=int, default=20000)
-    demo.add_argument("--workers", type=int, default=3)
-    demo.set_defaults(func=_demo)
-    for name in _SUBCOMMAND_MODULES:
-        if importlib.util.find_spec(f"mpsysv.{name}") is not None:
-            importlib.import_module(f"mpsysv.{name}").add_subcommands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Run the command line with *argv* (default: ``sys.argv[1:]``); the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as a C tool killed by SIGPIPE does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+    return code

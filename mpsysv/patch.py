@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 __all__ = ["patch", "unpatch", "patched"]
 
-_QUEUE_NAMES = ("Queue", "SimpleQueue", "JoinableQueue")
+_CONTEXT_NAMES = ("Queue", "SimpleQueue", "JoinableQueue", "Pool")
 _SHARED_NAMES = ("SharedMemory", "ShareableList")
 _MISSING = object()
 _lock = threading.RLock()
@@ -44,16 +44,16 @@ def patch() -> None:
 
         saved: List[Tuple[object, str, object]] = []
 
-        def replace(namespace, name, value):
+        def replace(namespace: Any, name: str, value: object) -> None:
             saved.append((namespace, name, namespace.__dict__.get(name, _MISSING)))
             setattr(namespace, name, value)
 
         try:
-            for name in _QUEUE_NAMES:
+            for name in _CONTEXT_NAMES:
                 replace(context.BaseContext, name, _MpsysvContext.__dict__[name])
             # The module-level functions are bound methods of the default context,
             # copied into the module at import: copy the patched ones in the same way.
-            for name in _QUEUE_NAMES:
+            for name in _CONTEXT_NAMES:
                 replace(multiprocessing, name, getattr(context._default_context, name))
             for name in _SHARED_NAMES:
                 replace(stdlib_shared, name, getattr(shared, name))
@@ -100,16 +100,20 @@ def _restore(saved: List[Tuple[object, str, object]]) -> None:
             setattr(namespace, name, original)
 
 
-def _routing_tracker_calls(register, unregister):
+_TrackerCall = Callable[[str, str], None]
+
+
+def _routing_tracker_calls(register: _TrackerCall, unregister: _TrackerCall
+                           ) -> Tuple[_TrackerCall, _TrackerCall]:
     """``resource_tracker.register``/``unregister`` that hand "shared_memory" names of
     mpsysv segments to mpsysv's tracker and everything else to the stdlib's (a segment
     of the stdlib's class made by code that kept it from before the patch)."""
     from .shared import track_by_name, untrack_by_name
 
-    stdlib_names = set()  # "shared_memory" names this process gave the stdlib's tracker
+    stdlib_names: Set[str] = set()  # "shared_memory" names this process gave the stdlib's tracker
 
     @functools.wraps(register)
-    def register_(name, rtype):
+    def register_(name: str, rtype: str) -> None:
         if rtype == "shared_memory":
             if track_by_name(name):
                 return
@@ -117,7 +121,7 @@ def _routing_tracker_calls(register, unregister):
         register(name, rtype)
 
     @functools.wraps(unregister)
-    def unregister_(name, rtype):
+    def unregister_(name: str, rtype: str) -> None:
         if rtype == "shared_memory" and name not in stdlib_names and untrack_by_name(name):
             return
         stdlib_names.discard(name)
@@ -130,7 +134,7 @@ class _PatchMarker:
     """Rides in a spawn/forkserver child's preparation data: unpickling it there (before
     the child imports the main module) turns the patch on in the child."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[], None], Tuple[()]]:
         return _patch_in_child, ()
 
 
@@ -138,9 +142,10 @@ def _patch_in_child() -> None:
     patch()
 
 
-def _with_patch_marker(original):
+def _with_patch_marker(original: Callable[[str], Dict[str, Any]]
+                       ) -> Callable[[str], Dict[str, Any]]:
     @functools.wraps(original)
-    def get_preparation_data(name):
+    def get_preparation_data(name: str) -> Dict[str, Any]:
         data = original(name)
         data["mpsysv_patch"] = _PatchMarker()
         return data

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-import types
 import weakref
 from collections import deque
 from multiprocessing import queues as _stdlib, util
 from queue import Empty, Full
 from time import monotonic
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Generic, Iterable, List, Optional, TypeVar
 
 from ._connection import ReadLock, Reader, Writer
 from ._gc import collect as _gc
@@ -38,7 +37,8 @@ __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "Empty", "Full", "MTYPE_MAX"
 
 _loads = pickle.loads
 _dumps = pickle.dumps
-_live: "weakref.WeakSet[_Base]" = weakref.WeakSet()
+_live: "weakref.WeakSet[_Base[Any]]" = weakref.WeakSet()
+T = TypeVar("T")
 
 
 def _check_mtype(mtype, allow_selectors: bool) -> int:
@@ -56,12 +56,16 @@ def _check_timeout(timeout) -> None:
         raise ValueError("'timeout' must be a non-negative number")
 
 
-class _Base:
+class _Base(Generic[T]):
+    """What the three queue types share (see ``Queue`` for the arguments)."""
+
     _kind = KIND_QUEUE
 
     def __init__(self, maxsize: int = 0, *, ctx: Any = None, name: Optional[str] = None,
                  create: bool = False, strict: bool = False, mode: int = 0o600,
-                 zero_copy: bool = True):
+                 zero_copy: bool = True) -> None:
+        """Create a new queue, or with *name* and not *create* open an existing one;
+        *zero_copy* False: received out-of-band buffers are private copies."""
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"'maxsize' must be an int, not {type(maxsize).__name__}")
         if maxsize > L.SEM_VALUE_MAX:
@@ -99,7 +103,7 @@ class _Base:
         chan.parcels.zero_copy = self._zero_copy
         self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
-        self._finalizer = None
+        self._finalizer: Optional[util.Finalize] = None
         self._register_finalizer()
         _live.add(self)
         util.register_after_fork(self, _Base._register_finalizer)
@@ -138,8 +142,19 @@ class _Base:
 
     # -- the stdlib API ---------------------------------------------------------------
 
-    def put(self, obj, block: bool = True, timeout: Optional[float] = None, *,
+    def put(self, obj: T, block: bool = True, timeout: Optional[float] = None, *,
             mtype: int = 1) -> None:
+        """Put *obj* into the queue, pickled in this process.
+
+        An unbounded queue never blocks: when the kernel queue is full the object waits
+        in this process's buffer and a feeder thread sends it later. On a bounded queue
+        *block* and *timeout* work as for ``queue.Queue.put()``: wait up to *timeout*
+        seconds (forever if None) for a free slot, then raise ``queue.Full``; with
+        *block* false, raise ``queue.Full`` at once. *mtype* (1 <= mtype < 2**62) is the
+        message type ``get(mtype=...)`` can select. Raises ``ValueError`` if the queue is
+        closed. An object that cannot be pickled is reported through
+        ``_on_queue_feeder_error()`` (raised instead with ``strict=True``).
+        """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         self._used = True
@@ -149,8 +164,8 @@ class _Base:
             kind = type(obj)
             if kind in _SCALARS:  # _Pickler's rule, inlined on the hot path
                 payload = _dumps(obj, 3)
-            elif kind is bytes and len(obj) >= _parcels.PARCEL_MIN:
-                payload = _Pieces(obj)
+            elif kind is bytes and len(obj) >= _parcels.PARCEL_MIN:  # type: ignore[arg-type]
+                payload = _Pieces(obj)  # type: ignore[arg-type,assignment]
             else:
                 payload = self._pickler.dumps(obj, True)
         except Exception as exc:
@@ -220,7 +235,17 @@ class _Base:
         if not self._chan.counts.take_slots(count, block, deadline):
             raise Full
 
-    def get(self, block: bool = True, timeout: Optional[float] = None, *, mtype: int = 0):
+    def get(self, block: bool = True, timeout: Optional[float] = None, *,
+            mtype: int = 0) -> T:
+        """Remove and return an object from the queue.
+
+        With *block* true and *timeout* None, wait (in the kernel) until one is there;
+        with a *timeout*, raise ``queue.Empty`` after that many seconds; with *block*
+        false, return one if there is one at once, else raise ``queue.Empty``. *mtype*
+        selects as ``msgrcv()`` does: 0 the first object of any type, ``n > 0`` the first
+        of type n, ``n < 0`` the first of the lowest type <= |n|. Raises ``ValueError``
+        if the queue is closed.
+        """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         if mtype:
@@ -265,8 +290,8 @@ class _Base:
         del stash[best]
         return obj
 
-    def put_many(self, objs, block: bool = True, timeout: Optional[float] = None, *,
-                 mtype: int = 1) -> None:
+    def put_many(self, objs: Iterable[T], block: bool = True, timeout: Optional[float] = None,
+                 *, mtype: int = 1) -> None:
         """Put every object of *objs*, in order, in as few messages as possible.
 
         The semantics of that many ``put()`` calls (order, *mtype*, ``maxsize``: all
@@ -286,6 +311,11 @@ class _Base:
         if not count:
             return
         if self._maxsize:
+            if count > self._maxsize and block and timeout is None:  # (it would wait forever)
+                raise ValueError(f"put_many() of {count} objects on a queue of maxsize "
+                                 f"{self._maxsize}: its slots are taken all or none, and "
+                                 f"{count} can never be free at once; put them in groups "
+                                 f"of at most {self._maxsize}")
             self._take_slots(count, block, timeout)
         chan = self._chan
         if self._kind == KIND_JOINABLE:
@@ -332,7 +362,7 @@ class _Base:
             yield from self._pickle_chunks(objs[i:i + step])
 
     def get_many(self, max_items: int, block: bool = True, timeout: Optional[float] = None,
-                 *, mtype: int = 0) -> list:
+                 *, mtype: int = 0) -> List[T]:
         """Up to *max_items* objects: the first as ``get()`` waits for it, then whatever
         is there without waiting. ``Empty`` when not even one came."""
         if not isinstance(max_items, int) or isinstance(max_items, bool) or max_items < 1:
@@ -356,14 +386,17 @@ class _Base:
                 self._stash.extend((got.mtype, obj) for obj in got[room:])
         return out
 
-    def put_nowait(self, obj, *, mtype: int = 1) -> None:
+    def put_nowait(self, obj: T, *, mtype: int = 1) -> None:
+        """Equivalent to ``put(obj, False)``."""
         self.put(obj, False, mtype=mtype)
 
-    def get_nowait(self, *, mtype: int = 0):
+    def get_nowait(self, *, mtype: int = 0) -> T:
+        """Equivalent to ``get(False)``."""
         return self.get(False, mtype=mtype)
 
     def qsize(self) -> int:
-        """Objects in the kernel queue plus those this process buffered or stashed."""
+        """Return the number of objects in the queue: exact, as the kernel counts them,
+        plus those this process put that still wait in its buffer."""
         if self._closed:
             # As the stdlib (3.13): a queue closed before it was used reads as empty.
             if not self._used and self._kind != KIND_SIMPLE:
@@ -372,26 +405,51 @@ class _Base:
         return self._chan.qsize() + self._feeder.unsent() + len(self._stash)
 
     def empty(self) -> bool:
+        """Return True if the queue is empty (``qsize() == 0``), False otherwise."""
         return self.qsize() == 0
 
     def full(self) -> bool:
+        """Return True if a bounded queue has no free slot, False otherwise (always False
+        for an unbounded queue)."""
         return bool(self._maxsize) and self._chan.sems[SLOTS].value == 0
 
     def close(self) -> None:
-        """No more puts or gets from this process; buffered data is still flushed."""
+        """Indicate that no more data will be put on or got from this handle by this
+        process. Objects still in this process's buffer are flushed to the queue by the
+        feeder thread; other processes and handles keep using the queue. The last
+        holder to close (or exit) removes an anonymous queue's kernel objects."""
         if self._closed:
             return
         self._closed = True
         _let_go(self._feeder, False)
 
     def join_thread(self) -> None:
+        """Join the feeder thread: wait until every buffered object is in the queue.
+
+        Only after ``close()``; otherwise raises ``AssertionError``. By default a process
+        does this at exit, unless ``cancel_join_thread()`` was called.
+        """
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
         thread = self._feeder.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def _abandon(self, wait: float = 2.0) -> None:
+        """A terminated Pool's queue: nobody will read what this process has not sent
+        yet (the stdlib's terminate drops it too), so drop it, close the handle and let
+        the feeder thread end now instead of waiting for room that never comes. (Only
+        for uncounted queues: a counted object's slot and task are already counted.)"""
+        if not self._chan.counted:
+            self._feeder.discard()
+        self.close()
+        thread = self._feeder.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait)
+
     def cancel_join_thread(self) -> None:
+        """Do not wait for the feeder thread at exit: the process exits at once, and
+        objects still in its buffer may be lost."""
         self._feeder.cancelled = True
 
     @staticmethod
@@ -429,14 +487,17 @@ class _Base:
 
     @property
     def name(self) -> Optional[str]:
+        """The queue's name, or None for an anonymous queue."""
         return self._chan.name
 
     @property
     def maxsize(self) -> int:
+        """The number of slots of a bounded queue, 0 when unbounded."""
         return self._maxsize
 
     def unlink(self) -> None:
-        """Remove the queue's kernel objects now; a named queue's name is free at once."""
+        """Remove the queue's kernel objects now, with what it holds; a named queue's name
+        is free at once. Processes still using the queue get ``RemovedError``."""
         self._chan.unlink()
 
     def __repr__(self) -> str:
@@ -444,8 +505,6 @@ class _Base:
         label = f"name={c.name!r} " if c.name else ""
         return (f"<mpsysv.{type(self).__name__} {label}ctl={c.ctl_id} msq=({c.main_qid}, "
                 f"{c.stream_qid}) sem={c.semid} maxsize={self._maxsize}>")
-
-    __class_getitem__ = classmethod(types.GenericAlias)
 
 
 # Each class also derives from its multiprocessing counterpart, after _Base, so that code
@@ -457,28 +516,85 @@ class _Base:
 # ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
 # it. The classes keep their own module and name, so handles pickle as mpsysv's.
 
-class Queue(_Base, _stdlib.Queue):
-    """A process-shared FIFO of pickled objects on System V message queues."""
+if TYPE_CHECKING:
+    _StdQueue = _stdlib.Queue
+    _StdJoinableQueue = _stdlib.JoinableQueue
+    _StdSimpleQueue = _stdlib.SimpleQueue
+else:
+    class _Generic:
+        """The stdlib's queue classes take no subscript at run time (their stubs do):
+        ``_StdQueue[T]`` is the class itself."""
+
+        def __init__(self, cls: type) -> None:
+            self.cls = cls
+
+        def __getitem__(self, item: object) -> type:
+            return self.cls
+
+    _StdQueue, _StdJoinableQueue, _StdSimpleQueue = (_Generic(_stdlib.Queue),
+                                                     _Generic(_stdlib.JoinableQueue),
+                                                     _Generic(_stdlib.SimpleQueue))
+
+
+class Queue(_Base[T], _StdQueue[T]):
+    """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+
+    A process-shared FIFO queue, as ``multiprocessing.Queue``, on System V message
+    queues: objects are pickled in the putting process and unpickled in the getting one.
+
+    *maxsize* > 0 bounds the queue to that many objects (``put()`` then blocks or raises
+    ``queue.Full``); 0 or less means unbounded. *ctx* is accepted for the stdlib's
+    signature (mpsysv queues need no context).
+
+    *name* names the queue so that any process of the user can reach it: with
+    ``create=True`` a new queue is made (``FileExistsError`` if the name is taken);
+    without it the existing queue of that name is opened (``FileNotFoundError`` if there
+    is none). A named queue and its contents outlive every process until ``unlink()``.
+    An anonymous queue lives as long as some process holds it.
+
+    With *strict* true, ``put()`` raises the error of an object that cannot be pickled
+    instead of reporting it through ``_on_queue_feeder_error()``. *mode* holds the
+    permission bits of the kernel objects (0o600: this user only).
+
+    Handles pickle: a queue can be passed to any process of the same user, also through
+    another queue. ``Queue[int]`` and the like are accepted for type annotations.
+    """
 
     _kind = KIND_QUEUE
 
 
-class JoinableQueue(Queue, _stdlib.JoinableQueue):
-    """A ``Queue`` that counts unfinished tasks: ``task_done()`` and ``join()``."""
+class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
+    """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+
+    A ``Queue`` that counts unfinished tasks, as ``multiprocessing.JoinableQueue``: each
+    ``put()`` adds one, each ``task_done()`` takes one away, and ``join()`` waits until
+    none is left. The arguments are those of ``Queue``.
+    """
 
     _kind = KIND_JOINABLE
 
     def task_done(self) -> None:
+        """Indicate that a formerly got task is complete.
+
+        Used by consumers: for each ``get()`` that fetched a task, a call to
+        ``task_done()`` tells the queue that its processing is complete. Raises
+        ``ValueError`` if called more times than there were objects put.
+        """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         self._chan.counts.task_done()
 
     def join(self) -> None:
+        """Block until every object put on the queue has been got and processed (a
+        ``task_done()`` for each)."""
         self._chan.counts.join_tasks()
 
 
-class SimpleQueue(_Base, _stdlib.SimpleQueue):
-    """The stdlib's minimal queue: put, get, empty, close.
+class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
+    """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600)
+
+    The stdlib's minimal queue: put, get, empty, close; the arguments are those of
+    ``Queue``, without *maxsize*.
 
     As the stdlib's, ``put()`` raises pickling errors (it has no feeder to report
     them; pass ``strict=False`` for the Queue behaviour) and a closed queue raises
@@ -488,21 +604,24 @@ class SimpleQueue(_Base, _stdlib.SimpleQueue):
     _kind = KIND_SIMPLE
 
     def __init__(self, *, ctx: Any = None, name: Optional[str] = None, create: bool = False,
-                 strict: bool = True, mode: int = 0o600, zero_copy: bool = True):
+                 strict: bool = True, mode: int = 0o600, zero_copy: bool = True) -> None:
         super().__init__(0, ctx=ctx, name=name, create=create, strict=strict, mode=mode,
                          zero_copy=zero_copy)
 
-    def put(self, obj, *, mtype: int = 1) -> None:
+    def put(self, obj: T, *, mtype: int = 1) -> None:  # type: ignore[override]
+        """Put *obj* into the queue (never blocks)."""
         if self._closed:
             raise OSError(f"handle is closed: SimpleQueue {self!r}")
         super().put(obj, mtype=mtype)
 
-    def get(self, *, mtype: int = 0):
+    def get(self, *, mtype: int = 0) -> T:  # type: ignore[override]
+        """Remove and return an object from the queue, waiting until there is one."""
         if self._closed:
             raise OSError(f"handle is closed: SimpleQueue {self!r}")
         return super().get(mtype=mtype)
 
     def empty(self) -> bool:
+        """Return True if the queue is empty, False otherwise."""
         return self.qsize() == 0
 
 

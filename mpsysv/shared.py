@@ -19,7 +19,7 @@ import sys
 import time
 import types
 import weakref
-from typing import Iterable, Iterator, NoReturn, Optional
+from typing import Generic, Iterable, Iterator, NoReturn, Optional, TypeVar
 
 from ._gc import collect as _gc
 from ._ipc import libc as L
@@ -150,7 +150,9 @@ class SharedMemory:
 
     def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
                  track: Optional[bool] = None, readonly: bool = False, mode: int = 0o600,
-                 hugetlb: bool = False):
+                 hugetlb: bool = False) -> None:
+        """Create a new segment (*create* true, with *size* bytes) or attach the one
+        called *name* (see the class for the keyword arguments)."""
         size = _check_size(size, create)
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
@@ -165,9 +167,10 @@ class SharedMemory:
     # --- the stdlib's API ---------------------------------------------------------------
 
     @property
-    def buf(self) -> Optional[memoryview]:
-        """The segment's bytes (read-only after ``readonly=True``); None after close()."""
-        return self._buf
+    def buf(self) -> memoryview:
+        """The segment's bytes (read-only after ``readonly=True``); None after close(),
+        as the stdlib's (typed, as the stdlib's, for an open segment)."""
+        return self._buf  # type: ignore[return-value]
 
     @property
     def name(self) -> Optional[str]:
@@ -272,6 +275,7 @@ class SharedMemory:
 
     @property
     def readonly(self) -> bool:
+        """True when this handle attached the segment read-only (``readonly=True``)."""
         return self._readonly
 
     def stat(self) -> SegmentStat:
@@ -487,6 +491,8 @@ _INT, _FLOAT, _BOOL, _NONE, _STR, _BYTES = range(1, 7)
 _CODES = {int: _INT, float: _FLOAT, bool: _BOOL, type(None): _NONE, str: _STR, bytes: _BYTES}
 _FIXED_FORMATS = {_INT: "q", _FLOAT: "d", _BOOL: "xxxxxxx?", _NONE: "xxxxxx?x"}
 _Q = struct.Struct("<q")
+# What a ShareableList holds, for type checkers (as the stdlib's stubs spell it).
+_SLT = TypeVar("_SLT", int, float, bool, str, bytes, None)
 _D = struct.Struct("<d")
 _ALIGN = 8
 
@@ -512,7 +518,7 @@ def _slot_size(item, blob) -> int:
     return size if len(blob) <= size else _ALIGN * (len(blob) // _ALIGN + 1)
 
 
-class ShareableList:
+class ShareableList(Generic[_SLT]):
     """A fixed-length list of int, float, bool, str, bytes and None in a SharedMemory.
 
     The stdlib's API: ``ShareableList(sequence)`` creates (random name, or ``name=``),
@@ -526,7 +532,8 @@ class ShareableList:
     """
 
     def __init__(self, sequence: Optional[Iterable] = None, *, name: Optional[str] = None,
-                 track: bool = True):
+                 track: bool = True) -> None:
+        """Create a list holding the items of *sequence*, or attach the list called *name*."""
         if name is None or sequence is not None:
             items = [] if sequence is None else list(sequence)
             encoded = [_encode(item) for item in items]
@@ -620,7 +627,6 @@ class ShareableList:
                 return position
         raise ValueError(f"{value!r} not in this container")
 
-    __class_getitem__ = classmethod(types.GenericAlias)
 
     def _layout(self, n: int, offsets: list) -> None:
         self._n, self._offsets = n, offsets
@@ -667,12 +673,15 @@ class SharedMemoryManager:
     received the manager by pickling. Only the process that started it unlinks.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
+        """Create a manager; ``start()`` (or ``with``) makes it ready to create blocks."""
         self._prefix: Optional[str] = None
         self._owner = 0
-        self._finalizer = None
+        self._finalizer: Optional[weakref.finalize] = None  # type: ignore[type-arg]
 
     def start(self) -> None:
+        """Start the manager in this process (no server process is needed); raises
+        ``ValueError`` if it was started already."""
         if self._prefix is not None:
             raise ValueError("SharedMemoryManager is already started")
         self._prefix = random_name("mpsysvmgr-") + "-"

@@ -201,7 +201,7 @@ def assert_reclaimed(q) -> None:
             # the kernel frees it at that writer's last detach.)
             found = {o.id for o in _gc.scan(inspect=True).objects
                      if o.role == _gc.QUEUE_PARCEL and o.queue == q._chan.ctl_id
-                     and not o.mode & _gc._SHM_DEST}
+                     and not o.mode & _gc.SHM_DEST}
             assert found == listed, f"parcel segments not in the table: {found - listed}"
             return
         if time.monotonic() > deadline:

@@ -239,7 +239,11 @@ def test_real_command_line_round_trip():
         def cli(*argv):
             return subprocess.run([sys.executable, "-m", "mpsysv", *argv],
                                   capture_output=True, text=True, timeout=60)
+        # Without --attach, the parcel no process has attached is not read (nor listed).
         listed = json.loads(cli("ls", "--json").stdout)
+        assert sum(r["state"] == "garbage" for r in listed) == 3
+        assert "not read" in cli("ls").stdout
+        listed = json.loads(cli("ls", "--attach", "--json").stdout)
         assert sum(r["state"] == "garbage" for r in listed) == 4
         assert any(r["id"] == q._chan.ctl_id and r["state"] == "live" for r in listed)
         cleaned = cli("clean")
@@ -265,5 +269,208 @@ def test_stat_keeps_the_stream_marker_apart_from_the_parcel_table(capsys):
                                         "stream_id": 1234, "state": "streaming"}
         assert q.get(timeout=5) == b"p" * 100_000
     finally:
+        q.close()
+        q.unlink()
+
+
+# --- what a new user meets first --------------------------------------------------------
+
+def cli(*argv, **kwargs):
+    """The real ``python -m mpsysv`` in a subprocess (in this test's IPC namespace)."""
+    if "stdout" not in kwargs:
+        kwargs["capture_output"] = True
+    return subprocess.run([sys.executable, "-m", "mpsysv", *argv], text=True, timeout=60,
+                          **kwargs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "--workers must be at least 1, not 0"),
+    (["--jobs", "-5"], "--jobs must be at least 1, not -5"),
+    (["--jobs", "many"], "--jobs must be an integer, not 'many'"),
+])
+def test_demo_refuses_counts_that_would_hang_or_make_no_sense(argv, message):
+    out = cli("demo", *argv)
+    assert out.returncode == _admin.EXIT_USAGE
+    assert out.stderr.splitlines()[-1] == f"python -m mpsysv demo: error: argument {argv[0]}: " \
+                                          f"{message}"
+
+
+def test_demo_options_and_every_command_have_help_text():
+    demo = cli("demo", "--help").stdout
+    assert "how many jobs" in demo and "how many worker processes" in demo
+    top = cli("--help")
+    assert top.returncode == 0
+    assert "(later)" not in top.stdout and "``" not in top.stdout
+    for command in ("demo", "run", "ls", "stat", "clean", "rm"):
+        assert command in top.stdout
+
+
+def test_version_is_printed():
+    import mpsysv
+
+    out = cli("--version")
+    assert (out.returncode, out.stdout.strip()) == (0, f"mpsysv {mpsysv.__version__}")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    seg = SharedMemory(unique_name("pipe"), create=True, size=100)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = cli("stat", seg.name, stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+        seg.close()
+        seg.unlink()
+    assert out.returncode == 1
+    assert out.stderr == ""
+
+
+def test_every_error_has_one_prefix():
+    assert cli("stat", "nothing-here").stderr.startswith("python -m mpsysv stat: error: ")
+    assert cli("rm", "0xzz").stderr.startswith("python -m mpsysv rm: error: ")
+    assert cli("rm").stderr.splitlines()[-1].startswith("python -m mpsysv rm: error: ")
+    assert cli("run", "/no/such/file.py").stderr.startswith("python -m mpsysv run: error: ")
+
+
+def test_rm_of_a_segment_removed_already_fails(capsys):
+    seg = SharedMemory(unique_name("rmtwice"), create=True, size=100)
+    try:
+        code, out, _ = run(capsys, "rm", seg.name)
+        assert code == 0 and "removed shm" in out
+        code, out, err = run(capsys, "rm", str(seg.id), "--type", "shm")
+        assert code == _admin.EXIT_FAILED and out == ""
+        assert err.startswith("python -m mpsysv rm: error: ")
+        assert "was removed already" in err and "1 process(es) attached" in err
+    finally:
+        seg.close()
+
+
+def test_unlinked_queues_and_segments_show_the_same_state(capsys):
+    q = Queue(name=unique_name("unl"), create=True)
+    seg = SharedMemory(unique_name("unl"), create=True, size=100)
+    try:
+        q.unlink()
+        seg.unlink()
+        rows = {(r["kind"], r["id"]): r for r in run_json(capsys, "ls")}
+        ctl, segment = rows[("shm", q._chan.ctl_id)], rows[("shm", seg.id)]
+        assert ctl["state"] == segment["state"] == "unlinked"
+        assert ctl["reason"] == segment["reason"]
+    finally:
+        seg.close()
+        q.close()
+
+
+def test_stat_prints_keys_in_hex_and_times_readable(capsys):
+    foreign = L.msgget(0x9EADBEEF, L.IPC_CREAT | 0o600)
+    seg = SharedMemory(unique_name("hex"), create=True, size=100)
+    try:
+        code, out, _ = run(capsys, "stat", str(foreign), "--type", "msg")
+        assert code == 0
+        assert "key: 0x9eadbeef" in out and "-1632780305" not in out and "key: -" not in out
+        code, out, _ = run(capsys, "stat", seg.name)
+        (created,) = [line.split(": ", 1)[1] for line in out.splitlines()
+                      if line.strip().startswith("created_ns:")]
+        assert created[:2] == "20" and created[4] == "-" and created[13] == ":", created
+    finally:
+        L.msgctl(foreign, L.IPC_RMID, None)
+        seg.close()
+        seg.unlink()
+
+
+def _hold_a_queue_and_a_segment(names, ready, done, ids):
+    """A fork child's work: hold both objects until *done* (the test process itself must
+    not map them: a fork of a process that maps a segment sets its shm_lpid)."""
+    q = Queue(name=names[0], create=True)
+    q.put("x")
+    seg = SharedMemory(names[1], create=True, size=100)
+    ids.put((q._chan.ctl_id, q._chan.semid, seg.id))
+    ready.set()
+    done.wait(60)
+    seg.close()
+    seg.unlink()
+    q.unlink()
+    q.close()
+
+
+def test_ls_and_stat_change_nothing_about_the_objects_they_read():
+    from mpsysv._queue.layout import SEM_HOLDERS
+    from mpsysv.primitives import Segment, SemaphoreSet
+
+    from .helpers import fork
+
+    names = (unique_name("ro"), unique_name("ro"))
+    ready, done, ids = fork.Event(), fork.Event(), fork.SimpleQueue()
+    holder = fork.Process(target=_hold_a_queue_and_a_segment, args=(names, ready, done, ids))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        ctl_id, semid, seg_id = ids.get()
+
+        def seen():
+            ctl, shm = Segment(id=ctl_id).stat(), Segment(id=seg_id).stat()
+            return (ctl.shm_lpid, ctl.shm_atime, ctl.shm_nattch, shm.shm_lpid, shm.shm_atime,
+                    SemaphoreSet(id=semid).getpid(SEM_HOLDERS))
+        before = seen()
+        for argv in (["ls"], ["ls", "--json"], ["stat", names[0]], ["stat", names[1]]):
+            out = cli(*argv)
+            assert out.returncode == 0, out.stderr
+            assert all(name in out.stdout for name in (set(argv) & set(names) or names))
+        assert seen() == before
+    finally:
+        done.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+
+
+def _ls_as_nobody(*argv) -> str:
+    """What ``ls`` prints for user nobody (a forked child that drops root)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.dup2(write_end, 1)
+            sys.stdout = os.fdopen(1, "w")
+            main(["ls", *argv])
+            sys.stdout.flush()
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to look as another user")
+def test_a_queue_another_user_cannot_read_is_shown_as_unreadable_not_anonymous():
+    q = Queue(name=unique_name("other"), create=True)
+    try:
+        rows = json.loads(_ls_as_nobody("--json"))
+        (ctl,) = [r for r in rows if r["id"] == q._chan.ctl_id and r["kind"] == "shm"]
+        assert ctl["state"] == "unknown" and "not readable by this user" in ctl["reason"]
+        table = _ls_as_nobody()
+        assert "(anonymous)" not in table and " ? " in table
+    finally:
+        q.close()
+        q.unlink()
+
+
+def test_stat_of_a_name_honours_the_type(capsys):
+    q = Queue(name=unique_name("typed"), create=True)
+    seg = SharedMemory(unique_name("typed"), create=True, size=100)
+    try:
+        report = run_json(capsys, "stat", q.name, "--type", "msg")
+        assert [o["role"] for o in report["objects"]][:2] == ["queue", "queue.main"]
+        code, _, err = run(capsys, "stat", seg.name, "--type", "msg")
+        assert code == _admin.EXIT_NOT_FOUND and "(--type msg)" in err
+        code, _, _ = run(capsys, "stat", seg.name, "--type", "sem")
+        assert code == _admin.EXIT_NOT_FOUND
+        assert run_json(capsys, "stat", seg.name, "--type", "segment")["role"] == "shm"
+    finally:
+        seg.close()
+        seg.unlink()
         q.close()
         q.unlink()

@@ -98,6 +98,28 @@ class ContextTest(unittest.TestCase):
         del pool
         gc.collect()
 
+    def _mpsysv_threads(self):
+        return [t.name for t in threading.enumerate() if t.name.startswith("mpsysv")]
+
+    def test_no_mpsysv_thread_outlives_a_with_pool_block(self):
+        self.assertEqual(self._mpsysv_threads(), [])
+        with mpsysv.get_context("fork").Pool(2) as pool:
+            self.assertEqual(pool.map(_square, range(10)), [x * x for x in range(10)])
+            self.assertIn("mpsysv.ReaderWatcher", self._mpsysv_threads())
+        # The pool object is still referenced here: its threads must be gone anyway.
+        self.assertEqual(self._mpsysv_threads(), [])
+        del pool
+        gc.collect()
+
+    def test_no_mpsysv_thread_outlives_a_with_pool_block_of_a_patched_program(self):
+        with mpsysv.patched():
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                self.assertIsInstance(pool._outqueue, SimpleQueue)
+                self.assertEqual(pool.map(_square, range(4)), [0, 1, 4, 9])
+            self.assertEqual(self._mpsysv_threads(), [])
+        del pool
+        gc.collect()
+
 
 class ReaderTest(unittest.TestCase):
     def setUp(self):

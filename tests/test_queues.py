@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import typing
 import unittest
 
 import pytest
@@ -381,6 +382,15 @@ class BatchTest(unittest.TestCase):
         self.assertFalse(q.full())
         q.close()
 
+    def test_blocking_put_many_of_more_objects_than_maxsize_raises_instead_of_hanging(self):
+        q = Queue(3)
+        with self.assertRaisesRegex(ValueError, "maxsize 3.*groups of at most 3"):
+            q.put_many(range(300))
+        self.assertEqual(q.qsize(), 0)
+        q.put_many(range(3))  # (the queue is still usable, its slots intact)
+        self.assertEqual(q.get_many(10), [0, 1, 2])
+        q.close()
+
     def test_typed_batches(self):
         q = Queue()
         q.put_many(["a1", "a2"], mtype=5)
@@ -646,12 +656,41 @@ class RemovedQueueTest(unittest.TestCase):
         q = Queue()
         chan = q._chan
         threading.Timer(0.3, lambda: os.system(f"ipcrm -q {chan.main_qid}")).start()
-        with self.assertRaisesRegex(mpsysv.RemovedError, "removed"):
+        with self.assertRaisesRegex(mpsysv.RemovedError, "removed") as caught:
             q.get(timeout=10)
+        message = str(caught.exception)
+        self.assertEqual(message.count("removed"), 2, message)  # "was removed ... (removed by"
+        self.assertNotIn("removed while in use: it was removed while in use", message)
         with self.assertRaises(OSError):
             q.get()
         q.unlink()
         q.close()
+
+
+_DROP_UNSENT = """
+    import gc, mpsysv, sys, warnings
+    warnings.simplefilter("always")
+    q = mpsysv.Queue()
+    for _ in range(100):
+        q.put(b"x" * 1000)  # more than the kernel queue holds: most wait in the feeder
+    {how}
+    print("done")
+"""
+
+
+class UnsentObjectsAtExitTest(unittest.TestCase):
+    def _run(self, how):
+        code = textwrap.dedent(_DROP_UNSENT).format(how=how)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+    def test_cancel_join_thread_drops_unsent_objects_without_blaming_anyone(self):
+        for how in ("q.close(); q.cancel_join_thread()",
+                    "q.close(); q.cancel_join_thread(); del q; gc.collect()"):
+            out = self._run(how)
+            self.assertEqual((out.returncode, out.stdout.strip()), (0, "done"), out.stderr)
+            self.assertNotIn("Warning", out.stderr)
+            self.assertNotIn("ipcrm", out.stderr)
 
 
 def _worker(jq, results):
@@ -738,7 +777,9 @@ def test_queues_are_the_stdlib_types_without_running_any_stdlib_queue_code():
         for name in set(vars(theirs)) - plumbing - {"__dict__", "__weakref__", "__module__",
                                                     "__doc__"}:
             owner = next(c for c in ours.__mro__ if name in vars(c))
-            assert owner.__module__ == "mpsysv.queues", f"{ours.__name__}.{name} is the stdlib's"
+            # (Queue[int]: the classes are typing.Generic, which answers the subscript.)
+            assert owner.__module__ == "mpsysv.queues" or owner is typing.Generic, \
+                f"{ours.__name__}.{name} is the stdlib's"
     assert issubclass(JoinableQueue, Queue)
     q = Queue()
     try:

@@ -16,12 +16,12 @@ import os
 import pwd
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from .._ipc import libc as L
 from .._ipc import names as _names
 from .._ipc.errors import raise_errno
-from .._ipc.procs import alive, ipc_table
+from .._ipc.procs import SegmentMappings, alive, ipc_table
 from .._ipc.futex import PosixSemaphore
 from .._queue import layout as _layout
 from .._queue import parcels as _parcels
@@ -38,7 +38,7 @@ FOREIGN = "foreign"
 _SUB_ROLES = {1: QUEUE_MAIN, 2: QUEUE_STREAM, 3: QUEUE_SEMS}
 _SUB_KIND = {1: "msg", 2: "msg", 3: "sem"}
 _SHM_ROLES = {_tracker.PURPOSE_SHARED_MEMORY: SHM, _tracker.PURPOSE_SHAREABLE_LIST: SHAREABLE_LIST}
-_SHM_DEST = 0o1000
+SHM_DEST = 0o1000
 # A control segment's header can be read only while no holder is deciding whether it
 # is the last one (that decision counts attachments): under the queue's holders lock.
 _LOCK_TIMEOUT = 1.0
@@ -86,7 +86,7 @@ class IpcObject:
             return f"{f['cbytes']} B/{f['qnum']} msg"
         return f"{f['nsems']} sems"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"kind": self.kind, "id": self.id, "key": self.key, "key_hex": f"{self.key:#010x}",
                 "role": self.role, "name": self.name, "queue": self.queue, "owner": self.owner,
                 "uid": self.uid, "mode": f"{self.mode & 0o777:o}",
@@ -124,7 +124,7 @@ class Scan:
 def _read_table(kind: str) -> List[IpcObject]:
     rows = []
     for cols in ipc_table(kind):
-        ident = cols.get("msqid", cols.get("semid", cols.get("shmid")))
+        ident = cols.get("msqid", cols.get("semid", cols.get("shmid", -1)))
         rows.append(IpcObject(kind, ident, cols["key"], cols["perms"], cols["uid"],
                               cols["cuid"], cols))
     return rows
@@ -140,40 +140,59 @@ def process_alive(pid: int, started_before: Optional[float] = None,
 # --- reading mpsysv's own headers --------------------------------------------------------
 
 def _attach_readonly(shm_id: int) -> Optional[int]:
-    address = L.shmat(shm_id, None, L.SHM_RDONLY)
+    address: Optional[int] = L.shmat(shm_id, None, L.SHM_RDONLY)
     if address is None or address == _FAILED:
         return None
     return address
 
 
-def _read_queue_header(ctl: IpcObject, semid: Optional[int]) -> Optional[dict]:
-    """The control segment's header and counters, read under the queue's holders lock
-    (so that no holder miscounts the attachments while this process is attached).
-    None when it cannot be read (permissions, or the lock is busy)."""
+class Attaching:
+    """Reads a segment by attaching it read-only for a moment: what the collection, ``clean``
+    and ``rm`` do. Changes the segment's ``shm_atime``, ``shm_dtime`` and ``shm_lpid``;
+    ``ls`` and ``stat`` read through ``SegmentMappings`` instead, which changes nothing."""
+
+    def read(self, shmid: int, key: int, offset: int, size: int) -> Optional[bytes]:
+        address = _attach_readonly(shmid)
+        if address is None:
+            return None
+        try:
+            return ctypes.string_at(address + offset, size)
+        finally:
+            L.shmdt(address)
+
+
+Reader = Union[Attaching, SegmentMappings]
+
+
+def _counter_values(raw: bytes) -> List[int]:
+    """The control segment's POSIX semaphores' values, read from a copy of its bytes."""
+    copy = ctypes.create_string_buffer(raw, len(raw))
+    base = ctypes.addressof(copy)
+    return [PosixSemaphore(base + off).value for off in _layout.SEM_OFFS]
+
+
+def _read_queue_header(ctl: IpcObject, semid: Optional[int],
+                       reader: Reader) -> Optional[Dict[str, Any]]:
+    """The control segment's header and counters; when *reader* attaches, under the
+    queue's holders lock (so that no holder miscounts the attachments while this process
+    is attached). None when it cannot be read (permissions, or the lock is busy)."""
     locked = False
-    if semid is not None:
+    if semid is not None and isinstance(reader, Attaching):
         op = L.sembuf(_layout.SEM_HOLDERS, -1, L.SEM_UNDO)
         ts = L.relative_timespec(_LOCK_TIMEOUT)
         if L.semtimedop(semid, L.byref(op), 1, L.byref(ts)) == -1:
             return None
         locked = True
     try:
-        address = _attach_readonly(ctl.id)
-        if address is None:
-            return None
-        try:
-            raw = ctypes.string_at(address, _layout.CTL_SIZE)
-            counters = [PosixSemaphore(address + off).value for off in _layout.SEM_OFFS]
-        finally:
-            L.shmdt(address)
+        raw = reader.read(ctl.id, ctl.key, 0, _layout.CTL_SIZE)
     finally:
         if locked:
             op = L.sembuf(_layout.SEM_HOLDERS, 1, L.SEM_UNDO)
             L.semop(semid, L.byref(op), 1)
-    return _parse_queue_header(raw, counters)
+    return None if raw is None else _parse_queue_header(raw, _counter_values(raw))
 
 
-def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
+def _parse_queue_header(raw: bytes, counters: List[int]) -> Dict[str, Any]:
     info = _layout.describe(raw, counters)
     if "journal" in info:
         info["journal"] = [{"pid": e["pid"], "start_ticks": e["start_ticks"],
@@ -182,31 +201,32 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> dict:
     return info
 
 
-def _read_trailer(seg: IpcObject) -> Optional[_tracker.Identity]:
+def _read_trailer(seg: IpcObject, reader: Reader) -> Optional[_tracker.Identity]:
     size = seg.fields["size"]
     if size < _tracker.TRAILER_SIZE:
         return None
-    address = _attach_readonly(seg.id)
-    if address is None:
+    raw = reader.read(seg.id, seg.key, size - _tracker.TRAILER_SIZE, _tracker.TRAILER_SIZE)
+    if raw is None:
         return None
-    try:
-        raw = ctypes.string_at(address + size - _tracker.TRAILER_SIZE, _tracker.TRAILER_SIZE)
-    finally:
-        L.shmdt(address)
     identity = _tracker.parse_identity(raw)
     if identity is None or identity.size + _tracker.TRAILER_SIZE != size:
         return None
     return identity
 
 
-def _ctl_magic_is_blank(ctl: IpcObject) -> bool:
-    address = _attach_readonly(ctl.id)
-    if address is None:
-        return False
-    try:
-        return not ctypes.string_at(address, 8).strip(b"\0")
-    finally:
-        L.shmdt(address)
+def _ctl_magic_is_blank(ctl: IpcObject, reader: Reader) -> bool:
+    magic = reader.read(ctl.id, ctl.key, 0, 8)
+    return magic is not None and not magic.strip(b"\0")
+
+
+def _unread_reason(ctl: IpcObject, reader: Reader) -> str:
+    if isinstance(reader, SegmentMappings) and ctl.fields["nattch"] == 0:
+        return ("no process has it attached, so it was not read (`ls --attach` attaches it "
+                "read-only for a moment)")
+    if os.geteuid() not in (0, ctl.uid, ctl.cuid):
+        return (f"not readable by this user (it belongs to {ctl.owner}, mode "
+                f"{ctl.mode & 0o777:o})")
+    return "header not readable (permissions, or its queue's state lock is busy)"
 
 
 # --- classification ----------------------------------------------------------------------
@@ -223,12 +243,15 @@ def _slot(ident: int) -> Tuple[int, int]:
     return parsed[1], parsed[2]
 
 
-def scan(*, inspect: bool = True, uid: Optional[int] = None) -> Scan:
+def scan(*, inspect: bool = True, uid: Optional[int] = None, attach: bool = True) -> Scan:
     """Classify every object of this IPC namespace.
 
-    *inspect* attaches every readable segment for a moment to read its header or
-    trailer (what ``ls`` shows); without it only the segments that may be garbage are
-    read, which keeps the automatic collection cheap. The tables are read in the order
+    *inspect* reads every readable segment's header or trailer (what ``ls`` shows);
+    without it only the segments that may be garbage are read, which keeps the automatic
+    collection cheap. Segments are read by attaching them read-only for a moment, or,
+    with ``attach=False``, only through the memory of a process that has them attached
+    (``SegmentMappings``: nothing about the objects changes, and a segment no process
+    has attached is classified from the kernel's tables alone). The tables are read in the order
     message queues, semaphore sets, segments: a queue makes its control segment before
     its other objects, so any queue object seen has its control segment listed after
     it unless that segment is really gone. With *uid*, segments of other users are not
@@ -273,18 +296,19 @@ def scan(*, inspect: bool = True, uid: Optional[int] = None) -> Scan:
                               "not removed automatically (`python -m mpsysv rm ID` does)")
 
     shm_ids = {s.id for s in shms}
+    reader: Reader = Attaching() if attach else SegmentMappings()
     for seg in shms:
         if uid is not None and uid not in (seg.uid, seg.cuid):
             continue
         if seg.id in ctls:
-            _classify_ctl(seg, groups.get(_slot(seg.id), {}), inspect)
+            _classify_ctl(seg, groups.get(_slot(seg.id), {}), inspect, reader)
         elif seg.key == 0 and (inspect or _may_be_orphan_parcel(seg)):
-            if not _classify_parcel(seg, shm_ids):
-                _classify_segment(seg, inspect)
+            if not _classify_parcel(seg, shm_ids, reader):
+                _classify_segment(seg, inspect, reader)
         elif inspect or _may_be_garbage_segment(seg):
-            _classify_segment(seg, inspect)
+            _classify_segment(seg, inspect, reader)
     for seg in shms:
-        owner = ctls.get(seg.queue) if seg.role == QUEUE_PARCEL else None
+        owner = ctls.get(seg.queue) if seg.role == QUEUE_PARCEL and seg.queue else None
         if owner is not None:
             seg.name = owner.name
     for ctl in ctls.values():
@@ -292,18 +316,19 @@ def scan(*, inspect: bool = True, uid: Optional[int] = None) -> Scan:
             obj.name, obj.holders = ctl.name, ctl.holders
             obj.creator_pid, obj.created = ctl.creator_pid, ctl.created
             obj.creator_alive = ctl.creator_alive
-            if ctl.state in ("garbage", "persistent"):
+            if ctl.state in ("garbage", "persistent", "unknown"):
                 obj.state, obj.reason = ctl.state, ctl.reason
     return Scan(msgs + sems + shms)
 
 
-def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) -> None:
+def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool,
+                  reader: Reader) -> None:
     f = ctl.fields
     ctl.holders = f["nattch"]
     ctl.creator_pid = f["cpid"] or None
     blank_named = (ctl.key != 0 and f["size"] == _layout.CTL_SIZE and f["nattch"] == 0
                    and f["cpid"] and not process_alive(f["cpid"]) and len(members) >= 2)
-    if blank_named and _ctl_magic_is_blank(ctl):
+    if blank_named and _ctl_magic_is_blank(ctl, reader):
         ctl.state = "garbage"
         ctl.creator_alive = False
         ctl.reason = ("a named queue whose creator died while creating it (its name could "
@@ -312,9 +337,9 @@ def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) 
     if not inspect:
         return
     sems = members.get(3)
-    header = _read_queue_header(ctl, sems.id if sems is not None else None)
+    header = _read_queue_header(ctl, sems.id if sems is not None else None, reader)
     if header is None:
-        ctl.state, ctl.reason = "unknown", "header not readable (permissions or busy)"
+        ctl.state, ctl.reason = "unknown", _unread_reason(ctl, reader)
         return
     ctl.view = header
     if "version" not in header:
@@ -327,7 +352,7 @@ def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) 
     same_ns = f["cpid"] == header["creator_pid"]
     ctl.creator_alive = (process_alive(header["creator_pid"], header["created"])
                          if same_ns else None)
-    if header["named"] and ctl.mode & _SHM_DEST:
+    if header["named"] and ctl.mode & SHM_DEST:
         ctl.state = "unlinked"
         ctl.reason = "removed by name; the kernel frees it when its last holder detaches"
         return
@@ -346,25 +371,21 @@ def _classify_ctl(ctl: IpcObject, members: Dict[int, IpcObject], inspect: bool) 
 def _may_be_garbage_segment(seg: IpcObject) -> bool:
     """A cheap filter: unattached, not being removed, created by a process that is gone."""
     f = seg.fields
-    return (f["nattch"] == 0 and not seg.mode & _SHM_DEST and f["cpid"] != 0
+    return (f["nattch"] == 0 and not seg.mode & SHM_DEST and f["cpid"] != 0
             and f["size"] >= _tracker.TRAILER_SIZE and not process_alive(f["cpid"]))
 
 
 def _may_be_orphan_parcel(seg: IpcObject) -> bool:
-    return seg.fields["nattch"] == 0 and not seg.mode & _SHM_DEST
+    return seg.fields["nattch"] == 0 and not seg.mode & SHM_DEST
 
 
-def _classify_parcel(seg: IpcObject, shm_ids: set) -> bool:
+def _classify_parcel(seg: IpcObject, shm_ids: Set[int], reader: Reader) -> bool:
     """True when *seg* is a parcel (a large object, or a pooled segment, of a queue)."""
     if seg.fields["size"] < _parcels.HEADER.size:
         return False
-    address = _attach_readonly(seg.id)
-    if address is None:
+    raw = reader.read(seg.id, seg.key, 0, _parcels.HEADER.size)
+    if raw is None:
         return False
-    try:
-        raw = ctypes.string_at(address, _parcels.HEADER.size)
-    finally:
-        L.shmdt(address)
     magic, owner, writer, created = _parcels.HEADER.unpack(raw)[:4]
     if magic != _parcels.MAGIC:
         return False
@@ -373,30 +394,24 @@ def _classify_parcel(seg: IpcObject, shm_ids: set) -> bool:
     seg.creator_alive = process_alive(writer, created)
     seg.view = {"magic": magic.decode(), "queue_control_segment": owner, "writer_pid": writer,
                 "created": created}
-    if owner not in shm_ids and seg.fields["nattch"] == 0 and not seg.mode & _SHM_DEST:
+    if owner not in shm_ids and seg.fields["nattch"] == 0 and not seg.mode & SHM_DEST:
         seg.state = "garbage"
         seg.reason = ("a parcel (large object or pooled segment) of a queue that is gone: "
                       "every process that held the queue exited or was killed")
     return True
 
 
-def _classify_segment(seg: IpcObject, inspect: bool) -> None:
+def _classify_segment(seg: IpcObject, inspect: bool, reader: Reader) -> None:
     f = seg.fields
     seg.holders = f["nattch"]
     if inspect and f["size"] == _layout.CTL_SIZE:
-        address = _attach_readonly(seg.id)
-        if address is not None:
-            try:
-                magic = ctypes.string_at(address, 8)
-            finally:
-                L.shmdt(address)
-            if magic == _layout.MAGIC:
-                # A queue without its message queues: they were removed from outside.
-                seg.role = QUEUE
-                seg.queue = seg.id
-                _classify_ctl(seg, {}, inspect)
-                return
-    identity = _read_trailer(seg)
+        if reader.read(seg.id, seg.key, 0, 8) == _layout.MAGIC:
+            # A queue without its message queues: they were removed from outside.
+            seg.role = QUEUE
+            seg.queue = seg.id
+            _classify_ctl(seg, {}, inspect, reader)
+            return
+    identity = _read_trailer(seg, reader)
     if identity is None:
         return
     seg.role = _SHM_ROLES.get(identity.purpose, SHM)
@@ -415,8 +430,9 @@ def _classify_segment(seg: IpcObject, inspect: bool) -> None:
                 "creator_pid": identity.creator_pid, "creator_start_ticks": identity.creator_start,
                 "created_ns": identity.ctime_ns, "tracker_pid": identity.tracker_pid,
                 "tracker_start_ticks": identity.tracker_start, "tracker_alive": tracker_alive}
-    if seg.mode & _SHM_DEST:
-        seg.state, seg.reason = "live", "unlinked; freed when the last process detaches"
+    if seg.mode & SHM_DEST:
+        seg.state = "unlinked"
+        seg.reason = "removed by name; the kernel frees it when its last holder detaches"
     elif not tracked:
         seg.state = "persistent"
         seg.reason = "track=False: it lives until unlink() or `python -m mpsysv rm`"
@@ -431,15 +447,15 @@ def _classify_segment(seg: IpcObject, inspect: bool) -> None:
 def _still_same(obj: IpcObject) -> bool:
     """The id still names the object that was classified (same key, nothing attached)."""
     if obj.kind == "msg":
-        ds = L.msqid_ds()
-        if L.msgctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
+        msq = L.msqid_ds()
+        if L.msgctl(obj.id, L.IPC_STAT, L.byref(msq)) == -1:
             return False
-        return ds.msg_perm.key & 0xFFFFFFFF == obj.key
+        return bool(msq.msg_perm.key & 0xFFFFFFFF == obj.key)
     if obj.kind == "sem":
-        ds = L.semid_ds()
-        if L.semctl(obj.id, 0, L.IPC_STAT, ctypes.addressof(ds)) == -1:
+        sem = L.semid_ds()
+        if L.semctl(obj.id, 0, L.IPC_STAT, ctypes.addressof(sem)) == -1:
             return False
-        return ds.sem_perm.key & 0xFFFFFFFF == obj.key
+        return bool(sem.sem_perm.key & 0xFFFFFFFF == obj.key)
     ds = L.shmid_ds()
     if L.shmctl(obj.id, L.IPC_STAT, L.byref(ds)) == -1:
         return False
@@ -450,7 +466,7 @@ def _still_same(obj: IpcObject) -> bool:
     if obj.role == QUEUE_PARCEL and L.shmctl(obj.queue, L.IPC_STAT, L.byref(L.shmid_ds())) == 0:
         # Its queue was created while the table was being read: a live parcel after all.
         return False
-    return ds.shm_nattch == 0
+    return bool(ds.shm_nattch == 0)
 
 
 def remove(obj: IpcObject) -> None:
@@ -475,7 +491,8 @@ _collected = False
 
 
 def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bool = False,
-                    inspect: bool = False) -> Tuple[List[IpcObject], List[Tuple[IpcObject, str]]]:
+                    inspect: bool = False
+                    ) -> Tuple[List[IpcObject], List[Tuple[Optional[IpcObject], str]]]:
     """Remove mpsysv's garbage in this IPC namespace: ``(removed, failed)``.
 
     Runs once per program (fork children inherit "done"; ``force=True`` runs again).
@@ -491,7 +508,8 @@ def collect_garbage(*, force: bool = False, dry_run: bool = False, all_users: bo
             found = scan(inspect=inspect, uid=None if all_users else os.geteuid())
         except Exception as exc:  # noqa: BLE001 - collection must never break a program
             return [], [(None, f"scan failed: {exc}")]
-        removed, failed = [], []
+        removed: List[IpcObject] = []
+        failed: List[Tuple[Optional[IpcObject], str]] = []
         # A queue's message queues and semaphore set go before its control segment.
         order = sorted(found.garbage(), key=lambda o: (o.kind == "shm", o.id))
         for obj in order:

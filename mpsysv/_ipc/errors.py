@@ -12,9 +12,11 @@ import errno
 import os
 from typing import NoReturn, Optional
 
+from .libc import limits
 from .procs import segment_owner_and_mode
 
-__all__ = ["RemovedError", "WHY_REMOVED", "raise_errno", "removed", "permission_denied"]
+__all__ = ["RemovedError", "WHY_REMOVED", "raise_errno", "removed", "permission_denied",
+           "limit_hint", "message_size_error"]
 
 
 class RemovedError(OSError):
@@ -23,8 +25,8 @@ class RemovedError(OSError):
 
 RemovedError.__module__ = "mpsysv"  # its public name (and the one pickles carry)
 
-WHY_REMOVED = ("it was removed while in use (by its last holder, `ipcrm`, `python -m mpsysv rm`, "
-               "or systemd-logind's RemoveIPC=yes at logout)")
+WHY_REMOVED = ("removed by its last holder, `ipcrm`, `python -m mpsysv rm`, or systemd-logind's "
+               "RemoveIPC=yes at logout")
 _EXC = {
     errno.EEXIST: FileExistsError,
     errno.ENOENT: FileNotFoundError,
@@ -40,12 +42,14 @@ def raise_errno(err: int, call: str, what: str, hint: str = "") -> NoReturn:
     """Raise the ``OSError`` subclass for *err*, naming the call, the object and a hint."""
     cls = _EXC.get(err, OSError)
     if err == errno.EIDRM:
-        message = f"{call}: {what} was removed: {WHY_REMOVED}"
+        message = f"{call}: {what} was removed while in use ({WHY_REMOVED})"
     elif err == errno.EINVAL and "invalid identifier" in hint:
         cls = RemovedError
-        message = f"{call}: {what} does not exist (any more): {WHY_REMOVED}"
+        message = f"{call}: {what} does not exist any more ({WHY_REMOVED})"
     else:
         message = f"{call}({what}): {os.strerror(err)}"
+        if err == errno.ENOSPC and not hint:
+            hint = limit_hint(call)
     if hint and cls is not RemovedError:
         message += f" ({hint})"
     raise cls(err, message)
@@ -53,7 +57,35 @@ def raise_errno(err: int, call: str, what: str, hint: str = "") -> NoReturn:
 
 def removed(call: str, what: str, how: str, err: int = errno.EIDRM) -> RemovedError:
     """``RemovedError`` for *what*, which *how* (e.g. "was removed while in use")."""
-    return RemovedError(err, f"{call}: {what} {how}: {WHY_REMOVED}")
+    return RemovedError(err, f"{call}: {what} {how} ({WHY_REMOVED})")
+
+
+def limit_hint(call: str) -> str:
+    """Which kernel limit an ``ENOSPC`` from *call* (msgget, semget, shmget) ran into, its
+    value, and the sysctl that raises it; "" for other calls."""
+    lim = limits()
+    if call.startswith("msgget"):
+        return (f"the kernel's msgmni={lim['msgmni']} message queues exist already: raise it "
+                "with `sysctl -w kernel.msgmni=N` (/proc/sys/kernel/msgmni); each mpsysv queue "
+                "uses two, `ipcs -q` lists them")
+    if call.startswith("semget"):
+        return (f"the kernel's semmni={lim['semmni']} semaphore sets (or semmns={lim['semmns']} "
+                "semaphores) exist already: raise them with `sysctl -w kernel.sem='SEMMSL SEMMNS "
+                "SEMOPM SEMMNI'` (/proc/sys/kernel/sem, 4th and 2nd fields); each mpsysv queue "
+                "uses one set, `ipcs -s` lists them")
+    if call.startswith("shmget"):
+        return (f"the kernel's shmmni={lim['shmmni']} segments exist already or shmall="
+                f"{lim['shmall']} pages are in use: raise them with `sysctl -w kernel.shmmni=N` "
+                "or `kernel.shmall=N`; `ipcs -m` lists the segments")
+    return ""
+
+
+def message_size_error(size: int, needed: int) -> OSError:
+    """The error for a queue whose message queues hold fewer than *needed* bytes."""
+    return OSError(errno.ENOSPC, f"msgget: a queue holds only {size} bytes, fewer than the "
+                                 f"{needed} an mpsysv queue needs: raise the kernel's msgmnb "
+                                 "(`sysctl -w kernel.msgmnb=16384`, /proc/sys/kernel/msgmnb) "
+                                 "or msgmax")
 
 
 def permission_denied(call: str, what: str, key: int, refused: str, fix: str,

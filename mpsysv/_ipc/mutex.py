@@ -126,7 +126,7 @@ class RobustMutex:
 def _check_layout() -> None:
     """At import: a mutex stays inside MUTEX_SIZE bytes, and its first word holds the
     owner's thread id (what ``free()`` reads)."""
-    raw = (ctypes.c_char * (MUTEX_SLOT + 64))(*([0xA5] * (MUTEX_SLOT + 64)))
+    raw = (ctypes.c_char * (MUTEX_SLOT + 64)).from_buffer_copy(b"\xa5" * (MUTEX_SLOT + 64))
     base = ctypes.addressof(raw)
     base += -base % 8
     mutex = RobustMutex(base, "layout probe")

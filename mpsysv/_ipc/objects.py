@@ -225,6 +225,7 @@ class MessageQueue(_Object):
 
     @property
     def current_messages(self) -> int:
+        """The number of messages in the queue now (``msg_qnum``)."""
         return self.stat().msg_qnum
 
 
@@ -360,19 +361,24 @@ class SemaphoreSet(_Object):
         return num
 
     def getval(self, num: int = 0) -> int:
+        """The value of semaphore *num* (``GETVAL``)."""
         return self._ctl(self._check_num(num), L.GETVAL, name="GETVAL")
 
     def setval(self, num: int, value: int) -> None:
+        """Set semaphore *num* to *value* (``SETVAL``; 0..SEMVMX); waiters are woken as
+        the value allows."""
         if not isinstance(value, int) or not 0 <= value <= L.SEMVMX:
             raise ValueError(f"'value' must be in 0..{L.SEMVMX}, not {value!r}")
         self._ctl(self._check_num(num), L.SETVAL, value, "SETVAL")
 
     def getall(self) -> list:
+        """The values of every semaphore of the set, in order (``GETALL``)."""
         arr = (ctypes.c_ushort * self.nsems)()
         self._ctl(0, L.GETALL, ctypes.addressof(arr), "GETALL")
         return list(arr)
 
     def setall(self, values: Iterable[int]) -> None:
+        """Set every semaphore of the set at once (``SETALL``): one value per semaphore."""
         values = list(values)
         if len(values) != self.nsems or not all(0 <= v <= L.SEMVMX for v in values):
             raise ValueError(f"'values' must be {self.nsems} ints in 0..{L.SEMVMX}")
@@ -392,12 +398,14 @@ class SemaphoreSet(_Object):
         return self._ctl(self._check_num(num), L.GETPID, name="GETPID")
 
     def stat(self) -> SemaphoreSetStat:
+        """The kernel's ``semid_ds`` for this set (``IPC_STAT``)."""
         ds = L.semid_ds()
         self._ctl(0, L.IPC_STAT, ctypes.addressof(ds), "IPC_STAT")
         return SemaphoreSetStat(ds)
 
     def set(self, *, mode: Optional[int] = None, uid: Optional[int] = None,
             gid: Optional[int] = None) -> None:
+        """Change the set's permission bits or owner (``IPC_SET``)."""
         ds = L.semid_ds()
         self._ctl(0, L.IPC_STAT, ctypes.addressof(ds), "IPC_STAT")
         if mode is not None:
@@ -441,11 +449,12 @@ class Attachment:
         self._ref = ref = weakref.ref(array, _unmap)
         _mapped[id(ref)] = (ref, address)
         view = memoryview(array).cast("B")
-        self.buf: Optional[memoryview] = view.toreadonly() if readonly else view
+        # None once detached (typed for an attached mapping, as SharedMemory.buf).
+        self.buf: memoryview = view.toreadonly() if readonly else view
 
     def detach(self) -> bool:
         """Drop this process's view; True when unmapped now, False when views still live."""
-        buf, self.buf = self.buf, None
+        buf, self.buf = self.buf, None  # type: ignore[assignment]
         if buf is not None:
             try:
                 buf.release()
@@ -505,6 +514,7 @@ class Segment(_Object):
         return Attachment(addr, self.size, readonly)
 
     def stat(self) -> SegmentStat:
+        """The kernel's ``shmid_ds`` for this segment (``IPC_STAT``)."""
         ds = L.shmid_ds()
         if L.shmctl(self.id, L.IPC_STAT, L.byref(ds)) == -1:
             self._fail("shmctl(IPC_STAT)")
@@ -512,6 +522,7 @@ class Segment(_Object):
 
     def set(self, *, mode: Optional[int] = None, uid: Optional[int] = None,
             gid: Optional[int] = None) -> None:
+        """Change the segment's permission bits or owner (``IPC_SET``)."""
         ds = L.shmid_ds()
         if L.shmctl(self.id, L.IPC_STAT, L.byref(ds)) == -1:
             self._fail("shmctl(IPC_STAT)")

@@ -9,7 +9,8 @@ import os
 import pwd
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["proc_stat", "start_ticks", "alive", "ipc_table", "segment_owner_and_mode"]
+__all__ = ["proc_stat", "start_ticks", "alive", "ipc_table", "segment_owner_and_mode",
+           "SegmentMappings"]
 
 
 def proc_stat(pid: int) -> Optional[List[bytes]]:
@@ -85,7 +86,7 @@ def ipc_table(kind: str) -> List[Dict[str, int]]:
     """Every row of /proc/sysvipc/*kind* ("msg", "sem" or "shm"; readable by every
     user, unlike IPC_STAT) as its columns: ``key`` as the unsigned 32-bit key, ``perms``
     as mode bits; [] when the table cannot be read."""
-    rows = []
+    rows: List[Dict[str, int]] = []
     try:
         f = open(f"/proc/sysvipc/{kind}")
     except OSError:
@@ -115,3 +116,57 @@ def segment_owner_and_mode(key: int) -> Tuple[str, str]:
                 user = "no user name"
             return f"uid {uid} ({user})", f"{row['perms']:o}"
     return "uid ?", "?"
+
+
+class SegmentMappings:
+    """Where System V segments are mapped, from every readable /proc/PID/maps (a
+    segment's mapping names ``/SYSV<key>`` and carries its shmid as the inode), so that
+    a segment's bytes can be read through /proc/PID/mem of a process that has it
+    attached -- without attaching it, which would change its ``shm_atime``,
+    ``shm_dtime`` and ``shm_lpid`` (``ipcs`` only reads, and so does this)."""
+
+    def __init__(self) -> None:
+        self._where: Optional[Dict[int, List[Tuple[int, int, int, int]]]] = None
+
+    def _load(self) -> Dict[int, List[Tuple[int, int, int, int]]]:
+        """``{shmid: [(pid, start address, file offset, key at creation)]}`` of the processes
+        in this IPC namespace (ids are per namespace)."""
+        where: Dict[int, List[Tuple[int, int, int, int]]] = {}
+        namespace = os.readlink("/proc/self/ns/ipc")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{entry}/ns/ipc") != namespace:
+                    continue
+                with open(f"/proc/{entry}/maps", "rb") as f:
+                    lines = [line for line in f if b" /SYSV" in line]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 6 or not fields[5].startswith(b"/SYSV"):
+                    continue
+                start = int(fields[0].split(b"-")[0], 16)
+                where.setdefault(int(fields[4]), []).append(
+                    (int(entry), start, int(fields[2], 16), int(fields[5][5:13], 16)))
+        return where
+
+    def read(self, shmid: int, key: int, offset: int, size: int) -> Optional[bytes]:
+        """*size* bytes at *offset* of segment *shmid*, or None when no process this one
+        may read has it attached. *key* is the segment's key now (0 once removed; a
+        mapping keeps the key the segment was created with)."""
+        if self._where is None:
+            self._where = self._load()
+        for pid, start, file_offset, created_key in self._where.get(shmid, []):
+            if key not in (0, created_key):
+                continue
+            try:
+                with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+                    f.seek(start + offset - file_offset)
+                    data = f.read(size)
+            except (OSError, ValueError, OverflowError):
+                continue
+            if len(data) == size:
+                return data
+        return None

@@ -91,7 +91,7 @@ class Channel(QueueObjects):
         found = set()
         try:
             for msg in self.queued_messages():
-                if msg[0] == _wire.PARCEL:
+                if len(msg) and msg[0] == _wire.PARCEL:
                     try:
                         found.add(_wire.parse_parcel(msg)[:2])
                     except _wire.WireError:

@@ -143,7 +143,14 @@ class Feeder:
                 with cond:
                     lost = sum(1 for p, _ in buffer if p is not _SENTINEL)
                     buffer.clear()
-                if lost:
+                if lost and self.released and not self.cancelled:
+                    # This process let go of the queue (exit) before the flush: nobody
+                    # removed it from outside.
+                    warnings.warn(f"{self.chan._what()}: {lost} object(s) this "
+                                  "process had put were not sent before it let go of the "
+                                  "queue at exit, and are lost", RuntimeWarning, stacklevel=1)
+                elif lost and not self.cancelled:
+                    # (After cancel_join_thread() unsent objects may be lost, as documented.)
                     warnings.warn(f"{exc}; {lost} object(s) this process had put could not "
                                   "be sent and are lost", RuntimeWarning, stacklevel=1)
                 break
@@ -165,9 +172,9 @@ class Feeder:
                 self.cond.notify()
         if not alive:
             self.release()
-        elif util._exiting:
+        elif util._exiting:  # type: ignore[attr-defined]
             # Other daemon threads may still touch the mapping: the kernel unmaps at exit.
-            if join and not self.cancelled:
+            if join and not self.cancelled and thread is not None:
                 thread.join()
             self.chan.release(detach=False)
         elif self.cancelled:
@@ -197,7 +204,19 @@ class Feeder:
             finalizer, self.exit_finalizer = self.exit_finalizer, None
         if finalizer is not None:
             finalizer.cancel()
-        self.chan.release(detach=not util._exiting)
+        self.chan.release(detach=not util._exiting)  # type: ignore[attr-defined]
+
+    def discard(self) -> int:
+        """Drop the objects not handed to the kernel yet (their queue is abandoned, as a
+        terminated Pool's is): how many. The thread then finds nothing to wait for."""
+        with self.send_lock, self.cond:
+            buffer = self.buffer
+            dropped = sum(1 for item in buffer if item[0] is not _SENTINEL)
+            kept = [item for item in buffer if item[0] is _SENTINEL]
+            buffer.clear()
+            buffer.extend(kept)
+            self.cond.notify()
+        return dropped
 
     @property
     def pending(self) -> int:

@@ -68,10 +68,11 @@ class Journal:
         self._off: Optional[int] = None
         self._pid = 0
         self.active = False  # this handle has an entry (a plain attribute: see moving_word)
-        self._moving: Optional[memoryview] = None
-        self.held_word: Optional[memoryview] = None  # the owner's ``held`` (as _moving)
-        self._tasks: Optional[memoryview] = None  # the owner's ``tasks`` and ``slots``
-        self._slots: Optional[memoryview] = None
+        # Views of this process's entry, used only while it has one (claimed).
+        self._moving = memoryview(b"")
+        self.held_word = memoryview(b"")  # the owner's ``held`` (as _moving)
+        self._tasks = memoryview(b"")  # the owner's ``tasks`` and ``slots``
+        self._slots = memoryview(b"")
         self._retry_at = 0.0
         self.mutex = threading.Lock()
 

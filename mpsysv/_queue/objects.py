@@ -28,7 +28,8 @@ from typing import Callable, Iterator, NoReturn, Optional
 
 from .._ipc import libc as L
 from .._ipc import names as _names
-from .._ipc.errors import RemovedError, WHY_REMOVED, permission_denied, raise_errno, removed
+from .._ipc.errors import (RemovedError, WHY_REMOVED, message_size_error, permission_denied,
+                           raise_errno, removed)
 from .._ipc.futex import PosixSemaphore
 from .._ipc.mutex import RobustMutex
 from .layout import (_REMOVED_OFF, CTL_SIZE, MAGIC, NSEMS, ROOM, RW, SEM_HOLDERS, SEM_OFFS, SEM_STREAM,
@@ -99,11 +100,11 @@ class QueueObjects:
                 # Marked for removal at once: the kernel frees it when the last holder detaches,
                 # even if every holder was killed.
                 L.shmctl(ctl_id, L.IPC_RMID, None)
-            msgmax = L.read_limit("msgmax", 8192)
             main_qid = _create_sub(L.msgget, ctl_id, 1, mode)
             created.append(("msg", main_qid))
             stream_qid = _create_sub(L.msgget, ctl_id, 2, mode)
             created.append(("msg", stream_qid))
+            msgmax = _message_size(main_qid, stream_qid)
             semid = _create_sub(lambda k, f: L.semget(k, NSEMS, f), ctl_id, 3, mode)
             created.append(("sem", semid))
             for num in (SEM_STREAM, SEM_HOLDERS):
@@ -174,7 +175,8 @@ class QueueObjects:
         if (chan.main_qid, chan.stream_qid, chan.semid) != expect:
             chan.detach()
             raise RemovedError(_E.EIDRM, f"mpsysv queue (control segment id={ctl_id}) was "
-                                         f"replaced by another queue: {WHY_REMOVED}")
+                                         f"replaced by another queue (the first was "
+                                         f"{WHY_REMOVED})")
         return chan
 
     def identity(self) -> tuple:
@@ -358,6 +360,25 @@ def attach_view(ctl_id: int):
 
 def _semrm(semid, cmd, _arg):
     return L.semctl(semid, 0, cmd, 0)
+
+
+# The smallest message size a queue works with: a stream head or frame plus some payload.
+MIN_MESSAGE = 128
+
+
+def _message_size(*qids: int) -> int:
+    """The size of the queue's messages: ``msgmax``, or the queues' capacity (``msgmnb``
+    at creation) when that is smaller, since a message larger than its queue's capacity
+    waits forever. Larger objects are framed or sent as parcels as usual."""
+    size = L.read_limit("msgmax", 8192)
+    ds = L.msqid_ds()
+    for qid in qids:
+        if L.msgctl(qid, L.IPC_STAT, L.byref(ds)) == -1:
+            raise_errno(L.get_errno(), "msgctl(IPC_STAT)", f"queue message queue id={qid}")
+        size = min(size, ds.msg_qbytes)
+    if size < MIN_MESSAGE:
+        raise message_size_error(size, MIN_MESSAGE)
+    return size
 
 
 def _create_sub(get: Callable, ctl_id: int, purpose: int, mode: int) -> int:

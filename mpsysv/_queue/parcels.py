@@ -35,7 +35,7 @@ import os
 import struct
 import time
 import weakref
-from typing import Callable, ContextManager, Optional, Protocol, Set, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
 from .._ipc.procs import alive as _alive, ipc_table
@@ -96,8 +96,9 @@ class ParcelTable:
         self._journal = journal
         self._host = host
         self._next_scan = 0.0
-        self._maps = {}  # segment id -> (address, size): this process's mappings
-        self._stranded = {}  # (slot, segment id) -> when this process first saw it stranded
+        self._maps: Dict[int, Tuple[int, int]] = {}  # segment id -> (address, size): mine
+        # (slot, segment id) -> when this process first saw it stranded
+        self._stranded: Dict[Tuple[int, int], float] = {}
         self.zero_copy = True  # out-of-band buffers received as views of their segment
 
     def _entry(self, slot: int):

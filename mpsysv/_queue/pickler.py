@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 from multiprocessing.reduction import ForkingPickler
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 __all__ = ["Pickler", "Pieces", "OutOfBand", "PLAIN", "SCALARS"]
 
@@ -24,8 +24,8 @@ class Pickler:
 
     __slots__ = ("_pool", "_oob_min", "_taken")
 
-    def __init__(self, oob_min: int = 0):
-        self._pool = []
+    def __init__(self, oob_min: int = 0) -> None:
+        self._pool: List[Tuple[io.BytesIO, ForkingPickler]] = []
         self._oob_min = oob_min  # 0: every buffer in-band
         # while dumps(oob=True) runs: the buffers it keeps out of band
         self._taken: Optional[List[memoryview]] = None

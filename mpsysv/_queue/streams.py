@@ -222,7 +222,7 @@ class Streams:
         cannot tell."""
         try:
             for msg in self._q.queued_messages():
-                if msg[0] == _wire.HEAD:
+                if len(msg) and msg[0] == _wire.HEAD:
                     try:
                         if _wire.parse_head(msg)[0] == sid:
                             return True

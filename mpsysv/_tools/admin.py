@@ -7,10 +7,11 @@ JSON document on stdout.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .._gc import collect as _gc
 from .._ipc.names import check_name, name_key
@@ -27,21 +28,28 @@ EXIT_REFUSED = 5     # rm of an object that is not mpsysv's, without --force
 
 _EPILOG = ("exit codes: 0 ok, 1 an operation failed, 2 bad usage, 3 not found, "
            "4 ambiguous (use --type), 5 refused (not mpsysv's; rm --force)")
+_ATTACH_HELP = ("also read segments no process has attached, by attaching them read-only for a "
+                "moment (this sets their shm_atime, shm_dtime and shm_lpid, as any attach does); "
+                "without it nothing about any object changes, as with ipcs")
 _TYPES = ("queue", "segment", "msg", "sem", "shm")
 _ROLE_ORDER = {_gc.QUEUE: 0, _gc.QUEUE_MAIN: 1, _gc.QUEUE_STREAM: 2, _gc.QUEUE_SEMS: 3,
                _gc.QUEUE_PARCEL: 4}
 
 
-def add_subcommands(subparsers) -> None:
+def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "ls", help="list mpsysv's queues, semaphore sets and segments",
         description="A table of mpsysv's System V objects in this IPC namespace: role, name, "
                     "key, id, owner, mode, size or bytes/messages, processes attached, creator "
                     "(and whether it is alive), and state: live, persistent (named; lives "
-                    "until removed), garbage (`clean` removes it), suspect, broken.",
+                    "until removed), unlinked (removed by name, freed when its last holder "
+                    "detaches), garbage ('clean' removes it), suspect, broken, unknown (not "
+                    "readable). Only reads: the kernel's tables, IPC_STAT, and segments "
+                    "through the memory of a process that has them attached.",
         epilog=_EPILOG)
     p.add_argument("-a", "--all", action="store_true",
                    help="also list System V objects that are not mpsysv's")
+    p.add_argument("--attach", action="store_true", help=_ATTACH_HELP)
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
     p.set_defaults(func=cmd_ls)
 
@@ -53,7 +61,11 @@ def add_subcommands(subparsers) -> None:
                     "kernel id, or a key written 0x....",
         epilog=_EPILOG)
     p.add_argument("target", metavar="NAME|ID|0xKEY")
-    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("--type", choices=_TYPES,
+                   help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
+                        "kernel object (with a NAME: that queue's message queue, semaphore set "
+                        "or control segment)")
+    p.add_argument("--attach", action="store_true", help=_ATTACH_HELP)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stat)
 
@@ -78,7 +90,9 @@ def add_subcommands(subparsers) -> None:
                     "name, a kernel id (any object of a queue names the whole queue) or 0xKEY.",
         epilog=_EPILOG)
     p.add_argument("targets", metavar="NAME|ID|0xKEY", nargs="+")
-    p.add_argument("--type", choices=_TYPES, help="what TARGET names, when it is ambiguous")
+    p.add_argument("--type", choices=_TYPES,
+                   help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
+                        "kernel object")
     p.add_argument("-f", "--force", action="store_true",
                    help="also remove objects that are not mpsysv's (like ipcrm)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -87,14 +101,20 @@ def add_subcommands(subparsers) -> None:
 
 # --- ls ----------------------------------------------------------------------------------
 
-def cmd_ls(args) -> int:
-    found = _gc.scan(inspect=True)
+def fail(args: argparse.Namespace, message: str) -> None:
+    """Print *message* as every error of the command line is printed (argparse's way)."""
+    print(f"{args.prog}: error: {message}", file=sys.stderr)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    found = _gc.scan(inspect=True, attach=args.attach)
     objects = sorted(found.objects if args.all else found.mpsysv(), key=_sort_key)
     if args.json:
         _print_json([o.as_dict() for o in objects])
         return EXIT_OK
     if not objects:
         print("no mpsysv objects" + ("" if args.all else " (--all lists every SysV object)"))
+        _note_unread(args, found)
         return EXIT_OK
     header = ("KIND", "ROLE", "NAME", "KEY", "ID", "OWNER", "MODE", "SIZE", "HOLDERS",
               "CREATOR", "STATE")
@@ -104,11 +124,28 @@ def cmd_ls(args) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     garbage = [o for o in objects if o.garbage]
     if garbage:
-        print(f"\n{len(garbage)} garbage object(s): `python -m mpsysv clean` removes them")
+        print(f"\n{len(garbage)} garbage object(s): '{_main_prog(args)} clean' removes them")
+    _note_unread(args, found)
     return EXIT_OK
 
 
-def _sort_key(o: _gc.IpcObject):
+def _main_prog(args: argparse.Namespace) -> str:
+    prog: str = args.prog
+    return prog.rsplit(" ", 1)[0]
+
+
+def _note_unread(args: argparse.Namespace, found: "_gc.Scan") -> None:
+    """Say how many segments were not read because no process has them attached."""
+    if args.attach or args.json:
+        return
+    unread = [o for o in found.objects if o.kind == "shm" and o.role == _gc.FOREIGN
+              and o.fields["nattch"] == 0]
+    if unread:
+        print(f"\n{len(unread)} segment(s) no process has attached were not read (they may "
+              f"be mpsysv's): '{_main_prog(args)} ls --attach' reads them")
+
+
+def _sort_key(o: _gc.IpcObject) -> Tuple[int, Any, int, int]:
     if o.role == _gc.FOREIGN:
         return (2, o.kind, o.id, 0)
     if o.role in _ROLE_ORDER:
@@ -116,14 +153,20 @@ def _sort_key(o: _gc.IpcObject):
     return (1, o.id, 0, 0)
 
 
-def _row(o: _gc.IpcObject):
+def _row(o: _gc.IpcObject) -> Tuple[str, ...]:
     if o.creator_pid:
         alive = {True: "alive", False: "dead", None: "?"}[o.creator_alive]
         creator = f"{o.creator_pid} {alive}"
     else:
         creator = "-"
-    name = o.name or ("(anonymous)" if o.role in _ROLE_ORDER and o.state != "garbage"
-                      else "-")
+    if o.name:
+        name = o.name
+    elif o.role in _ROLE_ORDER and o.state == "unknown":
+        name = "?"
+    elif o.role in _ROLE_ORDER and o.state != "garbage":
+        name = "(anonymous)"
+    else:
+        name = "-"
     if o.role in (_gc.QUEUE_MAIN, _gc.QUEUE_STREAM, _gc.QUEUE_SEMS, _gc.QUEUE_PARCEL):
         name = "  " + name
     holders = "-" if o.holders is None else str(o.holders)
@@ -133,9 +176,9 @@ def _row(o: _gc.IpcObject):
 
 # --- stat --------------------------------------------------------------------------------
 
-def cmd_stat(args) -> int:
-    found = _gc.scan(inspect=True)
-    status, matches = _resolve(found, args.target, args.type)
+def cmd_stat(args: argparse.Namespace) -> int:
+    found = _gc.scan(inspect=True, attach=args.attach)
+    status, matches = _resolve(args, found, args.target, args.type)
     if status != EXIT_OK:
         return status
     objects = _with_group(found, matches[0])
@@ -146,7 +189,7 @@ def cmd_stat(args) -> int:
     first = objects[0]
     print(f"{first.label()}: {first.state}" + (f" ({first.reason})" if first.reason else ""))
     for o, d in zip(objects, report):
-        print(f"\n{o.role} — {o.kind} id={o.id} key={o.key:#010x}")
+        print(f"\n{o.role} - {o.kind} id={o.id} key={o.key:#010x}")
         _print_tree({k: v for k, v in d.items() if v is not None and k not in
                      ("kernel", "mpsysv", "role", "kind", "id", "key", "key_hex", "reason")})
         print("  kernel:")
@@ -157,7 +200,7 @@ def cmd_stat(args) -> int:
     return EXIT_OK
 
 
-def _kernel_stat(o: _gc.IpcObject) -> dict:
+def _kernel_stat(o: _gc.IpcObject) -> Dict[str, Any]:
     """Everything the kernel says: IPC_STAT, the semaphores, and /proc/sysvipc's extras
     (resident and swapped bytes of a segment); /proc's row alone when IPC_STAT fails."""
     from ..primitives import MessageQueue, Segment, SemaphoreSet
@@ -178,24 +221,25 @@ def _kernel_stat(o: _gc.IpcObject) -> dict:
     except OSError as exc:
         return dict(o.fields, error=str(exc))
     out["mode"] = f"{out['mode']:o}"
+    out["key"] = f"{out['key'] & 0xFFFFFFFF:#010x}"
     return out
 
 
 # --- clean -------------------------------------------------------------------------------
 
-def cmd_clean(args) -> int:
+def cmd_clean(args: argparse.Namespace) -> int:
     removed, failed = _gc.collect_garbage(force=True, dry_run=args.dry_run,
                                           all_users=args.all_users, inspect=True)
     if args.json:
         _print_json({"dry_run": args.dry_run, "removed": [o.as_dict() for o in removed],
-                     "failed": [{"object": o.as_dict() if o else None, "error": err}
-                                for o, err in failed]})
+                     "failed": [{"object": what.as_dict() if what else None, "error": err}
+                                for what, err in failed]})
     else:
         verb = "would remove" if args.dry_run else "removed"
         for o in removed:
             print(f"{verb} {o.label()}: {o.reason}")
-        for o, err in failed:
-            print(f"FAILED {o.label() if o else ''}: {err}", file=sys.stderr)
+        for what, err in failed:
+            fail(args, f"{what.label() + ': ' if what else ''}{err}")
         if not removed and not failed:
             print("no garbage")
     return EXIT_FAILED if failed else EXIT_OK
@@ -203,19 +247,25 @@ def cmd_clean(args) -> int:
 
 # --- rm ----------------------------------------------------------------------------------
 
-def cmd_rm(args) -> int:
+def cmd_rm(args: argparse.Namespace) -> int:
     found = _gc.scan(inspect=True)
     plan: List[_gc.IpcObject] = []
     for target in args.targets:
-        status, matches = _resolve(found, target, args.type)
+        status, matches = _resolve(args, found, target, args.type)
         if status != EXIT_OK:
             return status
         group = _with_group(found, matches[0])
         foreign = [o for o in group if o.role == _gc.FOREIGN]
         if foreign and not args.force:
-            print(f"mpsysv rm: {target}: {foreign[0].kind} id={foreign[0].id} is not an mpsysv "
-                  "object; refusing (use --force, or ipcrm)", file=sys.stderr)
+            fail(args, f"{target}: {foreign[0].kind} id={foreign[0].id} is not an mpsysv "
+                       "object; refusing (use --force, or ipcrm)")
             return EXIT_REFUSED
+        first = matches[0]
+        if first.state == "unlinked" or (first.role == _gc.FOREIGN and first.kind == "shm"
+                                         and first.mode & _gc.SHM_DEST):
+            fail(args, f"{target}: {first.label()} was removed already; the kernel frees it "
+                       f"when the {first.fields['nattch']} process(es) attached detach")
+            return EXIT_FAILED
         plan.extend(o for o in group if o not in plan)
     # A queue's message queues and semaphore set go before its control segment.
     plan.sort(key=lambda o: o.kind == "shm")
@@ -237,32 +287,35 @@ def cmd_rm(args) -> int:
                 note = f" ({o.holders} process(es) still attached keep their mapping)"
             print(f"removed {o.label()}{note}")
         for o, err in failed:
-            print(f"FAILED {o.label()}: {err}", file=sys.stderr)
+            fail(args, f"{o.label()}: {err}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
 # --- finding what a target names ---------------------------------------------------------
 
-def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
+def _resolve(args: argparse.Namespace, found: "_gc.Scan", target: str,
+             type_: Optional[str]) -> Tuple[int, List["_gc.IpcObject"]]:
     """``(EXIT_OK, [object])`` or an error status (after printing why)."""
-    kinds = {"msg": ("msg",), "sem": ("sem",), "shm": ("shm",)}.get(type_, _gc.KINDS)
+    kinds = (type_,) if type_ in _gc.KINDS else _gc.KINDS
     if target.isdigit():
         matches = [o for o in found.objects if o.id == int(target) and o.kind in kinds]
     elif target.lower().startswith("0x"):
         try:
             key = int(target, 16)
         except ValueError:
-            print(f"mpsysv: {target!r} is not a hexadecimal key", file=sys.stderr)
+            fail(args, f"{target!r} is not a hexadecimal key")
             return EXIT_USAGE, []
         matches = [o for o in found.objects if o.key == key and o.kind in kinds]
     else:
         try:
             bare = check_name(target)
         except (TypeError, ValueError) as exc:
-            print(f"mpsysv: {exc}", file=sys.stderr)
+            fail(args, str(exc))
             return EXIT_USAGE, []
         keys = {"queue": name_key("queue", bare), "segment": name_key("shm", bare)}
-        wanted = [type_] if type_ in keys else list(keys)
+        # A name names a queue or a segment; --type msg or sem picks a queue's object.
+        wanted = ([type_] if type_ in keys else ["queue"] if type_ in ("msg", "sem")
+                  else list(keys))
         matches = []
         for o in found.objects:
             if o.kind != "shm":
@@ -273,14 +326,16 @@ def _resolve(found: "_gc.Scan", target: str, type_: Optional[str]):
                                      or ("segment" in wanted and is_segment)))
                     or (o.name is None and o.key in (keys[w] for w in wanted))):
                 matches.append(o)
+        if type_ in ("msg", "sem"):
+            matches = [m for q in matches for m in found.queue_members(q.id) if m.kind == type_]
+            matches = matches[:1]  # a queue's main message queue comes before its stream queue
     if not matches:
-        print(f"mpsysv: no System V object matches {target!r}"
-              + (f" (--type {type_})" if type_ else ""), file=sys.stderr)
+        fail(args, f"no System V object matches {target!r}"
+                   + (f" (--type {type_})" if type_ else ""))
         return EXIT_NOT_FOUND, []
     if len(matches) > 1:
-        print(f"mpsysv: {target!r} is ambiguous: "
-              + ", ".join(m.label() for m in matches) + "; narrow it with --type",
-              file=sys.stderr)
+        fail(args, f"{target!r} is ambiguous: " + ", ".join(m.label() for m in matches)
+                   + "; narrow it with --type")
         return EXIT_AMBIGUOUS, []
     return EXIT_OK, matches
 
@@ -299,20 +354,29 @@ def _with_group(found: "_gc.Scan", obj: "_gc.IpcObject") -> List["_gc.IpcObject"
 
 # --- output ------------------------------------------------------------------------------
 
-def _print_json(value) -> None:
+def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
 
 
-def _print_tree(d: Dict, indent: int = 2) -> None:
+def _print_tree(d: Dict[str, Any], indent: int = 2) -> None:
     for key, value in d.items():
         if isinstance(value, dict):
             print(" " * indent + f"{key}:")
             _print_tree(value, indent + 2)
             continue
-        if (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and (key.endswith("time") or key == "created")):
-            value = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-                     if value else "never")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key.endswith("_ns"):
+                value = _when(value / 1e9)
+            elif key.endswith("time") or key == "created":
+                value = _when(value)
+            elif key == "key" and isinstance(value, int):
+                value = f"{value & 0xFFFFFFFF:#010x}"
         print(" " * indent + f"{key}: {value}")
 
+
+
+def _when(seconds: float) -> str:
+    if not seconds:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) + f"{seconds % 1:.3f}"[1:]

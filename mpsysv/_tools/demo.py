@@ -8,11 +8,12 @@ import hashlib
 import multiprocessing as mp
 import time
 import zlib
+from typing import Any, Callable, Iterator, Tuple
 
 _CTX = mp.get_context("fork")
 
 
-def _payloads(n: int):
+def _payloads(n: int) -> Iterator[Tuple[int, Any]]:
     """Mixed jobs: small records, medium strings and an occasional multi-MiB blob."""
     for i in range(n):
         if i % 500 == 499:
@@ -23,7 +24,7 @@ def _payloads(n: int):
             yield i, {"id": i, "values": list(range(i % 17))}
 
 
-def _worker(jobs, results):
+def _worker(jobs: Any, results: Any) -> None:
     while True:
         job = jobs.get()
         if job is None:
@@ -38,7 +39,7 @@ def _worker(jobs, results):
         results.put((i, digest))
 
 
-def _produce(jobs, go, n: int, workers: int):
+def _produce(jobs: Any, go: Any, n: int, workers: int) -> None:
     go.wait()
     for job in _payloads(n):
         jobs.put(job)
@@ -46,7 +47,7 @@ def _produce(jobs, go, n: int, workers: int):
         jobs.put(None)
 
 
-def _run(make_queue, n: int, workers: int):
+def _run(make_queue: Callable[[], Any], n: int, workers: int) -> Tuple[float, str]:
     jobs, results = make_queue(), make_queue()
     go = _CTX.Event()
     procs = [_CTX.Process(target=_worker, args=(jobs, results)) for _ in range(workers)]
@@ -67,6 +68,8 @@ def _run(make_queue, n: int, workers: int):
 def run(n: int = 20000, workers: int = 3) -> int:
     import mpsysv
 
+    if n < 1 or workers < 1:
+        raise ValueError(f"demo needs at least 1 job and 1 worker, not n={n}, workers={workers}")
     print(f"pipeline: 1 producer process -> {workers} worker processes -> this process, {n} jobs "
           "(small dicts, 20 KB strings, a 2 MiB blob every 500)")
     rows = []

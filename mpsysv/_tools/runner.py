@@ -17,17 +17,18 @@ import io
 import os
 import sys
 import types
+from typing import Any, Sequence
 
 __all__ = ["add_subcommands", "run_path", "run_module"]
 
 
-def add_subcommands(subparsers) -> None:
+def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser(
         "run", help="run a program with multiprocessing's queues and shared memory "
                     "switched to mpsysv",
         description="Run SCRIPT (or -m MODULE) with mpsysv.patch() active, in this "
                     "process and in its child processes.",
-        usage="python -m mpsysv run [-h] (SCRIPT | -m MODULE) [ARGS ...]")
+        usage="%(prog)s [-h] (SCRIPT | -m MODULE) [ARGS ...]")
     parser.add_argument("-m", dest="module", action="store_true",
                         help="run library module MODULE as a script, like python -m")
     parser.add_argument("target", metavar="SCRIPT", help="the program (or module with -m)")
@@ -36,7 +37,7 @@ def add_subcommands(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args) -> int:
+def _run(args: argparse.Namespace) -> int:
     from ..patch import patch
 
     patch()
@@ -46,7 +47,7 @@ def _run(args) -> int:
     except (SystemExit, KeyboardInterrupt):
         raise
     except _NotRunnable as exc:
-        print(f"python -m mpsysv run: {exc}", file=sys.stderr)
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:
         # Report it as the interpreter would: without this runner's frames.
@@ -62,7 +63,7 @@ class _NotRunnable(Exception):
     """The target cannot be found or run (reported without a traceback, exit 2)."""
 
 
-def run_path(path: str, argv=()) -> None:
+def run_path(path: str, argv: Sequence[str] = ()) -> None:
     """Run the script *path* as ``__main__`` with ``sys.argv = [path, *argv]``."""
     if not os.path.isfile(path):
         raise _NotRunnable(f"can't open file {path!r}: not a regular file")
@@ -76,7 +77,7 @@ def run_path(path: str, argv=()) -> None:
     _execute(code, module)
 
 
-def run_module(name: str, argv=()) -> None:
+def run_module(name: str, argv: Sequence[str] = ()) -> None:
     """Run module *name* (a package: its ``__main__``) as ``python -m`` does."""
     spec = _find_spec(name)
     if spec.submodule_search_locations is not None:
@@ -85,7 +86,8 @@ def run_module(name: str, argv=()) -> None:
         if spec.submodule_search_locations is not None:
             raise _NotRunnable(f"No module named {main}; {name!r} is a package and cannot "
                                "be directly executed")
-    code = spec.loader.get_code(spec.name) if spec.loader is not None else None
+    loader: Any = spec.loader  # an InspectLoader for every module python -m can run
+    code = loader.get_code(spec.name) if loader is not None else None
     if code is None:
         raise _NotRunnable(f"No code object available for {spec.name}")
     module = _fresh_main(__file__=spec.origin, __cached__=spec.cached,
@@ -94,7 +96,7 @@ def run_module(name: str, argv=()) -> None:
     _execute(code, module)
 
 
-def _find_spec(name: str):
+def _find_spec(name: str) -> importlib.machinery.ModuleSpec:
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError) as exc:
@@ -105,13 +107,13 @@ def _find_spec(name: str):
     return spec
 
 
-def _fresh_main(**attrs) -> types.ModuleType:
+def _fresh_main(**attrs: Any) -> types.ModuleType:
     module = types.ModuleType("__main__")
     module.__dict__.update(attrs, __builtins__=builtins)
     return module
 
 
-def _execute(code, module: types.ModuleType) -> None:
+def _execute(code: types.CodeType, module: types.ModuleType) -> None:
     # The program's module stays __main__ (and __mp_main__, the name multiprocessing
     # pickles main-module objects under) after it returns: atexit handlers and the
     # threads that outlive it may still pickle its functions.
