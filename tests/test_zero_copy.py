@@ -237,3 +237,18 @@ def test_a_pickled_handle_keeps_its_zero_copy_choice():
     twin.close()
     q.close()
     q.unlink()
+
+
+def test_mpsysv_ls_shows_a_held_zero_copy_segment_as_unlinked(queue):
+    import subprocess
+    import sys
+
+    queue.put(np.ones(BIG))
+    got = queue.get(timeout=10)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "mpsysv", "ls"], cwd=root,
+                         capture_output=True, text=True, timeout=60).stdout
+    rows = [line.split() for line in out.splitlines()
+            if "queue.parcel" in line and str(os.getpid()) in line.split()]
+    assert rows and all(r[-1] == "unlinked" for r in rows), out
+    assert got.sum() == BIG

@@ -394,7 +394,11 @@ def _classify_parcel(seg: IpcObject, shm_ids: Set[int], reader: Reader) -> bool:
     seg.creator_alive = process_alive(writer, created)
     seg.view = {"magic": magic.decode(), "queue_control_segment": owner, "writer_pid": writer,
                 "created": created}
-    if owner not in shm_ids and seg.fields["nattch"] == 0 and not seg.mode & SHM_DEST:
+    if seg.mode & SHM_DEST:
+        seg.state = "unlinked"
+        seg.reason = ("a zero-copy parcel: a receiver's arrays are views of it; freed when "
+                      "the last process mapping it lets go")
+    elif owner not in shm_ids and seg.fields["nattch"] == 0:
         seg.state = "garbage"
         seg.reason = ("a parcel (large object or pooled segment) of a queue that is gone: "
                       "every process that held the queue exited or was killed")
