@@ -22,18 +22,18 @@ class Pickler:
     (scalars with protocol 3, whose pickles have no 9-byte FRAME opcode, so 2.5x more of
     them fit the queue)."""
 
-    __slots__ = ("_pool", "_oob_min", "_taken")
+    __slots__ = ("_pool", "_oob_min", "_oob", "_taken")
 
     def __init__(self, oob_min: int = 0) -> None:
         self._pool: List[Tuple[io.BytesIO, ForkingPickler]] = []
         self._oob_min = oob_min  # 0: every buffer in-band
+        self._oob = False  # the running dumps() keeps large buffers out of band
         # while dumps(oob=True) runs: the buffers it keeps out of band
         self._taken: Optional[List[memoryview]] = None
 
     def _buffer(self, buffer: pickle.PickleBuffer) -> bool:
         """The pickler's buffer_callback: False keeps *buffer* out of band."""
-        taken = self._taken
-        if taken is None:
+        if not self._oob:
             return True
         try:
             raw = buffer.raw()  # BufferError: not contiguous, so it goes in-band
@@ -42,7 +42,9 @@ class Pickler:
         if raw.nbytes < self._oob_min:
             raw.release()
             return True
-        taken.append(raw)
+        if self._taken is None:
+            self._taken = []
+        self._taken.append(raw)
         return False
 
     def dumps(self, obj, oob: bool = False):
@@ -63,11 +65,10 @@ class Pickler:
             table = p.dispatch_table
             pickle.Pickler.__init__(p, f, 5, buffer_callback=self._buffer)
             p.dispatch_table = table
-        if oob and self._oob_min:
-            self._taken = []
+        self._oob = oob and self._oob_min > 0
         try:
             p.dump(obj)
-            if self._taken:
+            if self._taken is not None:
                 return OutOfBand(f.getvalue(), self._taken, obj)
             return f.getvalue()
         finally:
