@@ -23,11 +23,11 @@ import mpsysv
 from mpsysv._gc import collect as _gc
 from mpsysv._ipc import libc as L
 from mpsysv._queue import parcels as _parcels
-from mpsysv._queue import streams as _streams
 from mpsysv._queue import wire as W
 from mpsysv import JoinableQueue, MessageQueue, Queue, SimpleQueue
 from mpsysv.shared import ShareableList, SharedMemory
 
+from . import seams
 from .helpers import unique_name
 from .test_primitives import Child, drop_privileges
 
@@ -123,7 +123,7 @@ def _fuzz_main_queue(q, main, plan):
 
 def test_foreign_messages_in_the_main_queue_never_stop_good_objects(monkeypatch):
     # A forged head waits one slice for frames that never come: shorten the slice.
-    monkeypatch.setattr(_streams, "_SLICE", 0.02)
+    monkeypatch.setattr(*seams.STREAM_SLICE, 0.02)
     q = Queue()
     main, _ = raw_parts(q)
     try:
@@ -178,7 +178,7 @@ def test_foreign_messages_filling_the_stream_queue_do_not_stop_streams():
 
 
 def test_forged_heads_while_real_objects_stream(monkeypatch):
-    monkeypatch.setattr(_streams, "_SLICE", 0.02)  # a forged head costs its reader one slice
+    monkeypatch.setattr(*seams.STREAM_SLICE, 0.02)  # a forged head costs its reader one slice
     q = Queue()
     main, _ = raw_parts(q)
     objs = [(i, b"s" * 12_000) for i in range(60)]

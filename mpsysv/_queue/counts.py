@@ -363,12 +363,9 @@ class Counts:
         for the queue's removal) every ``_SLOT_CHECK`` s."""
         q, wake = self._q, self.sems[SWAKE]
         while True:
-            step = time.monotonic() + _SLOT_CHECK
-            if q._sleep_on(wake, step if deadline is None or deadline > step else deadline):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            q._stat_main()
+            got = q.wait_slice(wake, deadline, _SLOT_CHECK)
+            if got is not None:
+                return got
             self.repair_slots()
 
     def _try_slot(self) -> bool:

@@ -294,12 +294,21 @@ class QueueObjects:
         """Take *sem* by *deadline*, checking *every* second or so that the queue still
         exists: a futex in our own mapping would never report a removal from outside."""
         while True:
-            step = time.monotonic() + every
-            if self._sleep_on(sem, step if deadline is None or deadline > step else deadline):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            self._stat_main()
+            got = self.wait_slice(sem, deadline, every)
+            if got is not None:
+                return got
+
+    def wait_slice(self, sem: PosixSemaphore, deadline: Optional[float],
+                   every: float) -> Optional[bool]:
+        """One slice of ``wait``: True (taken), False (*deadline* passed) or None (*every*
+        seconds passed and the queue still exists: the caller may look around)."""
+        step = time.monotonic() + every
+        if self._sleep_on(sem, step if deadline is None or deadline > step else deadline):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        self._stat_main()
+        return None
 
     def _sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
         """``sem.acquire(deadline)``, counted: while a thread sleeps on a counter in the
