@@ -23,12 +23,11 @@ from ._gc import collect as _gc
 from ._ipc import libc as L
 from ._ipc.names import check_name
 from ._queue.channel import Batch, Channel, _Empty
-from ._queue.layout import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS
+from ._queue.layout import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, FREE_SLOTS
 from ._queue.feeder import SENTINEL as _SENTINEL
 from ._queue.feeder import Feeder as _Feeder
 from ._queue.pickler import SCALARS as _SCALARS
 from ._queue.pickler import Pickler as _Pickler
-from ._queue.pickler import OutOfBand as _OutOfBand
 from ._queue.pickler import Pieces as _Pieces
 from ._queue.wire import encode_batch
 from ._queue import parcels as _parcels
@@ -174,59 +173,20 @@ class _Base(Generic[T]):
             self._on_queue_feeder_error(exc, obj)
             return
         if self._chan.counted:
-            self._put_counted(payload, mtype, block, timeout)
+            deadline = None
+            if timeout is not None and block:
+                _check_timeout(timeout)
+                deadline = monotonic() + timeout
+            if not self._feeder.send_counted(payload, mtype, block, deadline):
+                raise Full
         elif len(payload) > self._msgmax:
-            self._send_large(payload, mtype)
+            self._feeder.send(payload, mtype)
         elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
             self._feeder.enqueue(payload, mtype)  # (_send(), inlined: the hot path)
 
     def _send(self, payload, mtype: int) -> bool:
-        """Hand one message's worth to the kernel now (True), or to the feeder, in order."""
-        if len(payload) > self._msgmax:
-            return self._send_large(payload, mtype)
-        if not self._feeder.buffer and self._chan.try_send(payload, mtype):
-            return True
-        self._feeder.enqueue(payload, mtype)
-        return False
-
-    def _send_large(self, payload, mtype: int) -> bool:
-        """``_send()`` of a multi-message object: a parcel when it can, else a stream."""
-        if len(payload) >= _parcels.PARCEL_MIN:
-            message = self._chan.parcels.wrap(payload)
-            if message is not None:
-                self._feeder.track = True  # it tells the table when the message is out
-                if not self._feeder.buffer and self._chan.try_send(message, mtype):
-                    self._chan.parcels.handed(message)
-                    return True
-                payload = message
-        if type(payload) is _Pieces or type(payload) is _OutOfBand:  # it streams after all
-            payload = bytes(payload)
-        self._feeder.enqueue(payload, mtype)
-        return False
-
-    def _put_counted(self, payload, mtype: int, block: bool, timeout: Optional[float]) -> None:
-        """``put()`` of a bounded or joinable queue: the slot and the task it takes stay
-        noted in this process's journal entry until the object is in the kernel queue,
-        so that if this process dies first the next user of the queue gives them back."""
-        counts = self._chan.counts
-        if timeout is not None and block:
-            _check_timeout(timeout)
-        if self._maxsize and not counts.take_one():
-            self._take_slots(1, block, timeout)
-        if self._kind == KIND_JOINABLE:
-            counts.task_added()
-        self._send_counted(payload, mtype)
-
-    def _send_counted(self, payload, mtype: int) -> None:
-        """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
-        object is both queued and noted (see ``_queue.journal``)."""
-        counts = self._chan.counts
-        window = counts.enter_window()
-        try:
-            if self._send(payload, mtype):
-                counts.counted_sent(1)
-        finally:
-            counts.leave_window(window)
+        """Hand one object to the kernel now (True), or to the feeder, in order."""
+        return self._feeder.send(payload, mtype)
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
@@ -318,9 +278,6 @@ class _Base(Generic[T]):
                                  f"of at most {self._maxsize}")
             self._take_slots(count, block, timeout)
         chan = self._chan
-        if self._kind == KIND_JOINABLE:
-            for _ in range(count):
-                chan.counts.task_added()
         if not chan.counted:
             for message, n in chunks:
                 if n > 1:
@@ -328,7 +285,7 @@ class _Base(Generic[T]):
                 self._send(message, mtype)
             return
         for message, _ in chunks:
-            self._send_counted(message, mtype)
+            self._feeder.send_taken(message, mtype)
 
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit
@@ -411,7 +368,7 @@ class _Base(Generic[T]):
     def full(self) -> bool:
         """Return True if a bounded queue has no free slot, False otherwise (always False
         for an unbounded queue)."""
-        return bool(self._maxsize) and self._chan.sems[SLOTS].value == 0
+        return bool(self._maxsize) and self._chan.sems[FREE_SLOTS].value == 0
 
     def close(self) -> None:
         """Indicate that no more data will be put on or got from this handle by this

@@ -21,9 +21,9 @@ from typing import Callable, Optional
 from .._ipc import libc as L
 from . import wire as _wire
 from .counts import Counts
-from .journal import MOVE, Journal
-from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, KIND_JOINABLE, ROOM, RW, SEM_HOLDERS, TW,
-                     TWS, WAKE)
+from .journal import Journal
+from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, KIND_JOINABLE, ROOM_WAITERS, ROOM_WAKEUPS,
+                     SEM_HOLDERS, TIMED_WAITERS, TIMED_WAKEUPS, TYPED_WAITERS)
 from .objects import NoCopy, QueueObjects, attach_view
 from .parcels import ParcelTable, remove_listed
 from .streams import _SLICE, Streams
@@ -42,6 +42,7 @@ _EAGAIN = errno.EAGAIN
 _ANY = ctypes.c_long(0)
 _NOWAIT = L.IPC_NOWAIT
 _PICKLE_MARK = _wire.PICKLE_MARK
+_NUDGE, _NUDGE_MTYPE = _wire.NUDGE, _wire.NUDGE_MTYPE
 # First bytes of the messages that each hold one object's slot of a bounded queue.
 _ONE_OBJECT = frozenset((_wire.PICKLE_MARK, _wire.HEAD, _wire.PARCEL, _wire.BATCH))
 
@@ -115,20 +116,20 @@ class Channel(QueueObjects):
                 return False
             if err != _EINTR:
                 self._fail("msgsnd", err)
-        if self._tw_word[0]:
+        if self._timed_waiters_word[0]:
             self._wake_timed()
         return True
 
     def _wake_room(self) -> None:
         """A message left the queue: wake the feeders that wait for room."""
-        room = self.sems[ROOM]
-        for _ in range(max(self._rw_word[0] - self._room_word[0], 0)):
+        room = self.sems[ROOM_WAKEUPS]
+        for _ in range(max(self._room_waiters_word[0] - self._room_wakeups_word[0], 0)):
             room.post()
 
     def may_have_room(self) -> bool:
         """True when a getter made room since a feeder started waiting for it (a word
         read, no call): worth a non-blocking send."""
-        return self._room_word[0] > 0
+        return self._room_wakeups_word[0] > 0
 
     def room_wait(self) -> "_RoomWait":
         """``with chan.room_wait() as wait: while not sent(): wait.sleep()``.
@@ -150,32 +151,32 @@ class Channel(QueueObjects):
 
     def receive(self, loads: Callable, mtype: int = 0, block: bool = True,
                 deadline: Optional[float] = None):
-        """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
+        """The next object, decoded by *loads*; raises ``_Empty`` when none came in time.
+
+        A getter of a counted queue is in its journal window (``counts.Window``) from
+        before its ``msgrcv`` until the object is counted out (slot back, task held),
+        asleep inside ``msgrcv`` too: a repair that needs the windows closed sends it a
+        nudge. Getters that wait with a timeout or for one mtype sleep on a futex
+        instead (``_wait_main``), out of their window."""
         free = self._bufs.free
-        counted = self.counted
-        journal = self.journal
+        window = self.counts.window if self.counted else None
+        # Only a getter of any type takes a nudge; msgrcv has no timeout.
+        in_kernel = block and deadline is None and mtype == 0
         while True:
-            # Until its object is counted out (slot back, task held) a getter of a
-            # counted queue is in a window the repairs must see (see journal), and so
-            # it never sleeps inside msgrcv.
-            moving = self.counts.moving_word() if counted else None
+            moving = window.open() if window is not None else None
             got = 0  # objects taken out of the queue for the caller (a task each)
             try:
-                if moving is not None:
-                    with journal.mutex:
-                        moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                    if self._view[_FREEZE_OFF]:
-                        self.counts.yield_to_repair(moving)
                 item = free.pop() if free else self._bufs.new()
                 try:
                     # The first attempt inline: the hot path is this one call.
                     n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
                                 _ANY if mtype == 0 else ctypes.c_long(mtype),
-                                0 if block and deadline is None and moving is None
-                                else _NOWAIT)
+                                0 if in_kernel or (moving is None and block
+                                                   and deadline is None) else _NOWAIT)
                     if n < 0:
-                        n = self._recv_again(item[0], mtype, block, deadline, moving)
-                    if self._rw_word[0]:
+                        n = self._recv_again(item[0], mtype, block, deadline, moving,
+                                             in_kernel)
+                    if self._room_waiters_word[0]:
                         # A feeder sleeps until there is room; wake it once enough was
                         # freed (each wake-up costs both sides a syscall).
                         self._freed += n if n > 16 else 16
@@ -190,6 +191,8 @@ class Channel(QueueObjects):
                     if first == _PICKLE_MARK:
                         got = 1  # (a pickle that fails to load was taken all the same)
                         return loads(view[8:8 + n])
+                    if first == _NUDGE and n == 1 and item[1].value == _NUDGE_MTYPE:
+                        continue  # (a repair wants the window closed: see Counts)
                     if first == _wire.BATCH:
                         batch = self._take_batch(view[8:8 + n], loads, item[1].value)
                         got = len(batch)
@@ -211,12 +214,8 @@ class Channel(QueueObjects):
                         got = 1
                         return loads(payload)
             finally:
-                if moving is not None:
-                    with journal.mutex:
-                        if journal.active:
-                            if got and self.kind == KIND_JOINABLE:
-                                journal.held_word[0] += got  # (before the window closes)
-                            moving[0] -= 1
+                if window is not None:
+                    window.close(moving, got if self.kind == KIND_JOINABLE else 0)
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
@@ -235,12 +234,12 @@ class Channel(QueueObjects):
         return Batch(objs, mtype)
 
     def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float],
-                    moving: Optional[memoryview]) -> int:
+                    moving: Optional[memoryview], in_kernel: bool) -> int:
         """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
             self._fail("msgrcv", err)
-        if block and deadline is None and moving is None:
+        if in_kernel or (block and deadline is None and moving is None):
             return self._recv_main(raw, mtype, True)
         n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
         if n >= 0:
@@ -266,8 +265,9 @@ class Channel(QueueObjects):
                    moving: Optional[memoryview]) -> int:
         """Wait in the kernel (a futex) for a message until *deadline* (None: forever);
         a getter is out of its window while it sleeps."""
-        tw, wake, tws = self.sems[TW], self.sems[WAKE], self.sems[TWS]
-        journal = self.journal
+        tw, wake = self.sems[TIMED_WAITERS], self.sems[TIMED_WAKEUPS]
+        tws = self.sems[TYPED_WAITERS]
+        window = self.counts.window
         if mtype:
             tws.post()
         tw.post()
@@ -277,17 +277,10 @@ class Channel(QueueObjects):
                 if n >= 0:
                     return n
                 try:
-                    if moving is not None:
-                        with journal.mutex:
-                            moving[0] -= 1
+                    window.step_out(moving)
                     woke = self.wait(wake, deadline)
                 finally:
-                    if moving is not None:
-                        with journal.mutex:
-                            if journal.active:
-                                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                if moving is not None and self._view[_FREEZE_OFF]:
-                    self.counts.yield_to_repair(moving)
+                    window.step_in(moving)
                 if not woke:
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
@@ -392,15 +385,15 @@ class _RoomWait:
         self.chan = chan
 
     def __enter__(self) -> "_RoomWait":
-        self.chan.sems[RW].post()
+        self.chan.sems[ROOM_WAITERS].post()
         return self
 
     def sleep(self) -> None:
         chan = self.chan
-        chan._sleep_on(chan.sems[ROOM], time.monotonic() + _SLICE)
+        chan._sleep_on(chan.sems[ROOM_WAKEUPS], time.monotonic() + _SLICE)
 
     def __exit__(self, *exc) -> None:
-        self.chan.sems[RW].try_acquire()
+        self.chan.sems[ROOM_WAITERS].try_acquire()
 
 
 class Batch(list):

@@ -5,21 +5,27 @@ Glossary of the crash-safety words (the journal module has the table's layout):
 * note -- what a process writes in its journal entry *before* it counts (a slot it is
   taking, a task it added) and clears *after* the object's message is in the queue;
 * held -- tasks a process took out of the queue and has not marked done yet;
-* window -- the moments an object moves between two counts (a getter from before its
-  ``msgrcv`` until it counted the object out; a JoinableQueue putter around its send
-  and the clearing of its note), marked in the entry's ``moving`` word;
+* window -- the moments an object moves between two counts, marked in the entry's
+  ``moving`` word (``Window``): a getter's from before its ``msgrcv`` (asleep inside it
+  too) until it counted the object out; a JoinableQueue putter's from before it counts
+  its task until its note is cleared after the send; a ``task_done``'s while the count
+  and ``held`` go down;
+* nudge -- a message with no object that wakes one getter asleep in ``msgrcv``, so that
+  a repair never waits for a getter that waits for an object (``_read_frozen``);
 * freeze -- a repair reading the counts asks new windows to wait (the freeze flag);
 * repair -- deriving a count again from what the kernel and the journal say, after a
   process died: free slots are ``maxsize`` minus queued objects minus live notes;
   unfinished tasks are queued objects plus live task notes plus every ``held``.
 
-The futex counters are caches of those truths; everything that changes a count in
-two places does it under the state lock (a robust process-shared mutex: no system call
-when uncontended, and a killed holder's lock goes to the next locker) with a crash
-marker naming the holder, so the next holder knows to repair. Joiners sleep on a
-counter of their own that only a ``task_done()`` bringing the count to zero (or a
-repair) posts, and only when the joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the queue's
-kernel objects (``QueueObjects``) and the journal, nothing above them.
+The futex counters are caches of those truths. A count that changes in two places
+(a note or ``held`` and a futex counter) changes inside this process's window, which
+every recount waits for, or, for a process without a journal entry, under the state
+lock (a robust process-shared mutex: no system call when uncontended, and a killed
+holder's lock goes to the next locker) with a crash marker naming the holder, so the
+next holder knows to repair. Joiners sleep on a counter of their own that only a
+``task_done()`` bringing the count to zero (or a repair) posts, and only when the
+joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the
+queue's kernel objects (``QueueObjects``) and the journal, nothing above them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from typing import Callable, Optional
 from .journal import MOVE, Journal
 from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
                      _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
-                     _UNNOTED_OFF, JW, JWAKE, KIND_JOINABLE, SLOTS, SW, SWAKE, UNFINISHED)
+                     _UNNOTED_OFF, FREE_SLOTS, JOIN_WAKEUPS, JOINERS, KIND_JOINABLE,
+                     SLOT_WAITERS, SLOT_WAKEUPS, UNFINISHED_TASKS)
 from .objects import _ALIVE_CHECK, QueueObjects
 
 __all__ = ["Counts"]
@@ -65,6 +72,7 @@ class Counts:
         self.maxsize = objects.maxsize
         self._next_repair = 0.0
         self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
+        self.window = Window(self)
 
     # -- the state lock ---------------------------------------------------------------
 
@@ -80,54 +88,6 @@ class Counts:
         """Under the state lock: add *delta* to a count in the control segment."""
         field.pack_into(self._view, off, field.unpack_from(self._view, off)[0] + delta)
 
-    # -- windows ------------------------------------------------------------------------
-
-    def moving_word(self) -> Optional[memoryview]:
-        """This process's journal ``moving`` word, claiming its entry on first use."""
-        word = self.journal.moving_word()
-        if word is None and self.own_entry():
-            word = self.journal.moving_word()
-        return word
-
-    def yield_to_repair(self, moving: memoryview) -> None:
-        """A repair froze the windows: step out leaving no trace, wait until it is done
-        (``_FREEZE_WAIT`` at most), step in again."""
-        journal, view = self.journal, self._view
-        try:
-            with journal.mutex:
-                moving[0] = (moving[0] - MOVE) & 0xFFFFFFFF
-            give_up = time.monotonic() + _FREEZE_WAIT
-            while view[_FREEZE_OFF] and time.monotonic() < give_up:
-                time.sleep(0.0002)
-            if view[_FREEZE_OFF] and self._q.state_lock.free():
-                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
-        finally:
-            with journal.mutex:
-                if journal.active:
-                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-
-    def enter_window(self) -> Optional[memoryview]:
-        """A JoinableQueue putter steps into the window around its send and the clearing
-        of its note (the object is queued and noted: a task recount must see that).
-        Pair it with ``leave_window`` in a ``finally``; None: no window (not joinable, or
-        no journal entry)."""
-        if self.kind != KIND_JOINABLE:
-            return None
-        moving = self.moving_word()
-        if moving is not None:
-            with self.journal.mutex:
-                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-            if self._view[_FREEZE_OFF]:
-                self.yield_to_repair(moving)
-        return moving
-
-    def leave_window(self, moving: Optional[memoryview]) -> None:
-        if moving is not None:
-            journal = self.journal
-            with journal.mutex:
-                if journal.active:
-                    moving[0] -= 1
-
     def take_one(self) -> bool:
         """``take_slots(1, block=False)`` when a slot is free at once (the common case)."""
         journal = self.journal
@@ -137,44 +97,63 @@ class Counts:
 
     # -- the task count of a JoinableQueue ------------------------------------------------
 
-    def task_added(self) -> None:
-        """Count one task; this process's journal entry notes it until it is sent."""
+    def task_added(self, window: Optional[memoryview]) -> None:
+        """Count one task; this process's journal entry notes it until it is sent.
+
+        Inside this process's open *window* the note and the count need no lock: a task
+        recount reads the counts only while no window is open, and a process killed in
+        a window has its tasks derived again. Without one (no journal entry) the state
+        lock makes them one step."""
         if self._view[_REMOVED_OFF]:
             self._q._fail("task_added", errno.EIDRM)
+        if window is not None:
+            self.journal.add_task()
+            self.sems[UNFINISHED_TASKS].post()
+            return
         with self.state_locked():
             if self.journal_entry() is not None:
                 self.journal.add_task()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            self.sems[UNFINISHED].post()
+            self.sems[UNFINISHED_TASKS].post()
 
     def task_done(self) -> None:
+        """Take one task off the count and off this process's ``held`` (in a window, as
+        ``task_added``), waking the joiners when none is left."""
         if self._view[_REMOVED_OFF]:
             self._q._fail("task_done", errno.EIDRM)
-        with self.state_locked():
-            if not self.sems[UNFINISHED].try_acquire():
-                raise ValueError("task_done() called too many times")
-            if self.journal_entry() is not None:
-                self.journal.task_done()
-            else:
+        window = self.window
+        word = window.open()
+        if word is None:
+            with self.state_locked():
+                if not self.sems[UNFINISHED_TASKS].try_acquire():
+                    raise ValueError("task_done() called too many times")
                 self._view[_UNNOTED_OFF] = 1
-            if self.words[JW][0] and not self.words[UNFINISHED][0]:
-                self._wake_joiners()
+        else:
+            done = 0
+            try:
+                if not self.sems[UNFINISHED_TASKS].try_acquire():
+                    raise ValueError("task_done() called too many times")
+                done = 1
+            finally:
+                window.close(word, -done)
+        if self.words[JOINERS][0] and not self.words[UNFINISHED_TASKS][0]:
+            self._wake_joiners()
 
     def unfinished(self) -> int:
         self.repair()
-        return self.sems[UNFINISHED].value
+        return self.sems[UNFINISHED_TASKS].value
 
     def join_tasks(self) -> None:
         """Wait until every task put on the queue was marked done (the count is zero).
 
-        A joiner counts itself among the joiners (``JW``) before it reads the count, and
-        ``task_done()`` reads ``JW`` after it took its task off the count (both atomic
+        A joiner counts itself among the joiners (``JOINERS``) before it reads the count, and
+        ``task_done()`` reads ``JOINERS`` after it took its task off the count (both atomic
         read-modify-writes), so a joiner that finds work left is always woken. About once
         a second (and before the first wait) it settles what dead processes left --
         tasks counted and never sent -- and checks that the queue still exists."""
-        q, wake, count = self._q, self.sems[JWAKE], self.words[UNFINISHED]
-        joiners = self.sems[JW]
+        q, wake, count = self._q, self.sems[JOIN_WAKEUPS], self.words[UNFINISHED_TASKS]
+        joiners = self.sems[JOINERS]
         joiners.post()
         try:
             while True:
@@ -187,19 +166,21 @@ class Counts:
             joiners.try_acquire()
 
     def _wake_joiners(self) -> None:
-        """The count is zero: wake every joiner that waits (and has no wake-up yet)."""
-        wake = self.sems[JWAKE]
-        for _ in range(self.words[JW][0] - self.words[JWAKE][0]):
+        """The count is zero: wake every joiner that waits (and has no wake-up yet; two
+        callers at once may wake one twice: a joiner looks at the count when it wakes)."""
+        wake = self.sems[JOIN_WAKEUPS]
+        for _ in range(self.words[JOINERS][0] - self.words[JOIN_WAKEUPS][0]):
             wake.post()
 
     def _repair_state(self, dead: int) -> None:
         """Under the state lock: holder *dead* died inside it, maybe between a task's
         note and its count: derive the count again, and the gate from it."""
         self._view[_FREEZE_OFF] = 0
+        self._q.take_back_nudges()  # (a repair killed half-way may have left some)
         if self.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
-        if not self.words[UNFINISHED][0]:
+        if not self.words[UNFINISHED_TASKS][0]:
             self._wake_joiners()
 
     # -- the journal: what dead processes counted and never sent -----------------------
@@ -230,10 +211,10 @@ class Counts:
                 # Some process counts without notes: no count can be derived; give the
                 # dead processes' unsent tasks back as noted (exact but for a kill
                 # between a send and its note's clearing).
-                unfinished = self.sems[UNFINISHED]
+                unfinished = self.sems[UNFINISHED_TASKS]
                 for _ in range(tasks):
                     unfinished.try_acquire()
-                if not self.words[UNFINISHED][0]:
+                if not self.words[UNFINISHED_TASKS][0]:
                     self._wake_joiners()
             else:
                 view[_RECOUNT_OFF] = 1
@@ -260,7 +241,7 @@ class Counts:
             return
         truth = max(counts + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
                     + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
-        unfinished = self.sems[UNFINISHED]
+        unfinished = self.sems[UNFINISHED_TASKS]
         now = unfinished.value
         for _ in range(truth - now):
             unfinished.post()
@@ -273,23 +254,35 @@ class Counts:
     def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
         """Under the state lock: ``read()`` the counts while no live process is in a
         window. New windows wait (the freeze flag; a busy getter would otherwise open
-        one every few microseconds), open ones are waited for (``_FREEZE_WAIT`` at
-        most). None when one stayed open (a stopped process) or one moved while the
-        counts were read (the journal's ``moving`` words, before and after)."""
+        one every few microseconds); getters asleep in msgrcv get a nudge each (they
+        wake, see the flag and step out), open windows are waited for (``_FREEZE_WAIT``
+        at most), and the nudges nobody took are taken back before the read (so the
+        kernel's message count is objects only). None when a window stayed open (a
+        stopped process) or one moved while the counts were read (the journal's
+        ``moving`` words, before and after)."""
         journal, view = self.journal, self._view
         view[_FREEZE_OFF] = 1
+        nudged = False
         try:
             give_up = time.monotonic() + _FREEZE_WAIT
             while True:
                 before = journal.movers()
                 if before is not None:
                     break
+                if not nudged:
+                    nudged = True
+                    self._q.nudge_getters(journal.open_windows())
                 if time.monotonic() >= give_up:
                     return None
                 time.sleep(0.0002)
+            if nudged:
+                nudged = False
+                self._q.take_back_nudges()
             counts = read()
             return counts if journal.movers() == before else None
         finally:
+            if nudged:
+                self._q.take_back_nudges()
             view[_FREEZE_OFF] = 0
 
     def journal_entry(self) -> Optional[int]:
@@ -344,7 +337,7 @@ class Counts:
                 elif not waiting:
                     # Counted as waiting before the next try: a getter that frees a slot
                     # after that try sees a waiter to wake.
-                    self.sems[SW].post()
+                    self.sems[SLOT_WAITERS].post()
                     waiting = True
                     self.repair_slots()
                 elif not self._wait_for_slot(deadline):
@@ -353,7 +346,7 @@ class Counts:
             return True
         finally:
             if waiting:
-                self.sems[SW].try_acquire()
+                self.sems[SLOT_WAITERS].try_acquire()
             if taken:  # giving up, or an exception: hand back what was taken
                 self.slots_freed(taken)
                 self.journal.sent(0, taken)
@@ -361,7 +354,7 @@ class Counts:
     def _wait_for_slot(self, deadline: Optional[float]) -> bool:
         """Sleep on this putter's wake-up until *deadline*, looking for lost slots (and
         for the queue's removal) every ``_SLOT_CHECK`` s."""
-        q, wake = self._q, self.sems[SWAKE]
+        q, wake = self._q, self.sems[SLOT_WAKEUPS]
         while True:
             got = q.wait_slice(wake, deadline, _SLOT_CHECK)
             if got is not None:
@@ -371,20 +364,20 @@ class Counts:
     def _try_slot(self) -> bool:
         journal = self.journal
         journal.add_slots(1)
-        if self.sems[SLOTS].try_acquire():
+        if self.sems[FREE_SLOTS].try_acquire():
             return True
         journal.sent(0, 1)
         return False
 
     def slots_freed(self, n: int) -> None:
         """*n* slots are free again: count them, and wake as many waiting putters."""
-        slots = self.sems[SLOTS]
+        slots = self.sems[FREE_SLOTS]
         for _ in range(n):
             slots.post()
-        waiting = self._q._sw_word[0]
+        waiting = self._q._slot_waiters_word[0]
         if waiting:
-            wake = self.sems[SWAKE]
-            for _ in range(min(n, waiting - self.words[SWAKE][0])):
+            wake = self.sems[SLOT_WAKEUPS]
+            for _ in range(min(n, waiting - self.words[SLOT_WAKEUPS][0])):
                 wake.post()
 
     def repair_slots(self) -> None:
@@ -407,7 +400,7 @@ class Counts:
             return
         self._next_repair = now + _REPAIR_EVERY
         def read():
-            free = self.sems[SLOTS].value
+            free = self.sems[FREE_SLOTS].value
             noted = self.journal.noted()[1]
             return free + noted + self._q._stat_main().msg_qnum
 
@@ -438,6 +431,96 @@ class Counts:
                 self._add_to(_HELD_GONE, _HELD_GONE_OFF, journal.take_held())
         except OSError:
             pass  # removed already: nothing left to count
+
+
+class Window:
+    """This process's journal window: while open, an object may be between two counts
+    (see the glossary), and the entry's ``moving`` word says so to every repair.
+
+    Getters open it before ``msgrcv`` (also before sleeping inside it) and close it once
+    the object is counted out; a JoinableQueue putter opens it around its send and the
+    clearing of its note. The one rule for callers::
+
+        word = window.open()      # the statement right before ``try``
+        try:
+            ...
+        finally:
+            window.close(word)
+
+    ``open()`` leaves nothing counted when it raises (a ``KeyboardInterrupt`` inside it
+    is undone there), and from Python 3.11 nothing can raise between its return and the
+    ``try`` (signals are checked at calls and backward jumps only). None: no window
+    (this process has no journal entry, and counts unjournaled).
+    """
+
+    __slots__ = ("counts", "journal", "_view")
+
+    def __init__(self, counts: Counts):
+        self.counts = counts
+        self.journal = counts.journal
+        self._view = counts._view
+
+    def open(self) -> Optional[memoryview]:
+        word = self.journal.moving_word()
+        if word is None:
+            if not self.counts.own_entry():
+                return None
+            word = self.journal.moving_word()
+            if word is None:
+                return None
+        counted = False
+        try:
+            with self.journal.mutex:
+                word[0] = (word[0] + MOVE) & 0xFFFFFFFF
+                counted = True
+            if self._view[_FREEZE_OFF]:
+                self._yield_to_repair(word)
+        except BaseException:
+            if counted:
+                self.close(word)
+            raise
+        return word
+
+    def close(self, word: Optional[memoryview], held: int = 0) -> None:
+        """Close the window (if *word*); *held* tasks were taken meanwhile (a getter's,
+        recorded before the window closes)."""
+        if word is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    if held:
+                        journal.held_word[0] += held
+                    word[0] -= 1
+
+    def step_out(self, word: Optional[memoryview]) -> None:
+        """Close it while asleep on a futex (``step_in`` after, in a ``finally``)."""
+        self.close(word)
+
+    def step_in(self, word: Optional[memoryview]) -> None:
+        if word is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    word[0] = (word[0] + MOVE) & 0xFFFFFFFF
+            if self._view[_FREEZE_OFF]:
+                self._yield_to_repair(word)
+
+    def _yield_to_repair(self, word: memoryview) -> None:
+        """A repair froze the windows: step out leaving no trace, wait until it is done
+        (``_FREEZE_WAIT`` at most), step in again."""
+        journal, view = self.journal, self._view
+        try:
+            with journal.mutex:
+                word[0] = (word[0] - MOVE) & 0xFFFFFFFF
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while view[_FREEZE_OFF] and time.monotonic() < give_up:
+                time.sleep(0.0002)
+            if view[_FREEZE_OFF] and self.counts._q.state_lock.free():
+                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
+        finally:
+            with journal.mutex:
+                if journal.active:
+                    word[0] = (word[0] + MOVE) & 0xFFFFFFFF
 
 
 class _StateLock:

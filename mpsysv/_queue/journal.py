@@ -22,8 +22,9 @@ slots are ``maxsize`` minus the objects in the kernel queue minus the live slot 
 unfinished tasks are the queued objects plus the live task notes plus every entry's
 ``held`` (and what freed entries held). ``moving`` makes that exact: its low byte
 counts this process's threads in a window where an object moves between those counts
-(a getter from before its ``msgrcv`` until it counted the object out; a JoinableQueue
-putter from before its ``msgsnd`` until it cleared its note), its upper bits count
+(a getter from before its ``msgrcv``, asleep in it too, until it counted the object
+out; a JoinableQueue putter from before it counts its task until it cleared its note;
+a ``task_done`` while the count goes down), its upper bits count
 every such window, so a repair sees whether a live process was in one at any time
 while it read the counts.
 Parcel bits are not rolled back either: the parcel table's next writer reads them.
@@ -67,7 +68,7 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
-        self.active = False  # this handle has an entry (a plain attribute: see moving_word)
+        self.active = False  # this handle has an entry (read under mutex by counts.Window)
         # Views of this process's entry, used only while it has one (claimed).
         self._moving = memoryview(b"")
         self.held_word = memoryview(b"")  # the owner's ``held`` (as _moving)
@@ -152,16 +153,10 @@ class Journal:
                 self._slots[0] += n
 
     def add_task(self) -> None:
-        """Under the state lock, before the task count goes up."""
+        """In a window or under the state lock, with the task count going up."""
         if self._off is not None and self._pid == _me[0]:
             with self.mutex:
                 self._tasks[0] += 1
-
-    def task_done(self) -> None:
-        """Under the state lock, with the task count going down."""
-        if self._off is not None and self._pid == _me[0]:
-            with self.mutex:
-                self.held_word[0] -= 1
 
     def take_held(self) -> int:
         """Under the state lock: this entry's ``held``, zeroed (its owner lets go)."""
@@ -174,14 +169,8 @@ class Journal:
         return held
 
     def moving_word(self) -> Optional[memoryview]:
-        """This process's ``moving`` word (None before it claimed an entry).
-
-        Its owner changes it only as ``word[0] = (word[0] + MOVE) & 0xFFFFFFFF`` (into a
-        window) and ``word[0] -= 1`` (out of it) under ``mutex``, written out where it
-        is used: with no call between entering a ``try`` and the change, a
-        ``KeyboardInterrupt`` (Python 3.11+ checks for it only at calls and backward
-        jumps) cannot leave a window counted that its ``finally`` does not undo.
-        """
+        """This process's ``moving`` word (None before it claimed an entry); only
+        ``counts.Window`` changes it, under ``mutex``."""
         if self._off is not None and self._pid == _me[0]:
             return self._moving
         return None
@@ -232,6 +221,11 @@ class Journal:
                 return None
             words.append(moving)
         return tuple(words)
+
+    def open_windows(self) -> int:
+        """Threads of live processes in a window now (getters asleep in msgrcv among them)."""
+        return sum(moving & 0xFF for _, (pid, _, _, _, _, moving, start, _) in self.entries()
+                   if pid and moving & 0xFF and alive(pid, start))
 
     def noted(self) -> Tuple[int, int, int]:
         """``(tasks, slots, held)`` summed over the entries in use."""

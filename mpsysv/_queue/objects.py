@@ -32,9 +32,10 @@ from .._ipc.errors import (RemovedError, WHY_REMOVED, message_size_error, permis
                            raise_errno, removed)
 from .._ipc.futex import PosixSemaphore
 from .._ipc.mutex import RobustMutex
-from .layout import (_REMOVED_OFF, CTL_SIZE, MAGIC, NSEMS, ROOM, RW, SEM_HOLDERS, SEM_OFFS, SEM_STREAM,
-                     SLOTS,
-                     STATE_LOCK_OFF, SW, TW, TWS, WAKE, pack_header, pack_name, parse_header)
+from . import wire as _wire
+from .layout import (_REMOVED_OFF, CTL_SIZE, FREE_SLOTS, MAGIC, NSEMS, ROOM_WAITERS, ROOM_WAKEUPS,
+                     SEM_HOLDERS, SEM_OFFS, SEM_STREAM, SLOT_WAITERS, STATE_LOCK_OFF, TIMED_WAITERS,
+                     TIMED_WAKEUPS, TYPED_WAITERS, pack_header, pack_name, parse_header)
 
 __all__ = ["QueueObjects", "NoCopy"]
 
@@ -45,6 +46,7 @@ _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
 _get_errno = L.get_errno
 _msgsnd, _size_arg = L.msgsnd_fast, L.size_arg
 _TYPE1 = (1).to_bytes(8, "little")
+_NUDGE, _NUDGE_MTYPE = bytes((_wire.NUDGE,)), _wire.NUDGE_MTYPE
 _getpid = os.getpid
 
 
@@ -73,8 +75,10 @@ class QueueObjects:
                      for i, off in enumerate(SEM_OFFS)]
         # The count word of each glibc sem_t (checked at import): read without a call.
         self.words = [self._view[off:off + 4].cast("I") for off in SEM_OFFS]
-        self._tw_word, self._rw_word, self._room_word, self._sw_word, self._tws_word = (
-            self.words[i] for i in (TW, RW, ROOM, SW, TWS))
+        (self._timed_waiters_word, self._room_waiters_word, self._room_wakeups_word,
+         self._slot_waiters_word, self._typed_waiters_word) = (
+            self.words[i] for i in (TIMED_WAITERS, ROOM_WAITERS, ROOM_WAKEUPS, SLOT_WAITERS,
+                                    TYPED_WAITERS))
         self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self._what()} state lock")
         self._detached = False
         self._sleepers = 0  # threads sleeping on a counter in the segment (see _sleep_on)
@@ -114,7 +118,8 @@ class QueueObjects:
             if name:
                 pack_name(view, name)
             for i, off in enumerate(SEM_OFFS):
-                PosixSemaphore(address + off).init(maxsize if i == SLOTS and maxsize > 0 else 0)
+                PosixSemaphore(address + off).init(
+                    maxsize if i == FREE_SLOTS and maxsize > 0 else 0)
             RobustMutex(address + STATE_LOCK_OFF).init()
             # The magic goes in last: openers by name wait for it.
             pack_header(view, kind, maxsize, _getpid(), name, mode, time.time(), main_qid,
@@ -228,11 +233,30 @@ class QueueObjects:
         waking). One is enough for one message, unless some wait for one mtype: the
         one woken might not want it, so then every waiter looks."""
         words = self.words
-        missing = words[TW][0] - words[WAKE][0]
+        missing = words[TIMED_WAITERS][0] - words[TIMED_WAKEUPS][0]
         if missing > 0:
-            wake = self.sems[WAKE]
-            for _ in range(missing if self._tws_word[0] else 1):
+            wake = self.sems[TIMED_WAKEUPS]
+            for _ in range(missing if self._typed_waiters_word[0] else 1):
                 wake.post()
+
+    def nudge_getters(self, n: int) -> None:
+        """Send *n* nudges (``wire``): each wakes one getter asleep in ``msgrcv``. A
+        full queue takes none, and needs none: a getter of any type is not asleep then."""
+        for _ in range(n):
+            if not self._send_msg(self.main_qid, _NUDGE, _NUDGE_MTYPE, L.IPC_NOWAIT):
+                return
+
+    def take_back_nudges(self) -> None:
+        """Receive every nudge still in the main queue (nobody needed it)."""
+        raw = ctypes.create_string_buffer(8 + 8)
+        while True:
+            n = L.msgrcv(self.main_qid, raw, 8, _NUDGE_MTYPE, L.IPC_NOWAIT | L.MSG_NOERROR)
+            if n < 0:
+                err = L.get_errno()
+                if err == _E.ENOMSG:
+                    return
+                if err != _EINTR:
+                    self._fail("msgrcv", err)
 
     # -- looking at the main queue ----------------------------------------------------
 

@@ -23,8 +23,8 @@ from .._ipc.procs import alive as _alive
 from . import wire as _wire
 from .journal import Journal
 from .objects import NoCopy, QueueObjects
-from .layout import (_MARK, _MARK_OFF, _READER, _STATE, AVAIL, DONE, SEM_STREAM, SPACE,
-                      ST_ABANDONED, ST_HEAD, ST_IDLE)
+from .layout import (_MARK, _MARK_OFF, _READER, _STATE, SEM_STREAM, STREAM_DONE, STREAM_FRAMES,
+                     STREAM_SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE)
 
 __all__ = ["Streams"]
 
@@ -68,7 +68,7 @@ class Streams:
         try:
             self._repair_stream()
             self._purge_others(sid)
-            for i in (SPACE, AVAIL, DONE):
+            for i in (STREAM_SPACE, STREAM_FRAMES, STREAM_DONE):
                 while self.sems[i].try_acquire():
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
@@ -76,12 +76,12 @@ class Streams:
             self._q._send_msg(self._q.main_qid, head, mtype, 0)
             if counted and self._q.maxsize > 0:
                 self.journal.sent(0, 1)
-            if self._q._tw_word[0]:
+            if self._q._timed_waiters_word[0]:
                 self._q._wake_timed()
             for frame in frames:
                 if not self._send_frame(frame, sid):
                     return
-                self.sems[AVAIL].post()
+                self.sems[STREAM_FRAMES].post()
             self._await_reader(sid)
         finally:
             self._set_mark(0, 0, ST_IDLE)
@@ -90,7 +90,7 @@ class Streams:
     def _send_frame(self, frame: bytes, sid: int) -> bool:
         """Send one frame; False when the reader died and the stream was dropped."""
         while not self._q._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
-            if not self._q._sleep_on(self.sems[SPACE], time.monotonic() + _SLICE):
+            if not self._q._sleep_on(self.sems[STREAM_SPACE], time.monotonic() + _SLICE):
                 if self._reader_gone(sid):
                     return False
                 self._purge_others(sid)
@@ -98,7 +98,7 @@ class Streams:
 
     def _await_reader(self, sid: int) -> None:
         """Wait until the reader has taken the last frame (or died)."""
-        while not self._q._sleep_on(self.sems[DONE], time.monotonic() + _SLICE):
+        while not self._q._sleep_on(self.sems[STREAM_DONE], time.monotonic() + _SLICE):
             if self._reader_gone(sid):
                 return
 
@@ -171,9 +171,9 @@ class Streams:
             _READER.pack_into(self._view, _MARK_OFF + 4, _getpid())
         raw = (ctypes.c_char * (8 + self.msgmax))()
         view = memoryview(raw).cast("B")
-        avail, space = self.sems[AVAIL], self.sems[SPACE]
+        avail, space = self.sems[STREAM_FRAMES], self.sems[STREAM_SPACE]
         while not assembly.complete:
-            # The frame itself decides; AVAIL is only a doorbell (a token may belong to
+            # The frame itself decides; STREAM_FRAMES is only a doorbell (a token may belong to
             # another stream), so a missed or stolen token costs at most one slice.
             n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
             if n < 0:
@@ -197,7 +197,7 @@ class Streams:
                               RuntimeWarning, stacklevel=4)
                 return None
             space.post()
-        self.sems[DONE].post()
+        self.sems[STREAM_DONE].post()
         return assembly.payload()
 
     def _writer_gone(self, sid: int) -> bool:
