@@ -112,7 +112,7 @@ class GetterWakeupTest(_LongSlices):
         for i in range(10):
             reader.fileno()  # re-arms the watcher: the queue is empty
             got = []
-            getter = self.thread(lambda: got.append(q.get(timeout=LONG_SLICE)))
+            getter = self.thread(lambda out: out.append(q.get(timeout=LONG_SLICE)), got)
             self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 2),
                             "the getter and the watcher never both waited")
             q.put(i)
