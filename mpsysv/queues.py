@@ -173,12 +173,7 @@ class _Base(Generic[T]):
             self._on_queue_feeder_error(exc, obj)
             return
         if self._chan.counted:
-            deadline = None
-            if timeout is not None and block:
-                _check_timeout(timeout)
-                deadline = monotonic() + timeout
-            if not self._feeder.send_counted(payload, mtype, block, deadline):
-                raise Full
+            self._put_counted(payload, mtype, block, timeout)
         elif len(payload) > self._msgmax:
             self._feeder.send(payload, mtype)
         elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
@@ -187,6 +182,16 @@ class _Base(Generic[T]):
     def _send(self, payload, mtype: int) -> bool:
         """Hand one object to the kernel now (True), or to the feeder, in order."""
         return self._feeder.send(payload, mtype)
+
+    def _put_counted(self, payload, mtype: int, block: bool, timeout: Optional[float]) -> None:
+        """``put()`` of a bounded or joinable queue's pickled object (``Feeder.send_counted``
+        owns the rule); ``Full`` when no slot came in time."""
+        deadline = None
+        if timeout is not None and block:
+            _check_timeout(timeout)
+            deadline = monotonic() + timeout
+        if not self._feeder.send_counted(payload, mtype, block, deadline):
+            raise Full
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
@@ -229,9 +234,8 @@ class _Base(Generic[T]):
                 self._stash.extend((got.mtype, obj) for obj in got[1:])
                 return got[0]
 
-    # The base get and put, whatever a subclass overrides (for ``_connection``).
+    # The base get, whatever a subclass overrides (for ``_connection``).
     _base_get = get
-    _base_put = put
 
     def _from_stash(self, mtype: int):
         """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
