@@ -94,13 +94,11 @@ class _Base(Generic[T]):
 
     def _setup(self, chan: Channel) -> None:
         self._chan = chan
-        self._maxsize = chan.maxsize
-        self._msgmax = chan.msgmax
         self._closed = False
         self._used = False
         self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
         chan.parcels.zero_copy = self._zero_copy
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._chan.msgmax + 1))
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer: Optional[util.Finalize] = None
         self._register_finalizer()
@@ -122,7 +120,7 @@ class _Base(Generic[T]):
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._chan.msgmax + 1))
         self._register_finalizer()
 
     # -- pickling: a handle re-attaches by the control segment's id -------------------
@@ -173,8 +171,12 @@ class _Base(Generic[T]):
             self._on_queue_feeder_error(exc, obj)
             return
         if self._chan.counted:
-            self._put_counted(payload, mtype, block, timeout)
-        elif len(payload) > self._msgmax:
+            if timeout is None or not block:  # (_put_counted without a deadline)
+                if not self._feeder.send_counted(payload, mtype, block, None):
+                    raise Full
+            else:
+                self._put_counted(payload, mtype, block, timeout)
+        elif len(payload) > self._chan.msgmax:
             self._feeder.send(payload, mtype)
         elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
             self._feeder.enqueue(payload, mtype)  # (_send(), inlined: the hot path)
@@ -274,12 +276,12 @@ class _Base(Generic[T]):
         count = sum(n for _, n in chunks)
         if not count:
             return
-        if self._maxsize:
-            if count > self._maxsize and block and timeout is None:  # (it would wait forever)
+        if self._chan.maxsize:
+            if count > self._chan.maxsize and block and timeout is None:  # (it would wait forever)
                 raise ValueError(f"put_many() of {count} objects on a queue of maxsize "
-                                 f"{self._maxsize}: its slots are taken all or none, and "
+                                 f"{self._chan.maxsize}: its slots are taken all or none, and "
                                  f"{count} can never be free at once; put them in groups "
-                                 f"of at most {self._maxsize}")
+                                 f"of at most {self._chan.maxsize}")
             self._take_slots(count, block, timeout)
         chan = self._chan
         if not chan.counted:
@@ -314,10 +316,10 @@ class _Base(Generic[T]):
         except Exception:
             parts = 2  # find the unpicklable ones, one by one if need be
         else:
-            if len(data) < self._msgmax:
+            if len(data) < self._chan.msgmax:
                 yield encode_batch(data), len(objs)
                 return
-            parts = -(-len(data) * 10 // (self._msgmax * 9))
+            parts = -(-len(data) * 10 // (self._chan.msgmax * 9))
         step = -(-len(objs) // parts)
         for i in range(0, len(objs), step):
             yield from self._pickle_chunks(objs[i:i + step])
@@ -372,7 +374,7 @@ class _Base(Generic[T]):
     def full(self) -> bool:
         """Return True if a bounded queue has no free slot, False otherwise (always False
         for an unbounded queue)."""
-        return bool(self._maxsize) and self._chan.sems[FREE_SLOTS].value == 0
+        return bool(self._chan.maxsize) and self._chan.sems[FREE_SLOTS].value == 0
 
     def close(self) -> None:
         """Indicate that no more data will be put on or got from this handle by this
@@ -454,7 +456,7 @@ class _Base(Generic[T]):
     @property
     def maxsize(self) -> int:
         """The number of slots of a bounded queue, 0 when unbounded."""
-        return self._maxsize
+        return self._chan.maxsize
 
     def unlink(self) -> None:
         """Remove the queue's kernel objects now, with what it holds; a named queue's name
@@ -465,7 +467,7 @@ class _Base(Generic[T]):
         c = self._chan
         label = f"name={c.name!r} " if c.name else ""
         return (f"<mpsysv.{type(self).__name__} {label}ctl={c.ctl_id} msq=({c.main_qid}, "
-                f"{c.stream_qid}) sem={c.semid} maxsize={self._maxsize}>")
+                f"{c.stream_qid}) sem={c.semid} maxsize={self._chan.maxsize}>")
 
 
 # Each class also derives from its multiprocessing counterpart, after _Base, so that code
@@ -498,7 +500,8 @@ else:
 
 
 class Queue(_Base[T], _StdQueue[T]):
-    """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+    """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600,
+    zero_copy=True)
 
     A process-shared FIFO queue, as ``multiprocessing.Queue``, on System V message
     queues: objects are pickled in the putting process and unpickled in the getting one.
@@ -515,7 +518,9 @@ class Queue(_Base[T], _StdQueue[T]):
 
     With *strict* true, ``put()`` raises the error of an object that cannot be pickled
     instead of reporting it through ``_on_queue_feeder_error()``. *mode* holds the
-    permission bits of the kernel objects (0o600: this user only).
+    permission bits of the kernel objects (0o600: this user only). With *zero_copy*
+    false, out-of-band buffers this handle receives (NumPy arrays of 16 KiB and more)
+    are private copies instead of views of the segment they came in.
 
     Handles pickle: a queue can be passed to any process of the same user, also through
     another queue. ``Queue[int]`` and the like are accepted for type annotations.
@@ -525,7 +530,8 @@ class Queue(_Base[T], _StdQueue[T]):
 
 
 class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
-    """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+    """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600,
+    zero_copy=True)
 
     A ``Queue`` that counts unfinished tasks, as ``multiprocessing.JoinableQueue``: each
     ``put()`` adds one, each ``task_done()`` takes one away, and ``join()`` waits until
@@ -552,7 +558,7 @@ class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
 
 
 class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
-    """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600)
+    """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600, zero_copy=True)
 
     The stdlib's minimal queue: put, get, empty, close; the arguments are those of
     ``Queue``, without *maxsize*.

@@ -35,10 +35,7 @@ _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for 
 _E = errno
 _EINTR = errno.EINTR
 _get_errno = L.get_errno
-_msgrcv, _msgsnd = L.msgrcv_fast, L.msgsnd_fast
-_size_arg, _sizes = L.size_arg, L._size_args
-_TYPE1 = (1).to_bytes(8, "little")
-_EAGAIN = errno.EAGAIN
+_msgrcv = L.msgrcv_fast
 _ANY = ctypes.c_long(0)
 _NOWAIT = L.IPC_NOWAIT
 _PICKLE_MARK = _wire.PICKLE_MARK
@@ -73,8 +70,8 @@ class Channel(QueueObjects):
         self.journal = Journal(self._view)
         # Bounded and joinable queues count before they send: those counts are journaled.
         self.counted = self.kind == KIND_JOINABLE or self.maxsize > 0
-        self.counts = Counts(self, self.journal)
-        self.streams = Streams(self, self.journal)
+        self.counts = Counts(self, self._view, self.journal)
+        self.streams = Streams(self, self._view, self.journal)
         self.parcels = ParcelTable(self._view, ctl_id, self.mode, self.journal, self)
         self._released = False
 
@@ -103,36 +100,11 @@ class Channel(QueueObjects):
 
     # -- sending ---------------------------------------------------------------------
 
-    def try_send(self, payload, mtype: int) -> bool:
-        """Send a one-message object without blocking; False when the queue is full.
-
-        (``_send_msg`` written out: this is every small object's path.)"""
-        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        n = len(payload)
-        size = _sizes.get(n) or _size_arg(n)
-        while _msgsnd(self.main_qid, data, size, _NOWAIT) == -1:
-            err = _get_errno()
-            if err == _EAGAIN:
-                return False
-            if err != _EINTR:
-                self._fail("msgsnd", err)
-        if self._timed_waiters_word[0]:
-            self._wake_timed()
-        return True
-
     def send_waiting(self, payload, mtype: int) -> None:
         """Send a one-message object, waiting inside msgsnd while the queue is full:
         the kernel wakes the sender as soon as a getter makes room for it (no
         counter, no slice). Only for an uncounted queue's object whose buffer is empty."""
-        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        n = len(payload)
-        size = _sizes.get(n) or _size_arg(n)
-        while _msgsnd(self.main_qid, data, size, 0) == -1:
-            err = _get_errno()
-            if err != _EINTR:
-                self._fail("msgsnd", err)
-        if not self._detached and self._timed_waiters_word[0]:
-            self._wake_timed()
+        self.try_send(payload, mtype, None, 0)
 
     def _wake_room(self) -> None:
         """A message left the queue: wake the feeders that wait for room."""
@@ -212,7 +184,7 @@ class Channel(QueueObjects):
                     first = view[8] if n > 0 else -1
                     if self.maxsize > 0 and first in _ONE_OBJECT:
                         # (a batch releases its other objects' slots in _take_batch)
-                        self.counts.slots_freed(1)
+                        self.counts.slot_freed()
                     if first == _PICKLE_MARK:
                         got = 1  # (a pickle that fails to load was taken all the same)
                         return loads(view[8:8 + n])
@@ -231,7 +203,7 @@ class Channel(QueueObjects):
                         return self.parcels.unwrap(head, loads)
                     except _wire.WireError as exc:
                         got = 0
-                        warnings.warn(f"{self._what()}: dropped an object: {exc}",
+                        warnings.warn(f"{self.what()}: dropped an object: {exc}",
                                       RuntimeWarning, stacklevel=3)
                 else:
                     payload = self.streams.read(head)
@@ -250,7 +222,7 @@ class Channel(QueueObjects):
             if type(objs) is not list or len(objs) < 2:
                 raise _wire.WireError("a batch must hold a list of two or more objects")
         except _wire.WireError as exc:
-            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+            warnings.warn(f"{self.what()}: dropped a foreign message ({exc})", RuntimeWarning,
                           stacklevel=4)
             return Batch([], mtype)
         self.counts.add_extra(1 - len(objs))
@@ -263,7 +235,7 @@ class Channel(QueueObjects):
         """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
-            self._fail("msgrcv", err)
+            self.fail("msgrcv", err)
         if err == _E.ENOMSG:
             self._found_empty()
         if in_kernel or (block and deadline is None and moving is None):
@@ -287,7 +259,7 @@ class Channel(QueueObjects):
                 self._found_empty()
                 return -1
             if err != _E.EINTR:
-                self._fail("msgrcv", err)
+                self.fail("msgrcv", err)
 
     def _wait_main(self, raw, mtype: int, deadline: Optional[float],
                    moving: Optional[memoryview]) -> int:
@@ -320,7 +292,7 @@ class Channel(QueueObjects):
                 tws.try_acquire()
 
     def qsize(self) -> int:
-        return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+        return self.stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -349,7 +321,7 @@ class Channel(QueueObjects):
         if self.named:
             return False
         try:
-            self._lock(SEM_HOLDERS)
+            self.lock(SEM_HOLDERS)
         except OSError:
             return False
         if self.holders() <= 1:
@@ -359,7 +331,7 @@ class Channel(QueueObjects):
         # the other and both leave the queue behind.
         if detach:
             self.detach()
-        self._unlock(SEM_HOLDERS)
+        self.unlock(SEM_HOLDERS)
         return True
 
     def _after_fork(self) -> None:
@@ -418,7 +390,7 @@ class _RoomWait:
 
     def sleep(self) -> None:
         chan = self.chan
-        chan._sleep_on(chan.sems[ROOM_WAKEUPS], time.monotonic() + _SLICE)
+        chan.sleep_on(chan.sems[ROOM_WAKEUPS], time.monotonic() + _SLICE)
 
     def __exit__(self, *exc) -> None:
         self.chan.sems[ROOM_WAITERS].try_acquire()

@@ -33,14 +33,17 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, List, NoReturn, Optional, Protocol
 
+from .._ipc.futex import PosixSemaphore
+from .._ipc.libc import msqid_ds
+from .._ipc.mutex import RobustMutex
 from .journal import MOVE, Journal
 from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
                      _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
                      _UNNOTED_OFF, FREE_SLOTS, JOIN_WAKEUPS, JOINERS, KIND_JOINABLE,
                      SLOT_WAITERS, SLOT_WAKEUPS, UNFINISHED_TASKS)
-from .objects import _ALIVE_CHECK, QueueObjects
+from .objects import _ALIVE_CHECK
 
 __all__ = ["Counts"]
 
@@ -59,17 +62,41 @@ def _pid_bytes() -> bytes:
 os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, b""))
 
 
+class CountsHost(Protocol):
+    """What ``Counts`` needs from its queue's kernel objects (``objects.QueueObjects``):
+    the queue's kind and size, its futex counters (and their count words, read without
+    a call), the state lock, and these calls."""
+
+    kind: int
+    maxsize: int
+    sems: List[PosixSemaphore]
+    words: List[memoryview]
+    state_lock: RobustMutex
+
+    def fail(self, call: str, err: int) -> NoReturn: ...  # an errno as the exception
+
+    def stat_main(self) -> msqid_ds: ...  # the main queue's IPC_STAT
+
+    def wait(self, sem: PosixSemaphore, deadline: Optional[float],
+             every: float = ...) -> bool: ...  # sleep on a counter, watching for removal
+
+    def wait_slice(self, sem: PosixSemaphore, deadline: Optional[float],
+                   every: float) -> Optional[bool]: ...
+
+    def nudge_getters(self, n: int) -> None: ...  # wake n getters asleep in msgrcv
+
+    def take_back_nudges(self) -> None: ...
+
+
 class Counts:
     """Slots, tasks and the join gate of one queue, exact across kills."""
 
-    def __init__(self, objects: QueueObjects, journal: Journal):
-        self._q = objects
+    def __init__(self, host: CountsHost, view: memoryview, journal: Journal):
+        self._q = host
         self.journal = journal
-        self._view = objects._view
-        self.sems = objects.sems
-        self.words = objects.words
-        self.kind = objects.kind
-        self.maxsize = objects.maxsize
+        self._view = view  # the control segment (the host's mapping of it)
+        self.sems = host.sems
+        self.words = host.words
         self._next_repair = 0.0
         self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
         self.window = Window(self)
@@ -89,10 +116,15 @@ class Counts:
         field.pack_into(self._view, off, field.unpack_from(self._view, off)[0] + delta)
 
     def take_one(self) -> bool:
-        """``take_slots(1, block=False)`` when a slot is free at once (the common case)."""
+        """``take_slots(1, block=False)`` when a slot is free at once (the common case):
+        noted before it is taken (see ``take_slots``)."""
         journal = self.journal
-        if journal.active or self.own_entry():
-            return self._try_slot()
+        if not journal.active:
+            self.own_entry()  # (without an entry the slot goes unnoted)
+        journal.add_slots(1)
+        if self.sems[FREE_SLOTS].try_acquire():
+            return True
+        journal.slot_sent()  # (none taken: the note goes)
         return False
 
     # -- the task count of a JoinableQueue ------------------------------------------------
@@ -105,7 +137,7 @@ class Counts:
         a window has its tasks derived again. Without one (no journal entry) the state
         lock makes them one step."""
         if self._view[_REMOVED_OFF]:
-            self._q._fail("task_added", errno.EIDRM)
+            self._q.fail("task_added", errno.EIDRM)
         if window is not None:
             self.journal.add_task()
             self.sems[UNFINISHED_TASKS].post()
@@ -121,7 +153,7 @@ class Counts:
         """Take one task off the count and off this process's ``held`` (in a window, as
         ``task_added``), waking the joiners when none is left."""
         if self._view[_REMOVED_OFF]:
-            self._q._fail("task_done", errno.EIDRM)
+            self._q.fail("task_done", errno.EIDRM)
         window = self.window
         word = window.open()
         if word is None:
@@ -161,7 +193,7 @@ class Counts:
                 if not count[0]:
                     return
                 q.wait(wake, time.monotonic() + _ALIVE_CHECK)
-                q._stat_main()  # (a removal from outside ends the wait: RemovedError)
+                q.stat_main()  # (a removal from outside ends the wait: RemovedError)
         finally:
             joiners.try_acquire()
 
@@ -177,7 +209,7 @@ class Counts:
         note and its count: derive the count again, and the gate from it."""
         self._view[_FREEZE_OFF] = 0
         self._q.take_back_nudges()  # (a repair killed half-way may have left some)
-        if self.kind == KIND_JOINABLE:
+        if self._q.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
         if not self.words[UNFINISHED_TASKS][0]:
@@ -200,7 +232,7 @@ class Counts:
         again (slots in ``repair_slots``, tasks here)."""
         view = self._view
         tasks, held, windows = self.journal.collect_dead()
-        if windows and self.kind == KIND_JOINABLE:
+        if windows and self._q.kind == KIND_JOINABLE:
             # A getter killed before it counted its object out: the object is lost,
             # and so is its task (a putter killed after its send: its object counts).
             view[_RECOUNT_OFF] = 1
@@ -229,12 +261,12 @@ class Counts:
         journal's ``moving`` words, before and after); otherwise the next repair tries
         again."""
         view = self._view
-        if self.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
+        if self._q.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
             view[_RECOUNT_OFF] = 0
             return
         def read():
             tasks, _, held = self.journal.noted()
-            return tasks + held + self._q._stat_main().msg_qnum
+            return tasks + held + self._q.stat_main().msg_qnum
 
         counts = self._read_frozen(read)
         if counts is None:
@@ -327,11 +359,11 @@ class Counts:
         waiting = False
         try:
             while taken < n:
-                if self._try_slot():
+                if self.take_one():
                     taken += 1
                 elif not block:
                     self.repair_slots()
-                    if not self._try_slot():
+                    if not self.take_one():
                         return False
                     taken += 1
                 elif not waiting:
@@ -361,20 +393,19 @@ class Counts:
                 return got
             self.repair_slots()
 
-    def _try_slot(self) -> bool:
-        journal = self.journal
-        journal.add_slots(1)
-        if self.sems[FREE_SLOTS].try_acquire():
-            return True
-        journal.sent(0, 1)
-        return False
+    def slot_freed(self) -> None:
+        """``slots_freed(1)``: a getter's, after each object."""
+        self.sems[FREE_SLOTS].post()
+        waiting = self.words[SLOT_WAITERS][0]
+        if waiting and waiting > self.words[SLOT_WAKEUPS][0]:
+            self.sems[SLOT_WAKEUPS].post()
 
     def slots_freed(self, n: int) -> None:
         """*n* slots are free again: count them, and wake as many waiting putters."""
         slots = self.sems[FREE_SLOTS]
         for _ in range(n):
             slots.post()
-        waiting = self._q._slot_waiters_word[0]
+        waiting = self.words[SLOT_WAITERS][0]
         if waiting:
             wake = self.sems[SLOT_WAKEUPS]
             for _ in range(min(n, waiting - self.words[SLOT_WAKEUPS][0])):
@@ -402,7 +433,7 @@ class Counts:
         def read():
             free = self.sems[FREE_SLOTS].value
             noted = self.journal.noted()[1]
-            return free + noted + self._q._stat_main().msg_qnum
+            return free + noted + self._q.stat_main().msg_qnum
 
         with self.state_locked():
             self._repair_journal()
@@ -411,20 +442,25 @@ class Counts:
             counts = self._read_frozen(read)
             if counts is None:
                 return
-            lost = self.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+            lost = self._q.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             if lost > 0:
                 self._add_to(_RECOVERED, _RECOVERED_OFF, lost)
                 self.slots_freed(lost)
 
     def counted_sent(self, n: int) -> None:
         """*n* counted objects (one message each) are in the kernel queue now."""
-        self.journal.sent(n if self.kind == KIND_JOINABLE else 0, n if self.maxsize > 0 else 0)
+        if self._q.kind == KIND_JOINABLE:
+            self.journal.sent(n, n if self._q.maxsize > 0 else 0)
+        elif n == 1:
+            self.journal.slot_sent()
+        else:
+            self.journal.sent(0, n)
 
     def fold_held(self) -> None:
         """Before this handle's journal entry is freed: keep the tasks it took and did
         not mark done (another handle may mark them) in the control segment."""
         journal = self.journal
-        if self.kind != KIND_JOINABLE or journal.mine() is None:
+        if self._q.kind != KIND_JOINABLE or journal.mine() is None:
             return
         try:
             with self.state_locked():
@@ -461,7 +497,8 @@ class Window:
         self._view = counts._view
 
     def open(self) -> Optional[memoryview]:
-        word = self.journal.moving_word()
+        journal = self.journal
+        word = journal.moving_view if journal.active else None  # (active: False after fork)
         if word is None:
             if not self.counts.own_entry():
                 return None
@@ -470,7 +507,7 @@ class Window:
                 return None
         counted = False
         try:
-            with self.journal.mutex:
+            with journal.mutex:
                 word[0] = (word[0] + MOVE) & 0xFFFFFFFF
                 counted = True
             if self._view[_FREEZE_OFF]:
@@ -539,7 +576,7 @@ class _StateLock:
         while owner_died is None:
             owner_died = mutex.acquire(time.monotonic() + _ALIVE_CHECK)
             if owner_died is None:
-                q._stat_main()  # (held that long: was the queue removed from outside?)
+                q.stat_main()  # (held that long: was the queue removed from outside?)
         if owner_died:
             # At once: the crash mark, not the mutex, says what to repair, and it stays
             # until a repair completes (a repairer killed half-way leaves it for the next

@@ -87,11 +87,16 @@ class Feeder:
                      deadline: Optional[float]) -> bool:
         """``put()`` of a bounded or joinable queue: take a slot (waiting until
         *deadline* when *block*; False when none could be had), then ``send_taken``."""
-        counts = self.chan.counts
-        if self.chan.maxsize and not counts.take_one() and \
-                not counts.take_slots(1, block, deadline):
+        chan = self.chan
+        counts = chan.counts
+        if chan.maxsize and not counts.take_one() and not counts.take_slots(1, block, deadline):
             return False
-        self.send_taken(payload, mtype)
+        if self._joinable:
+            self.send_taken(payload, mtype)
+        elif len(payload) <= chan.msgmax and not self.buffer and chan.try_send(payload, mtype):
+            counts.counted_sent(1)  # (send_taken written out: every small object's path)
+        elif self.send(payload, mtype):
+            counts.counted_sent(1)
         return True
 
     def send_taken(self, payload, mtype: int) -> None:
@@ -216,7 +221,7 @@ class Feeder:
                 if lost and self.released and not self.cancelled:
                     # This process let go of the queue (exit) before the flush: nobody
                     # removed it from outside.
-                    warnings.warn(f"{self.chan._what()}: {lost} object(s) this "
+                    warnings.warn(f"{self.chan.what()}: {lost} object(s) this "
                                   "process had put were not sent before it let go of the "
                                   "queue at exit, and are lost", RuntimeWarning, stacklevel=1)
                 elif lost and not self.cancelled:

@@ -44,7 +44,8 @@ _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not remov
 _E = errno
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
 _get_errno = L.get_errno
-_msgsnd, _size_arg = L.msgsnd_fast, L.size_arg
+_msgsnd, _size_arg, _sizes = L.msgsnd_fast, L.size_arg, L._size_args
+_NOWAIT = L.IPC_NOWAIT
 _TYPE1 = (1).to_bytes(8, "little")
 _NUDGE, _NUDGE_MTYPE = bytes((_wire.NUDGE,)), _wire.NUDGE_MTYPE
 _getpid = os.getpid
@@ -71,7 +72,7 @@ class QueueObjects:
         self.named, self.mode, self.name = header.named, header.mode, header.name
         self.main_qid, self.stream_qid, self.semid, self.msgmax = (
             header.main_qid, header.stream_qid, header.semid, header.msgmax)
-        self.sems = [PosixSemaphore(address + off, f"{self._what()} counter {i}")
+        self.sems = [PosixSemaphore(address + off, f"{self.what()} counter {i}")
                      for i, off in enumerate(SEM_OFFS)]
         # The count word of each glibc sem_t (checked at import): read without a call.
         self.words = [self._view[off:off + 4].cast("I") for off in SEM_OFFS]
@@ -79,9 +80,9 @@ class QueueObjects:
          self._slot_waiters_word, self._typed_waiters_word) = (
             self.words[i] for i in (TIMED_WAITERS, ROOM_WAITERS, ROOM_WAKEUPS, SLOT_WAITERS,
                                     TYPED_WAITERS))
-        self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self._what()} state lock")
+        self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self.what()} state lock")
         self._detached = False
-        self._sleepers = 0  # threads sleeping on a counter in the segment (see _sleep_on)
+        self._sleepers = 0  # threads sleeping on a counter in the segment (see sleep_on)
         self._sleepers_lock = threading.Lock()
 
     # -- creation and opening -------------------------------------------------------
@@ -187,7 +188,7 @@ class QueueObjects:
     def identity(self) -> tuple:
         return self.ctl_id, (self.main_qid, self.stream_qid, self.semid)
 
-    def _what(self) -> str:
+    def what(self) -> str:
         label = f"name={self.name!r}" if getattr(self, "name", None) else f"id={self.ctl_id}"
         return f"mpsysv queue {label}"
 
@@ -212,20 +213,28 @@ class QueueObjects:
 
     # -- one message ----------------------------------------------------------------
 
-    def _send_msg(self, qid: int, payload, mtype: int, flags: int) -> bool:
-        """msgsnd *payload* typed *mtype* to *qid*; False on a full queue with IPC_NOWAIT.
+    def try_send(self, payload, mtype: int, qid: Optional[int] = None,
+                 flags: int = _NOWAIT) -> bool:
+        """msgsnd *payload* typed *mtype* to *qid* (None: the main queue, waking a getter
+        that waits on the futex, see ``_wake_timed``) with *flags* (by default without
+        blocking); False when the queue is full.
 
-        The message is built as one bytes object (type word + payload): cheaper than a
+        Every message goes out here; a small object's path is this one call. The
+        message is built as one bytes object (type word + payload): cheaper than a
         copy into a pooled buffer, and safe to share between threads.
         """
         data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        size = _size_arg(len(payload))
-        while _msgsnd(qid, data, size, flags) == -1:
+        n = len(payload)
+        size = _sizes.get(n) or _size_arg(n)
+        main = qid is None
+        while _msgsnd(self.main_qid if main else qid, data, size, flags) == -1:
             err = _get_errno()
             if err == _EAGAIN:
                 return False
             if err != _EINTR:
-                self._fail("msgsnd", err)
+                self.fail("msgsnd", err)
+        if main and self._timed_waiters_word[0] and not (flags == 0 and self._detached):
+            self._wake_timed()  # (a blocking send may return after a detach)
         return True
 
     def _wake_timed(self) -> None:
@@ -243,7 +252,7 @@ class QueueObjects:
         """Send *n* nudges (``wire``): each wakes one getter asleep in ``msgrcv``. A
         full queue takes none, and needs none: a getter of any type is not asleep then."""
         for _ in range(n):
-            if not self._send_msg(self.main_qid, _NUDGE, _NUDGE_MTYPE, L.IPC_NOWAIT):
+            if not self.try_send(_NUDGE, _NUDGE_MTYPE, self.main_qid):  # (no futex wake-up)
                 return
 
     def take_back_nudges(self) -> None:
@@ -256,19 +265,22 @@ class QueueObjects:
                 if err == _E.ENOMSG:
                     return
                 if err != _EINTR:
-                    self._fail("msgrcv", err)
+                    self.fail("msgrcv", err)
 
     # -- looking at the main queue ----------------------------------------------------
 
-    def _stat_main(self) -> L.msqid_ds:
+    def _stat_main(self) -> L.msqid_ds:  # (the name tests/test_pool_wakeups.py uses)
+        return self.stat_main()
+
+    def stat_main(self) -> L.msqid_ds:
         ds = L.msqid_ds()
         if L.msgctl(self.main_qid, L.IPC_STAT, L.byref(ds)) == -1:
-            self._fail("msgctl(IPC_STAT)", L.get_errno())
+            self.fail("msgctl(IPC_STAT)", L.get_errno())
         return ds
 
     def queue_state(self) -> tuple:
         """``(messages in the main queue, pid of the last process that took one)``."""
-        ds = self._stat_main()
+        ds = self.stat_main()
         return ds.msg_qnum, ds.msg_lrpid
 
     def queued_messages(self) -> Iterator[memoryview]:
@@ -280,7 +292,7 @@ class QueueObjects:
         raw = (ctypes.c_char * (8 + self.msgmax))()
         view = memoryview(raw).cast("B")
         flags = L.IPC_NOWAIT | L.MSG_COPY
-        index = self._stat_main().msg_qnum - 1
+        index = self.stat_main().msg_qnum - 1
         while index >= 0:
             n = L.msgrcv(self.main_qid, raw, self.msgmax, index, flags)
             if n < 0:
@@ -290,26 +302,26 @@ class QueueObjects:
                 if err in (_E.ENOSYS, _E.EINVAL, _E.EPERM):
                     raise NoCopy
                 if err != _E.ENOMSG:  # (gone meanwhile: taken)
-                    self._fail("msgrcv(MSG_COPY)", err)
+                    self.fail("msgrcv(MSG_COPY)", err)
             else:
                 yield view[8:8 + n]
             index -= 1
 
     # -- the semaphore-set locks -------------------------------------------------------
 
-    def _lock(self, num: int) -> None:
+    def lock(self, num: int) -> None:
         op = L.sembuf(num, -1, L.SEM_UNDO)
         while L.semop(self.semid, L.byref(op), 1) == -1:
             err = L.get_errno()
             if err != _E.EINTR:
-                self._fail("semop", err)
+                self.fail("semop", err)
 
-    def _unlock(self, num: int) -> None:
+    def unlock(self, num: int) -> None:
         op = L.sembuf(num, 1, L.SEM_UNDO)
         if L.semop(self.semid, L.byref(op), 1) == -1:
             err = L.get_errno()
             if err not in (_E.EIDRM, _E.EINVAL):
-                self._fail("semop", err)
+                self.fail("semop", err)
 
     # -- sleeping on a counter ---------------------------------------------------------
 
@@ -327,14 +339,14 @@ class QueueObjects:
         """One slice of ``wait``: True (taken), False (*deadline* passed) or None (*every*
         seconds passed and the queue still exists: the caller may look around)."""
         step = time.monotonic() + every
-        if self._sleep_on(sem, step if deadline is None or deadline > step else deadline):
+        if self.sleep_on(sem, step if deadline is None or deadline > step else deadline):
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
-        self._stat_main()
+        self.stat_main()
         return None
 
-    def _sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
+    def sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
         """``sem.acquire(deadline)``, counted: while a thread sleeps on a counter in the
         control segment, a ``detach()`` by another thread leaves the mapping in place
         (unmapped when the channel is garbage), and the sleeper then raises."""
@@ -346,7 +358,7 @@ class QueueObjects:
             with self._sleepers_lock:
                 self._sleepers -= 1
             if self._detached:
-                raise ValueError(f"{self._what()} was closed in this process while a thread "
+                raise ValueError(f"{self.what()} was closed in this process while a thread "
                                  "waited in it")
 
     # -- lifetime ---------------------------------------------------------------------
@@ -363,12 +375,12 @@ class QueueObjects:
         L.msgctl(self.stream_qid, L.IPC_RMID, None)
         L.semctl(self.semid, 0, L.IPC_RMID, 0)
 
-    def _fail(self, call: str, err: int) -> NoReturn:
+    def fail(self, call: str, err: int) -> NoReturn:
         if err in (_E.EIDRM, _E.EINVAL):
             if not self._detached:
                 self._view[_REMOVED_OFF] = 1  # (for the calls that make no system call)
-            raise removed(call, self._what(), "was removed while in use")
-        raise_errno(err, call, self._what())
+            raise removed(call, self.what(), "was removed while in use")
+        raise_errno(err, call, self.what())
 
 
 def _permission_error(call: str, name: str, key: int) -> PermissionError:
