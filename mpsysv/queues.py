@@ -170,15 +170,16 @@ class _Base(Generic[T]):
                 raise
             self._on_queue_feeder_error(exc, obj)
             return
-        if self._chan.counted:
+        chan = self._chan
+        if chan.counted:
             if timeout is None or not block:  # (_put_counted without a deadline)
                 if not self._feeder.send_counted(payload, mtype, block, None):
                     raise Full
             else:
                 self._put_counted(payload, mtype, block, timeout)
-        elif len(payload) > self._chan.msgmax:
+        elif len(payload) > chan.msgmax:
             self._feeder.send(payload, mtype)
-        elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
+        elif self._feeder.buffer or not chan.try_send(payload, mtype):
             self._feeder.enqueue(payload, mtype)  # (_send(), inlined: the hot path)
 
     def _send(self, payload, mtype: int) -> bool:

@@ -155,8 +155,9 @@ class Channel(QueueObjects):
         instead (``_wait_main``), out of their window."""
         free = self._bufs.free
         window = self.counts.window if self.counted else None
-        # Only a getter of any type takes a nudge; msgrcv has no timeout.
-        in_kernel = block and deadline is None and mtype == 0
+        # msgrcv has no timeout; of a counted queue's getters only those of any type
+        # take a nudge (an uncounted queue's getters sleep in msgrcv for any type).
+        in_kernel = block and deadline is None and (mtype == 0 or window is None)
         while True:
             moving = window.open() if window is not None else None
             got = 0  # objects taken out of the queue for the caller (a task each)
@@ -168,8 +169,7 @@ class Channel(QueueObjects):
                     # finds the queue empty wakes it first (_found_empty).
                     n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
                                 _ANY if mtype == 0 else ctypes.c_long(mtype),
-                                0 if (in_kernel or (moving is None and block and deadline is None))
-                                and not self._room_waiters_word[0] else _NOWAIT)
+                                0 if in_kernel and not self._room_waiters_word[0] else _NOWAIT)
                     if n < 0:
                         n = self._recv_again(item[0], mtype, block, deadline, moving,
                                              in_kernel)

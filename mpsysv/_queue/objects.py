@@ -226,14 +226,13 @@ class QueueObjects:
         data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
         n = len(payload)
         size = _sizes.get(n) or _size_arg(n)
-        main = qid is None
-        while _msgsnd(self.main_qid if main else qid, data, size, flags) == -1:
+        while _msgsnd(self.main_qid if qid is None else qid, data, size, flags) == -1:
             err = _get_errno()
             if err == _EAGAIN:
                 return False
             if err != _EINTR:
                 self.fail("msgsnd", err)
-        if main and self._timed_waiters_word[0] and not (flags == 0 and self._detached):
+        if qid is None and self._timed_waiters_word[0] and not (flags == 0 and self._detached):
             self._wake_timed()  # (a blocking send may return after a detach)
         return True
 
