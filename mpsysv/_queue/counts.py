@@ -98,6 +98,7 @@ class Counts:
         self.sems = host.sems
         self.words = host.words
         self._next_repair = 0.0
+        self._wake_at = max(1, min(host.maxsize // 16, 32))  # (see slot_freed)
         self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
         self.window = Window(self)
 
@@ -373,7 +374,11 @@ class Counts:
                     waiting = True
                     self.repair_slots()
                 elif not self._wait_for_slot(deadline):
-                    return False
+                    # A last look at the deadline: getters wake putters only once a few
+                    # slots are free (``slot_freed``).
+                    if not self.take_one():
+                        return False
+                    taken += 1
             taken = 0
             return True
         finally:
@@ -384,21 +389,30 @@ class Counts:
                 self.journal.sent(0, taken)
 
     def _wait_for_slot(self, deadline: Optional[float]) -> bool:
-        """Sleep on this putter's wake-up until *deadline*, looking for lost slots (and
-        for the queue's removal) every ``_SLOT_CHECK`` s."""
-        q, wake = self._q, self.sems[SLOT_WAKEUPS]
-        while True:
-            got = q.wait_slice(wake, deadline, _SLOT_CHECK)
-            if got is not None:
-                return got
+        """Sleep on this putter's wake-up until *deadline* (False when it passed), or for
+        ``_SLOT_CHECK`` s at most, looking for lost slots (and for the queue's removal)
+        then: True means "look again"."""
+        got = self._q.wait_slice(self.sems[SLOT_WAKEUPS], deadline, _SLOT_CHECK)
+        if got is None:
             self.repair_slots()
+            return True
+        return got
 
     def slot_freed(self) -> None:
-        """``slots_freed(1)``: a getter's, after each object."""
+        """``slots_freed(1)``: a getter's, after each object. Waiting putters are woken
+        once ``_wake_at`` slots are free (1 below 32 slots, up to 32 from 512), so that
+        a full queue costs a wake-up per batch of objects instead of one per object; a
+        putter that no wake-up reaches looks again after ``_SLOT_CHECK`` s and at its
+        deadline."""
         self.sems[FREE_SLOTS].post()
-        waiting = self.words[SLOT_WAITERS][0]
-        if waiting and waiting > self.words[SLOT_WAKEUPS][0]:
-            self.sems[SLOT_WAKEUPS].post()
+        words = self.words
+        waiting = words[SLOT_WAITERS][0] - words[SLOT_WAKEUPS][0]
+        if waiting > 0:
+            free = words[FREE_SLOTS][0]
+            if free >= self._wake_at:
+                wake = self.sems[SLOT_WAKEUPS]
+                for _ in range(min(waiting, free)):
+                    wake.post()
 
     def slots_freed(self, n: int) -> None:
         """*n* slots are free again: count them, and wake as many waiting putters."""
