@@ -87,16 +87,7 @@ class _Base(Generic[T]):
                 chan = Channel.create(self._kind, maxsize, name, mode)
             else:
                 chan = Channel.open_name(name)
-                if chan.kind != self._kind:
-                    chan.detach()
-                    raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, "
-                                     f"not a {type(self).__name__}")
-                if maxsize and chan.maxsize != maxsize:
-                    chan.detach()
-                    own = f"{chan.maxsize}" if chan.maxsize else "0 (unbounded)"
-                    raise ValueError(f"queue {name!r} has maxsize {own}, not {maxsize}: open "
-                                     "it without maxsize (a name opens the queue as it was "
-                                     "made)")
+                _check_opened(chan, name, self._kind, type(self).__name__, maxsize)
         self._strict = bool(strict)
         self._zero_copy = bool(zero_copy)
         self._setup(chan)
@@ -631,6 +622,19 @@ class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
     def empty(self) -> bool:
         """Return True if the queue is empty, False otherwise."""
         return self.qsize() == 0
+
+
+def _check_opened(chan: Channel, name: str, kind: int, cls: str, maxsize: int) -> None:
+    """Let go of the named queue *chan* and raise ``ValueError`` when it is not what the
+    opener asked for: another kind of queue, or another *maxsize* than one given."""
+    if chan.kind != kind:
+        chan.detach()
+        raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, not a {cls}")
+    if maxsize and chan.maxsize != maxsize:
+        chan.detach()
+        own = f"{chan.maxsize}" if chan.maxsize else "0 (unbounded)"
+        raise ValueError(f"queue {name!r} has maxsize {own}, not {maxsize}: open it without "
+                         "maxsize (a name opens the queue as it was made)")
 
 
 def _from_callers(exc: BaseException) -> BaseException:
