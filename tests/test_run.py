@@ -167,6 +167,17 @@ class LikePythonTest(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn(f'File "{os.path.join(self.dir, "observe.py")}", line', err)
 
+    def test_ctrl_c_and_a_syntax_error(self):
+        code, out, err = self.same("observe.py", "interrupt")
+        self.assertEqual(code, -2)  # python ends by SIGINT, after atexit
+        self.assertIn("atexit ran", out)
+        self.assertEqual(err.count('File "'), 1)  # the program's frame only
+        with open(os.path.join(self.dir, "broken.py"), "w") as f:
+            f.write("def (\n")
+        code, _, err = self.same("broken.py")
+        self.assertEqual(code, 1)
+        self.assertIn("SyntaxError", err)
+
     def test_a_program_that_cannot_start_gets_python_s_message_and_status(self):
         for target in ("missing.py", "./app/../missing.py", "."):
             with self.subTest(target):

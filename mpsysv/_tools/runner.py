@@ -68,19 +68,47 @@ def _run(args: argparse.Namespace) -> int:
     runner = run_module if args.module else run_command if args.command else run_path
     try:
         runner(args.target, args.args)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
+        raise
+    except KeyboardInterrupt as exc:
+        # python reports it and, after atexit, ends by SIGINT: let it, with the program's
+        # frames only in the report.
+        _hide_runner_frames_when_reported(exc)
         raise
     except _NotRunnable as exc:
         print(f"{args.prog}: error: {exc}", file=sys.stderr)
         return exc.status
     except BaseException as exc:
         # Report it as the interpreter would: without this runner's frames.
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-            tb = tb.tb_next
+        tb = _program_part(exc.__traceback__)
         sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         return 1
     return 0
+
+
+def _program_part(tb: Optional[types.TracebackType]) -> Optional[types.TracebackType]:
+    """Traceback *tb* from the program's top-level frame on; without the frames of this
+    module when the program never started (its code did not compile)."""
+    t = tb
+    while t is not None and t.tb_frame.f_code is not _program_code:
+        t = t.tb_next
+    if t is not None:
+        return t
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def _hide_runner_frames_when_reported(exc: BaseException) -> None:
+    hook = sys.excepthook
+
+    def excepthook(kind: Any, value: BaseException, tb: Optional[types.TracebackType]) -> None:
+        if value is exc:  # (the report shows value's own __traceback__)
+            tb = _program_part(tb)
+            value = value.with_traceback(tb)
+        hook(kind, value, tb)
+
+    sys.excepthook = excepthook
 
 
 class _NotRunnable(Exception):
@@ -201,7 +229,12 @@ def _fresh_main(**attrs: Any) -> types.ModuleType:
     return module
 
 
+_program_code: Optional[types.CodeType] = None  # the top-level code of the running program
+
+
 def _execute(code: types.CodeType, module: types.ModuleType) -> None:
+    global _program_code
+    _program_code = code
     # The program's module stays __main__ (and __mp_main__, the name multiprocessing
     # pickles main-module objects under) after it returns: atexit handlers and the
     # threads that outlive it may still pickle its functions.

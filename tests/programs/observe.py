@@ -29,3 +29,7 @@ if __name__ == "__main__":
         explode()
     if sys.argv[1:2] == ["exit"]:
         sys.exit(int(sys.argv[2]))
+    if sys.argv[1:2] == ["interrupt"]:
+        import atexit
+        atexit.register(print, "atexit ran")
+        raise KeyboardInterrupt
