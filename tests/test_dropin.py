@@ -90,6 +90,13 @@ class NamespaceTest(unittest.TestCase):
         self.assertIs(mpsysv.managers.SyncManager,
                       __import__("multiprocessing.managers").managers.SyncManager)
         self.assertIs(mpsysv.queues.Queue, mpsysv.Queue)
+        # mpsysv's own context module lends the stdlib's names it does not define
+        self.assertIs(mpsysv.context.TimeoutError, multiprocessing.context.TimeoutError)
+        self.assertIs(mpsysv.context.BaseContext, multiprocessing.context.BaseContext)
+        self.assertTrue(issubclass(mpsysv.context.ForkContext,
+                                   multiprocessing.context.ForkContext))
+        with self.assertRaisesRegex(AttributeError, "'mpsysv.context' has no attribute"):
+            getattr(mpsysv.context, "nope")
         with self.assertRaisesRegex(AttributeError, "module 'mpsysv' has no attribute 'nope'"):
             getattr(mpsysv, "nope")
 
