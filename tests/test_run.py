@@ -252,3 +252,20 @@ class PythonSubprocessesTest(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("child read b'hello'", out)
         self.assertEqual(err.count("own sitecustomize"), 2)  # the program and its child
+
+    def test_an_older_python_child_starts_quietly_and_unpatched(self):
+        import glob
+
+        olds = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/2.*/bin/python")) +
+                      glob.glob(os.path.expanduser("~/.pyenv/versions/3.[5-8].*/bin/python3")))
+        if not olds:
+            self.skipTest("no Python older than 3.9 under ~/.pyenv/versions")
+        script = os.path.join(self.dir, "older.py")
+        with open(script, "w") as f:
+            f.write("import subprocess, sys\n"
+                    f"for py in {olds!r}:\n"
+                    "    subprocess.run([py, '-c', 'import sys; print(sys.version_info[:2], "
+                    "\"mpsysv\" in sys.modules)'], check=True)\n")
+        code, out, err = run(script)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out.count("False"), len(olds), out)

@@ -5,14 +5,16 @@ shadows, if any. This directory leaves ``sys.path`` again, so the program sees t
 would have had (``PYTHONPATH`` itself stays, for the program's own children).
 
 It must never stop a program from starting: any failure is reported on stderr and the
-program runs unpatched. Python 3.9+ only (another interpreter only removes the entry).
+program runs unpatched. It patches Python 3.9+ only, and keeps to Python 2's syntax (a
+Python 2 child started under ``run`` must not print a SyntaxError).
 """
 
 import os
 import sys
 
 
-def _activate() -> None:
+def _activate():
+    # type: () -> None
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     if sys.version_info >= (3, 9) and os.environ.get("MPSYSV_NO_PATCH") != "1":
@@ -20,10 +22,12 @@ def _activate() -> None:
             _patch(os.path.dirname(os.path.dirname(os.path.dirname(here))))
         except Exception as exc:  # noqa: BLE001 - the program must still start
             sys.stderr.write("mpsysv: Python child not patched: %r\n" % (exc,))
-    _run_shadowed_sitecustomize()
+    if sys.version_info >= (3, 4):  # importlib.machinery.PathFinder.find_spec
+        _run_shadowed_sitecustomize()
 
 
-def _run_shadowed_sitecustomize() -> None:
+def _run_shadowed_sitecustomize():
+    # type: () -> None
     # The import system returns whatever sys.modules["sitecustomize"] holds once this
     # module's code is done, so the shadowed module takes this one's place there.
     import importlib.machinery
@@ -37,7 +41,8 @@ def _run_shadowed_sitecustomize() -> None:
     spec.loader.exec_module(module)
 
 
-def _patch(root: str) -> None:
+def _patch(root):
+    # type: (str) -> None
     import importlib.util
 
     if importlib.util.find_spec("mpsysv") is None:
