@@ -112,3 +112,13 @@ def get_context(method: Optional[str] = None) -> Context:
         raise ValueError(f"cannot find context for {method!r}") from None
     ctx._check_available()
     return ctx
+
+
+def __getattr__(name: str) -> Any:
+    # Code written for `multiprocessing` and run as `import mpsysv as multiprocessing`
+    # reaches `multiprocessing.context.TimeoutError`, `.BaseContext` ... through this
+    # module: the names it does not define are the stdlib's context module's.
+    try:
+        return getattr(_mpc, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import threading
+import types
 import weakref
 from collections import deque
 from multiprocessing import queues as _stdlib, util
@@ -85,10 +87,7 @@ class _Base(Generic[T]):
                 chan = Channel.create(self._kind, maxsize, name, mode)
             else:
                 chan = Channel.open_name(name)
-                if chan.kind != self._kind:
-                    chan.detach()
-                    raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, "
-                                     f"not a {type(self).__name__}")
+                _check_opened(chan, name, self._kind, type(self).__name__, maxsize)
         self._strict = bool(strict)
         self._zero_copy = bool(zero_copy)
         self._setup(chan)
@@ -171,7 +170,7 @@ class _Base(Generic[T]):
         except Exception as exc:
             if self._strict:
                 raise
-            self._on_queue_feeder_error(exc, obj)
+            self._on_queue_feeder_error(_from_callers(exc), obj)
             return
         if self._chan.counted:
             self._put_counted(payload, mtype, block, timeout)
@@ -346,7 +345,7 @@ class _Base(Generic[T]):
             except Exception as exc:
                 if self._strict:
                     raise
-                self._on_queue_feeder_error(exc, objs[0])
+                self._on_queue_feeder_error(_from_callers(exc), objs[0])
             return
         try:
             data = self._pickler.dumps(objs)
@@ -623,6 +622,31 @@ class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
     def empty(self) -> bool:
         """Return True if the queue is empty, False otherwise."""
         return self.qsize() == 0
+
+
+def _check_opened(chan: Channel, name: str, kind: int, cls: str, maxsize: int) -> None:
+    """Let go of the named queue *chan* and raise ``ValueError`` when it is not what the
+    opener asked for: another kind of queue, or another *maxsize* than one given."""
+    if chan.kind != kind:
+        chan.detach()
+        raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, not a {cls}")
+    if maxsize and chan.maxsize != maxsize:
+        chan.detach()
+        own = f"{chan.maxsize}" if chan.maxsize else "0 (unbounded)"
+        raise ValueError(f"queue {name!r} has maxsize {own}, not {maxsize}: open it without "
+                         "maxsize (a name opens the queue as it was made)")
+
+
+def _from_callers(exc: BaseException) -> BaseException:
+    """*exc* with the frames of the code that called the caller of this function on top of
+    its own: a reported pickling error shows the user's ``put()`` line, not only mpsysv's
+    frames (the stdlib's report shows its feeder thread's)."""
+    tb = exc.__traceback__
+    frame: Optional[types.FrameType] = sys._getframe(2)
+    while frame is not None:
+        tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
+        frame = frame.f_back
+    return exc.with_traceback(tb)
 
 
 def _let_go(feeder: _Feeder, join: bool) -> None:
