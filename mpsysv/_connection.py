@@ -442,7 +442,8 @@ class Writer:
             queue._put_counted(payload, mtype, True, None)
         else:
             queue._send(payload, mtype)
-        _flush_here(feeder, chan)
+        if feeder.buffer:
+            _flush_here(feeder, chan)
 
     def close(self) -> None:
         """This process sends no more through this Writer; the queue stays usable."""
