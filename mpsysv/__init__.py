@@ -7,7 +7,7 @@ through mpsysv's default context, whose start method is the stdlib's default one
 other name (``Process``, ``Lock``, ``Manager``, ``cpu_count``, ``set_start_method`` ...) is
 the stdlib's own object, so the start method stays one setting shared by both; a
 submodule name (``pool``, ``managers``, ``shared_memory``) is mpsysv's module where it has
-one, else the stdlib's.
+one (lending the stdlib module's other names), else the stdlib's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ __all__ = [
 ]
 from .context import get_context
 from .patch import patch, patched, unpatch
+from .pool import WorkerLostError
 
-__all__ += ["get_context", "patch", "unpatch", "patched", "Pool"]
+__all__ += ["get_context", "patch", "unpatch", "patched", "Pool", "WorkerLostError"]
 
 
 def Pool(processes: Optional[int] = None,

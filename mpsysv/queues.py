@@ -20,7 +20,7 @@ from queue import Empty, Full
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, Iterable, List, Optional, TypeVar
 
-from ._connection import ReadLock, Reader, Writer
+from ._connection import ConnectionParts
 from ._gc import collect as _gc
 from ._ipc import libc as L
 from ._ipc.names import check_name
@@ -58,8 +58,9 @@ def _check_timeout(timeout) -> None:
         raise ValueError("'timeout' must be a non-negative number")
 
 
-class _Base(Generic[T]):
-    """What the three queue types share (see ``Queue`` for the arguments)."""
+class _Base(ConnectionParts, Generic[T]):
+    """What the three queue types share (see ``Queue`` for the arguments); the parts
+    Pool and ProcessPoolExecutor reach for come from ``ConnectionParts``."""
 
     _kind = KIND_QUEUE
 
@@ -115,10 +116,7 @@ class _Base(Generic[T]):
 
     def _after_fork(self) -> None:
         """In a fork child: the parent's buffer and thread are not ours; the mapping is."""
-        for attr in ("_reader_part", "_writer_part", "_rlock_part"):
-            part = self.__dict__.pop(attr, None)
-            if part is not None and hasattr(part, "_after_fork"):
-                part._after_fork()
+        self._forget_parts()
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
@@ -268,9 +266,8 @@ class _Base(Generic[T]):
                 self._stash.extend((got.mtype, obj) for obj in got[1:])
                 return got[0]
 
-    # The base get and put, whatever a subclass overrides (for ``_connection``).
+    # The base get, whatever a subclass overrides (for ``_connection``).
     _base_get = get
-    _base_put = put
 
     def _from_stash(self, mtype: int):
         """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
@@ -434,18 +431,6 @@ class _Base(Generic[T]):
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def _abandon(self, wait: float = 2.0) -> None:
-        """A terminated Pool's queue: nobody will read what this process has not sent
-        yet (the stdlib's terminate drops it too), so drop it, close the handle and let
-        the feeder thread end now instead of waiting for room that never comes. (Only
-        for uncounted queues: a counted object's slot and task are already counted.)"""
-        if not self._chan.counted:
-            self._feeder.discard()
-        self.close()
-        thread = self._feeder.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(wait)
-
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder thread at exit: the process exits at once, and
         objects still in its buffer may be lost."""
@@ -456,31 +441,6 @@ class _Base(Generic[T]):
         """Called when an object cannot be pickled; override to handle it (stdlib hook)."""
         import traceback
         traceback.print_exception(type(e), e, e.__traceback__)
-
-    # -- what multiprocessing.Pool and ProcessPoolExecutor reach for ------------------
-
-    def _pool_part(self, attr: str, factory: type):
-        part = self.__dict__.get(attr)
-        if part is None:
-            part = self.__dict__[attr] = factory(self)
-        return part
-
-    @property
-    def _reader(self):
-        """A Connection-like reader (recv, poll, fileno, close) for stdlib internals."""
-        return self._pool_part("_reader_part", Reader)
-
-    @property
-    def _writer(self):
-        """A Connection-like writer (send, close) for stdlib internals."""
-        return self._pool_part("_writer_part", Writer)
-
-    @property
-    def _rlock(self):
-        return self._pool_part("_rlock_part", ReadLock)
-
-    def _poll(self, timeout: float = 0.0) -> bool:
-        return self._reader.poll(timeout)
 
     # -- mpsysv extensions ------------------------------------------------------------
 
@@ -509,8 +469,9 @@ class _Base(Generic[T]):
 # Each class also derives from its multiprocessing counterpart, after _Base, so that code
 # that checks the stdlib's types (logging.config's QueueHandler, test helpers) accepts
 # it. _Base defines every public method and every private one that stdlib callers reach
-# for (``_reader``, ``_writer``, ``_rlock``, ``_poll``, ``_after_fork``, pickling), so none
-# of the stdlib's code runs: not its __init__, not its feeder thread. Only its pipe
+# for (``_reader``, ``_writer``, ``_rlock`` and ``_poll`` through ConnectionParts,
+# ``_after_fork``, pickling), so none of the stdlib's code runs: not its __init__, not
+# its feeder thread. Only its pipe
 # plumbing (``_reset``, ``_start_thread``, ``_feed``, ``_finalize_join``,
 # ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
 # it. The classes keep their own module and name, so handles pickle as mpsysv's.

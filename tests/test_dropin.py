@@ -86,7 +86,15 @@ class NamespaceTest(unittest.TestCase):
                 self.assertEqual(getattr(mpsysv, name), getattr(multiprocessing, name))
 
     def test_submodules_are_reached_as_attributes(self):
-        self.assertIs(mpsysv.pool, multiprocessing.pool)
+        # mpsysv's pool module: its Pool survives killed workers; the stdlib's other names
+        import mpsysv.pool as own_pool
+        self.assertIs(mpsysv.pool, own_pool)
+        self.assertTrue(issubclass(mpsysv.pool.Pool, multiprocessing.pool.Pool))
+        self.assertIs(mpsysv.pool.ThreadPool, multiprocessing.pool.ThreadPool)
+        self.assertIs(mpsysv.pool.AsyncResult, multiprocessing.pool.AsyncResult)
+        self.assertIs(mpsysv.WorkerLostError, own_pool.WorkerLostError)
+        with self.assertRaisesRegex(AttributeError, "'mpsysv.pool' has no attribute"):
+            getattr(mpsysv.pool, "nope")
         self.assertIs(mpsysv.managers.SyncManager,
                       __import__("multiprocessing.managers").managers.SyncManager)
         self.assertIs(mpsysv.queues.Queue, mpsysv.Queue)
