@@ -163,7 +163,7 @@ class ParcelTable:
         nonce = int.from_bytes(os.urandom(8), "little")
         HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
                          self._owner, me, time.time(), nonce, n)
-        parts = getattr(payload, "parts", None)  # a pickle in pieces (queues._Pieces)
+        parts = getattr(payload, "parts", None)  # a pickle in pieces (pickler.Pieces)
         if buffers is not None:
             ctypes.memmove(address + _HDR_SIZE, layout, len(layout))
             ctypes.memmove(address + pickle_off, payload.pickle, len(payload.pickle))
