@@ -1,8 +1,8 @@
 """Objects with large out-of-band buffers (pickle protocol 5): one parcel segment holds
 the pickle and each buffer, and the receiver's objects are views of that segment."""
 
-import ctypes
 import gc
+import mmap
 import multiprocessing as mp
 import os
 import pickle
@@ -38,7 +38,7 @@ def backed_by_segment(arr) -> bool:
     nor a private copy)."""
     while isinstance(arr, np.ndarray) and arr.base is not None:
         arr = arr.base
-    return isinstance(arr, memoryview) and isinstance(arr.obj, ctypes.Array)
+    return isinstance(arr, memoryview) and isinstance(arr.obj, mmap.mmap)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "int8", "uint16", "int64",

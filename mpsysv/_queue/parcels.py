@@ -34,10 +34,10 @@ import ctypes
 import os
 import struct
 import time
-import weakref
 from typing import Callable, ContextManager, Dict, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
+from .._ipc.mapping import map_segment
 from .._ipc.procs import alive as _alive, ipc_table
 from . import wire as _wire
 from .journal import Journal
@@ -56,7 +56,6 @@ MAGIC = b"MPSYSVP1"
 # magic, owner control segment id, writer pid, created, nonce (as in the message), length
 HEADER = struct.Struct("<8siidQQ")
 _HDR_SIZE = 64
-_FAILED = ctypes.c_void_p(-1).value
 STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue unread
 
 
@@ -96,7 +95,9 @@ class ParcelTable:
         self._journal = journal
         self._host = host
         self._next_scan = 0.0
-        self._maps: Dict[int, Tuple[int, int]] = {}  # segment id -> (address, size): mine
+        # segment id -> (view, address): this process's mappings (_ipc.mapping), each
+        # detached when its view (and every slice of it) is gone
+        self._maps: Dict[int, Tuple[memoryview, int]] = {}
         # (slot, segment id) -> when this process first saw it stranded
         self._stranded: Dict[Tuple[int, int], float] = {}
         self.zero_copy = True  # out-of-band buffers received as views of their segment
@@ -110,22 +111,20 @@ class ParcelTable:
                          reader, size)
 
     def _map(self, segid: int, size: int) -> int:
-        """This process's mapping of *segid* (made once, kept for reuse)."""
+        """The address of this process's mapping of *segid* (made once, kept for reuse)."""
         hit = self._maps.get(segid)
-        if hit is not None and hit[1] == size:
-            return hit[0]
-        address = L.shmat(segid, None, 0)
-        if address is None or address == _FAILED:
-            raise _wire.WireError(f"parcel segment {segid} is gone")
-        if hit is not None:
-            L.shmdt(hit[0])
-        self._maps[segid] = (address, size)
-        return address
+        if hit is not None and len(hit[0]) == size:
+            return hit[1]
+        try:
+            mapping = self._maps[segid] = map_segment(segid, size)
+        except OSError:
+            raise _wire.WireError(f"parcel segment {segid} is gone") from None
+        return mapping[1]
 
     def _unmap(self, segid: int) -> None:
-        hit = self._maps.pop(segid, None)
-        if hit is not None:
-            L.shmdt(hit[0])
+        """Drop this process's mapping of *segid*: detached now, or when the last view a
+        caller still holds is gone."""
+        self._maps.pop(segid, None)
 
     def wrap(self, payload) -> Optional[bytes]:
         """Copy *payload* (a buffer, or pieces with ``parts`` and ``len()``) into a
@@ -286,8 +285,8 @@ class ParcelTable:
             raise _wire.WireError(f"parcel in segment {segid} was reclaimed")
         keep = False
         try:
-            address = self._map(segid, size)
-            view = memoryview((ctypes.c_char * (_HDR_SIZE + n)).from_address(address)).cast("B")
+            self._map(segid, size)
+            view = self._maps[segid][0][:_HDR_SIZE + n]
             try:
                 if view[_HDR_SIZE] == _wire.OUT_OF_BAND:
                     if self.zero_copy:
@@ -316,19 +315,16 @@ class ParcelTable:
 
     def _unwrap_kept(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
         """Zero-copy: the segment leaves the table and becomes this process's; the
-        buffers *loads* gets are views of it, and it is detached when the last object
-        using them is gone (removed now, the kernel frees it at that last detach)."""
-        segid, size = mine[0], mine[4]
-        address, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
+        buffers *loads* gets are slices of its mapping (``_ipc.mapping``), detached when
+        the last of them is gone (removed now, the kernel frees it at that detach)."""
+        segid = mine[0]
+        whole, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
         L.shmctl(segid, L.IPC_RMID, None)
         if self._entry(slot) == mine:
             self._set(slot, 0, 0, FREE)
-        owner = (ctypes.c_char * size).from_address(address)
-        weakref.finalize(owner, L.shmdt, address)
         (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
-        whole = memoryview(owner).cast("B")
         buffers = [whole[off:off + length] for off, length in pieces]
-        whole.release()
+        del whole
         body = view[pickle_off:pickle_off + pickle_len]
         try:
             return loads(body, buffers=buffers)
