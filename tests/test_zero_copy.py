@@ -4,6 +4,7 @@ goes back to the queue's pool once the receiver's last view of it is gone."""
 
 import ctypes
 import gc
+import mmap
 import multiprocessing as mp
 import os
 import pickle
@@ -53,10 +54,10 @@ def queue():
 
 def backed_by_segment(arr) -> bool:
     """True when *arr*'s memory is a view of a parcel segment (not bytes of a pickle,
-    nor a private copy)."""
+    nor a private copy): of its mapping's owner, or of a lent segment's owner of views."""
     while isinstance(arr, np.ndarray) and arr.base is not None:
         arr = arr.base
-    return isinstance(arr, memoryview) and isinstance(arr.obj, ctypes.Array)
+    return isinstance(arr, memoryview) and isinstance(arr.obj, (mmap.mmap, ctypes.Array))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "int8", "uint16", "int64",

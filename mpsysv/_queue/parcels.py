@@ -49,6 +49,7 @@ import weakref
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
+from .._ipc.mapping import map_segment
 from .._ipc.procs import alive as _alive, ipc_table
 from . import wire as _wire
 from .journal import Journal
@@ -70,7 +71,6 @@ MAGIC = b"MPSYSVP1"
 # magic, owner control segment id, writer pid, created, nonce (as in the message), length
 HEADER = struct.Struct("<8siidQQ")
 _HDR_SIZE = 64
-_FAILED = ctypes.c_void_p(-1).value
 _nonce = random.getrandbits  # (the random module reseeds in fork children)
 STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue unread
 # Segments one process may hold lent at once; past it a zero-copy parcel leaves the table
@@ -122,7 +122,9 @@ class ParcelTable:
         self._journal = journal
         self._host = host
         self._next_scan = 0.0
-        self._maps: Dict[int, Tuple[int, int]] = {}  # segment id -> (address, size): mine
+        # segment id -> (view, address): this process's mappings (_ipc.mapping), each
+        # detached when its view (and every slice of it) is gone
+        self._maps: Dict[int, Tuple[memoryview, int]] = {}
         # (slot, segment id) -> when this process first saw it stranded
         self._stranded: Dict[Tuple[int, int], float] = {}
         self.zero_copy = True  # out-of-band buffers received as views of their segment
@@ -142,22 +144,20 @@ class ParcelTable:
                          reader, size)
 
     def _map(self, segid: int, size: int) -> int:
-        """This process's mapping of *segid* (made once, kept for reuse)."""
+        """The address of this process's mapping of *segid* (made once, kept for reuse)."""
         hit = self._maps.get(segid)
-        if hit is not None and hit[1] == size:
-            return hit[0]
-        address = L.shmat(segid, None, 0)
-        if address is None or address == _FAILED:
-            raise _wire.WireError(f"parcel segment {segid} is gone")
-        if hit is not None:
-            L.shmdt(hit[0])
-        self._maps[segid] = (address, size)
-        return address
+        if hit is not None and len(hit[0]) == size:
+            return hit[1]
+        try:
+            mapping = self._maps[segid] = map_segment(segid, size)
+        except OSError:
+            raise _wire.WireError(f"parcel segment {segid} is gone") from None
+        return mapping[1]
 
     def _unmap(self, segid: int) -> None:
-        hit = self._maps.pop(segid, None)
-        if hit is not None:
-            L.shmdt(hit[0])
+        """Drop this process's mapping of *segid*: detached now, or when the last view a
+        caller still holds is gone."""
+        self._maps.pop(segid, None)
 
     def wrap(self, payload) -> Optional[bytes]:
         """Copy *payload* (a buffer, or pieces with ``parts`` and ``len()``) into a
@@ -332,8 +332,8 @@ class ParcelTable:
                 self._give_back(me)
         keep = False
         try:
-            address = self._map(segid, size)
-            view = memoryview((ctypes.c_char * (_HDR_SIZE + n)).from_address(address)).cast("B")
+            self._map(segid, size)
+            view = self._maps[segid][0][:_HDR_SIZE + n]
             try:
                 if view[_HDR_SIZE] == _wire.OUT_OF_BAND:
                     if self.zero_copy and n >= ZERO_COPY_MIN:
@@ -367,25 +367,26 @@ class ParcelTable:
 
     def _lend(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
         """Zero-copy: the buffers *loads* gets are views of this process's mapping of
-        the segment, which stays LENT to this process until the last object using them
-        is gone; then ``_views_gone`` queues it for ``_give_back``."""
+        the segment, through an owner of their own whose end (a weakref callback, once
+        the last object using them is gone) queues the segment for ``_give_back``; it
+        stays LENT to this process until then."""
         segid, writer, _, me, size = mine
-        address = self._maps[segid][0]
+        owner = (ctypes.c_char * size).from_buffer(self._maps[segid][0])  # holds the mmap
         self._lent[segid] = (slot, size)
         self._set(slot, segid, writer, LENT, me, size)
-        owner = (ctypes.c_char * size).from_address(address)
-        weakref.finalize(owner, self._views_gone, segid, address, me).atexit = False
-        return _loads_views(owner, view, loads)
+        weakref.finalize(owner, self._views_gone, segid, me).atexit = False
+        return _loads_views(memoryview(owner).cast("B"), view, loads)
 
-    def _views_gone(self, segid: int, address: int, lender: int) -> None:
+    def _views_gone(self, segid: int, lender: int) -> None:
         """Weakref callback: no view of lent segment *segid* is left in this process.
         Given back now unless the state lock is busy (perhaps held by the very thread
         this callback interrupts) or the cyclic collector is running (its garbage's
         ``__del__`` methods may still read the views): then at the collection's end,
-        or at this process's next call on the table."""
+        or at this process's next call on the table. (In a fork child that inherited
+        the views nothing is to do: its lender removes the segment instead.)"""
         if os.getpid() != lender:
-            L.shmdt(address)  # a fork child's inherited views: the lender removes it
-        elif not self._attached:
+            return
+        if not self._attached:
             self._free_detached(segid)
         else:
             self._returned.append(segid)
@@ -443,17 +444,15 @@ class ParcelTable:
 
     def _unwrap_kept(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
         """Zero-copy past ``LEND_MAX``: the segment leaves the table and becomes this
-        process's; the buffers *loads* gets are views of it, and it is detached when the
-        last object using them is gone (removed now, the kernel frees it at that last
+        process's; the buffers *loads* gets are slices of its mapping (``_ipc.mapping``),
+        detached when the last of them is gone (removed now, the kernel frees it at that
         detach)."""
-        segid, size = mine[0], mine[4]
-        address, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
+        segid = mine[0]
+        whole, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
         L.shmctl(segid, L.IPC_RMID, None)
         if self._entry(slot) == mine:
             self._set(slot, 0, 0, FREE)
-        owner = (ctypes.c_char * size).from_address(address)
-        weakref.finalize(owner, L.shmdt, address)
-        return _loads_views(owner, view, loads)
+        return _loads_views(whole, view, loads)
 
     def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
         """Before touching the slot: the segment must be this queue's parcel that the
@@ -528,13 +527,12 @@ def _forked(parent: bool) -> None:
 os.register_at_fork(after_in_parent=lambda: _forked(True), after_in_child=lambda: _forked(False))
 
 
-def _loads_views(owner, view: memoryview, loads: Callable):
-    """The object an out-of-band parcel in *view* holds, its buffers views of *owner*
-    (the whole segment)."""
+def _loads_views(whole: memoryview, view: memoryview, loads: Callable):
+    """The object an out-of-band parcel in *view* holds, its buffers slices of *whole*
+    (the segment, its mapping's owner behind it)."""
     (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
-    whole = memoryview(owner).cast("B")
     buffers = [whole[off:off + length] for off, length in pieces]
-    whole.release()
+    del whole
     body = view[pickle_off:pickle_off + pickle_len]
     try:
         return loads(body, buffers=buffers)
