@@ -36,21 +36,22 @@ _EXIT_PRIORITY = -5
 
 
 class _Base(Protocol):
-    """What the adapters use of a queue handle (``queues._Base``): the base ``get`` and
-    ``put`` whatever a subclass overrides, and the parts that tell what is still in
-    this process."""
+    """What the adapters use of a queue handle (``queues._Base``): the base ``get``
+    whatever a subclass overrides, the ``put`` path after pickling, and the parts that
+    tell what is still in this process."""
 
     _chan: Channel
     _closed: bool
     _stash: deque
-    _strict: bool
     _feeder: Feeder
     _pickler: Pickler
 
     def _base_get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
 
-    def _base_put(self, obj: Any, block: bool = True,
-                  timeout: Optional[float] = None) -> None: ...
+    def _send(self, payload, mtype: int) -> bool: ...
+
+    def _put_counted(self, payload, mtype: int, block: bool,
+                     timeout: Optional[float]) -> None: ...
 
 
 def _closed_error() -> OSError:
@@ -159,22 +160,28 @@ class _Watch:
         if deadline is not None and monotonic() >= deadline:
             return False
         tw, wake = chan.sems[TW], chan.sems[WAKE]
+        woken = found = False
         tw.post()
         try:
             while not self.closing and not self._handle_closed():
                 # Registered before looking: a message sent after this look posts WAKE.
                 if chan.qsize():
+                    found = True
                     return True
                 now = monotonic()
                 if deadline is None:
-                    wake.acquire(now + _SLICE)
+                    woken = wake.acquire(now + _SLICE) or woken
                 elif now >= deadline:
                     return False
                 else:
-                    wake.acquire(min(now + _SLICE, deadline))
+                    woken = wake.acquire(min(now + _SLICE, deadline)) or woken
             return False
         finally:
             tw.try_acquire()
+            if woken and found:
+                # The wake-up this took was meant for one message, which it leaves in
+                # the queue: a getter sleeping beside it must get one in its place.
+                chan._wake_timed()
 
     # -- the pipe: readable exactly while the queue holds a message -----------------------
 
@@ -408,24 +415,29 @@ class Writer:
     writable = True
 
     def send(self, obj: Any) -> None:
-        """``put()`` *obj*, then wait until it has reached the kernel queue.
+        """Put *obj* into the queue and return once it is in the kernel queue.
 
-        Like a pipe's writer it pickles here, raising if it cannot, and waits while the
-        queue is full; unlike ``put()`` it never returns with the object still in this
-        process's feeder buffer. Pool's task handler must not be able to finish while
-        its tasks sit in its own process, where no worker can ever get them.
+        Like a pipe's writer it pickles here (once), raising if it cannot, and waits
+        while the queue is full; unlike ``put()`` it never returns with the object
+        still in this process's feeder buffer. Pool's task handler must not be able to
+        finish while its tasks sit in its own process, where no worker can ever get them.
         """
         queue = self._queue()
         if self._closed or queue is None or queue._closed:
             raise _closed_error()
-        if not queue._strict:
-            queue._pickler.dumps(obj)  # put() would report and drop it: raise instead
-        queue._base_put(obj)
-        feeder = queue._feeder
-        if feeder.unsent():
-            with queue._chan.room_wait() as room:
-                while feeder.unsent():
-                    room.sleep()
+        payload = queue._pickler.dumps(obj, True)
+        chan, feeder = queue._chan, queue._feeder
+        if not chan.counted and not feeder.buffer and type(payload) is bytes \
+                and len(payload) <= chan.msgmax:
+            # Nothing of this process is ahead of it: wait in msgsnd, where the kernel
+            # wakes this thread the moment there is room.
+            chan.send_waiting(payload, 1)
+            return
+        if chan.counted:
+            queue._put_counted(payload, 1, True, None)
+        else:
+            queue._send(payload, 1)
+        _flush_here(feeder, chan)
 
     def close(self) -> None:
         """This process sends no more through this Writer; the queue stays usable."""
@@ -433,6 +445,22 @@ class Writer:
 
     def __repr__(self) -> str:
         return f"<mpsysv Writer of {self._queue()!r}{' closed' if self._closed else ''}>"
+
+
+def _flush_here(feeder: Feeder, chan: Channel) -> None:
+    """Send everything this process buffered for the queue, in this thread.
+
+    Registered as waiting for room before each attempt, so a getter that makes room
+    after a failed attempt wakes this thread (the sleep's condition is the kernel
+    queue's room, which only getters change; the feeder thread may flush meanwhile,
+    and then the next attempt finds nothing left).
+    """
+    with chan.room_wait() as room:
+        while True:
+            with feeder.send_lock:
+                if feeder.flush(True):
+                    return
+            room.sleep()
 
 
 class ReadLock:

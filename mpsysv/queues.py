@@ -269,9 +269,8 @@ class _Base(Generic[T]):
                 self._stash.extend((got.mtype, obj) for obj in got[1:])
                 return got[0]
 
-    # The base get and put, whatever a subclass overrides (for ``_connection``).
+    # The base get, whatever a subclass overrides (for ``_connection``).
     _base_get = get
-    _base_put = put
 
     def _from_stash(self, mtype: int):
         """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
