@@ -308,15 +308,18 @@ def _consume_arrays(q, go, n, out):
 
 
 def array_throughput(factory, nbytes: int, n: int):
-    """``(arrays/s, receiver's peak RSS growth in MiB)`` for *n* float64 arrays of
-    *nbytes* from one producer to one consumer that sums each."""
+    """``(arrays/s, receiver's peak RSS growth in MiB, CPU ms per array)`` for *n*
+    float64 arrays of *nbytes* from one producer to one consumer that sums each; the
+    CPU time is both processes' (every thread), which a busy machine disturbs least."""
     import numpy
+    import resource
 
     q = factory()
     go = ctx.Event()
     got, out = ctx.Pipe(False)
     p = ctx.Process(target=_produce, args=(q, go, n, numpy.ones(nbytes // 8)))
     c = ctx.Process(target=_consume_arrays, args=(q, go, n, out))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     c.start()
     p.start()
     time.sleep(0.05)
@@ -325,8 +328,10 @@ def array_throughput(factory, nbytes: int, n: int):
     c.join()
     elapsed = time.perf_counter() - t0
     p.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     _close(q)
-    return n / elapsed, got.recv() / 1024
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / n * 1e3
+    return n / elapsed, got.recv() / 1024, cpu
 
 
 def _size(nbytes: int) -> str:
@@ -337,35 +342,50 @@ def run_arrays(rounds: int, quick: bool, path) -> int:
     """The array table: every size for every backend in each round, interleaved."""
     impls = array_backends()
     sizes = [(b, max(4, n // 4) if quick else n) for b, n in ARRAY_SIZES]
-    speed = {_size(b): {name: [] for name in impls} for b, _ in sizes}
-    rss = {_size(b): {name: [] for name in impls} for b, _ in sizes}
+    found = {what: {_size(b): {name: [] for name in impls} for b, _ in sizes}
+             for what in ("speed", "rss", "cpu")}
     for r in range(rounds):
         for nbytes, n in sizes:
             for name, factory in impls.items():
-                per_s, mib = array_throughput(factory, nbytes, n)
-                speed[_size(nbytes)][name].append(per_s)
-                rss[_size(nbytes)][name].append(mib)
+                for what, value in zip(("speed", "rss", "cpu"),
+                                       array_throughput(factory, nbytes, n)):
+                    found[what][_size(nbytes)][name].append(value)
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
-    report_arrays(speed, rss, list(impls), rounds)
+    report_arrays(found, list(impls), rounds, sizes)
     if path:
         with open(path, "w") as f:
-            json.dump({"rounds": rounds, "arrays": speed, "receiver_rss_mib": rss}, f, indent=1)
+            json.dump({"rounds": rounds, "objects": {_size(b): n for b, n in sizes},
+                       "arrays": found["speed"], "receiver_rss_mib": found["rss"],
+                       "cpu_ms_per_array": found["cpu"]}, f, indent=1)
     return 0
 
 
-def report_arrays(speed, rss, impls, rounds) -> None:
+def report_arrays(found, impls, rounds, sizes) -> None:
     med = statistics.median
+    speed = found["speed"]
     print(f"\nfloat64 arrays 1->1, the receiver sums each; medians of {rounds} interleaved "
-          "rounds (min..max); ratio to mp.Queue; receiver's peak RSS growth (median)\n")
-    print(f"| array | {' | '.join(impls)} | mpsysv / SimpleQueue | mpsysv / zero_copy=False |")
+          "rounds (min..max); ratio to mp.Queue\n")
+    print(f"| array (objects) | {' | '.join(impls)} | mpsysv / SimpleQueue | "
+          "mpsysv / zero_copy=False |")
     print("| --- |" + " --- |" * (len(impls) + 2))
-    for size, cols in speed.items():
+    for nbytes, n in sizes:
+        size = _size(nbytes)
+        cols = speed[size]
         base = med(cols["mp.Queue"])
-        cells = [f"{med(v):,.0f}/s ({min(v):,.0f}..{max(v):,.0f}) **{med(v) / base:.2f}x**, "
-                 f"RSS +{med(rss[size][name]):,.0f} MiB" for name, v in cols.items()]
+        cells = [f"{med(v):,.0f}/s ({min(v):,.0f}..{max(v):,.0f}) **{med(v) / base:.2f}x**"
+                 for v in cols.values()]
         ours = med(cols["mpsysv.Queue"])
-        print(f"| {size} | {' | '.join(cells)} | {ours / med(cols['mp.SimpleQueue']):.2f}x | "
-              f"{ours / med(cols['mpsysv.Queue(zero_copy=False)']):.2f}x |")
+        print(f"| {size} ({n}) | {' | '.join(cells)} | {ours / med(cols['mp.SimpleQueue']):.2f}x"
+              f" | {ours / med(cols['mpsysv.Queue(zero_copy=False)']):.2f}x |")
+    print("\nCPU time per array (producer + consumer, ms, median) and the receiver's peak "
+          "RSS growth (MiB, median)\n")
+    print(f"| array | {' | '.join(impls)} |")
+    print("| --- |" + " --- |" * len(impls))
+    for nbytes, _ in sizes:
+        size = _size(nbytes)
+        cells = [f"{med(found['cpu'][size][name]):,.2f} ms, +{med(found['rss'][size][name]):,.0f}"
+                 f" MiB" for name in impls]
+        print(f"| {size} | {' | '.join(cells)} |")
 
 
 def main(argv=None) -> int:

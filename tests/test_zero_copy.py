@@ -20,7 +20,7 @@ from tests.helpers import wait_until
 
 np = pytest.importorskip("numpy")
 ctx = mp.get_context("fork")
-BIG = 1 << 17  # elements: well past the parcel threshold for every dtype below
+BIG = 1 << 18  # elements: at least ZERO_COPY_MIN bytes for every dtype below
 
 
 def segments_made_by(pid: int) -> int:

@@ -78,9 +78,10 @@ STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue 
 # cannot take every slot.
 LEND_MAX = 16
 LENDERS_EVERY = 0.25  # seconds between liveness checks of the lenders of LENT slots
-# Out-of-band parcels smaller than this arrive as copies even on a zero-copy queue: a
-# copy is cheaper than the mapping's bookkeeping there (measured: see README).
-ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 128 * 1024))
+# Out-of-band buffers from this size on arrive as views on a zero-copy queue; smaller ones
+# are pickled in-band (queues.py), a copy being cheaper there than lending a segment
+# (bench/array_crossover.py, README).
+ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 256 * 1024))
 
 
 def _size_class(n: int) -> int:
