@@ -389,3 +389,29 @@ def test_mpsysv_ls_shows_a_held_zero_copy_segment_as_live(queue):
             if "queue.parcel" in line and str(os.getpid()) in line.split()]
     assert rows and all(r[-1] == "live" for r in rows), out
     assert got.sum() == BIG
+
+
+def test_a_parcel_sent_while_the_queue_is_copied_is_never_taken_for_stranded(queue):
+    # A feeder thread may send a parcel's message while another putter copies the queued
+    # messages to look for stranded parcels: the copy misses it and, by the time the
+    # journal is read, its writer has noted it sent. Before anybody ever took a message.
+    chan, table = queue._chan, queue._chan.parcels
+    queue.put(1)  # something queued: the next claim copies the queue
+    payload = queue._pickler.dumps(np.full(BIG, 5.0), True)
+    message = table.wrap(payload)  # complete, its message still "in the buffer"
+    real = chan.queued_parcels
+
+    def copies_then_the_feeder_sends():
+        found = real()
+        assert chan.try_send(message, 1)
+        table.handed(message)
+        return found
+
+    chan.queued_parcels = copies_then_the_feeder_sends
+    try:
+        queue.put(np.ones(BIG))  # its claim looks for stranded parcels
+    finally:
+        del chan.queued_parcels
+    assert queue.get(timeout=10) == 1
+    assert queue.get(timeout=10).sum() == 5.0 * BIG
+    assert queue.get(timeout=10).sum() == BIG

@@ -25,13 +25,15 @@ messages, such a slot waits until the queue is empty):
   another consumer takes a message and dies) loses its object.
 
 A zero-copy receiver's objects are views of the segment: it is *lent* to that
-process (state LENT) and goes back to the pool once the last view is gone, noted by a
-weakref callback and acted on at the process's next call on the table (a callback must
-not take the state lock: the thread it interrupts may hold it). Never pooled while a
-view of it can exist: a lender that forked while holding it (the child has the views
-too) removes it instead, so does a lender whose queue handle is gone, and a dead
-lender's slot is reclaimed by removing its segment (its fork children may map it; the
-kernel frees it at their last detach).
+process (state LENT, the reader field its pid) and goes back to the pool once the last
+view is gone, as a weakref callback notes: at once if the state lock is free (the
+thread the callback interrupts may hold it) and the cyclic collector is not running
+(the ``__del__`` methods of its garbage may still read the views), else when the
+collection ends or at the process's next call on the table. Never pooled while a view
+of it can exist: a lender that forked while holding it (the child has the views too)
+removes it instead, so does a lender whose queue handle is gone, and a dead lender's
+slot is reclaimed by removing its segment (its fork children may map it; the kernel
+frees it at their last detach).
 
 Each segment starts with a header (magic, owning control segment, writer, time) that
 lets a cleaner recognise orphans.
@@ -126,8 +128,8 @@ class ParcelTable:
         # segment id -> (view, address): this process's mappings (_ipc.mapping), each
         # detached when its view (and every slice of it) is gone
         self._maps: Dict[int, Tuple[memoryview, int]] = {}
-        # (slot, segment id) -> when this process first saw it stranded
-        self._stranded: Dict[Tuple[int, int], float] = {}
+        # (slot, segment id, nonce) -> when this process first saw that parcel stranded
+        self._stranded: Dict[Tuple[int, int, int], float] = {}
         self.zero_copy = True  # out-of-band buffers received as views of their segment
         self._lent: Dict[int, Tuple[int, int]] = {}  # segment id -> (slot, size): views live
         self._shared: Set[int] = set()  # lent segments a fork child maps as well
@@ -274,6 +276,10 @@ class ParcelTable:
         if not sent:
             self._stranded.clear()
             return set()
+        # Read before the queue: a message a writer's feeder thread sends while the
+        # queue is copied comes after the copies' first index and is missed, but its
+        # parcel was still noted unsent here.
+        unsent = {slot: self._journal.parcel_unsent(writer, slot) for slot, _, writer in sent}
         qnum, last = self._host.queue_state()
         now = time.monotonic()
         if qnum:
@@ -294,19 +300,35 @@ class ParcelTable:
         last_dead = None
         found = set()
         for slot, segid, writer in sent:
-            unsent = self._journal.parcel_unsent(writer, slot)
-            if unsent is not False and _alive(writer):
+            if unsent[slot] is not False and _alive(writer):
                 continue  # its message may still be in its writer's buffer
-            if unsent:
+            if unsent[slot]:
                 found.add(slot)  # its writer died before the message went out
                 continue
-            # The message went out and was taken: by a live consumer about to mark it?
+            # The message went out and was taken (nobody took any yet: in flight, then):
+            # by a live consumer about to mark it?
+            if not last:
+                continue
             if last_dead is None:
                 last_dead = not _alive(last)
-            first = self._stranded[(slot, segid)] = seen.get((slot, segid), now)
-            if last_dead or now - first >= STRANDED_AFTER:
+            if last_dead:
+                found.add(slot)
+                continue
+            # Timed per parcel, not per slot: a pooled segment carries one parcel after
+            # another in the same slot, each briefly taken and not yet marked.
+            key = (slot, segid, self._nonce_of(segid, flat[slot * _WIDTH + 4]))
+            first = self._stranded[key] = seen.get(key, now)
+            if now - first >= STRANDED_AFTER:
                 found.add(slot)
         return found
+
+    def _nonce_of(self, segid: int, size: int) -> int:
+        """The nonce in parcel segment *segid*'s header (0 if it cannot be mapped)."""
+        try:
+            address = self._map(segid, size)
+        except _wire.WireError:
+            return 0
+        return HEADER.unpack(ctypes.string_at(address, HEADER.size))[4]
 
     def unwrap(self, message, loads: Callable):
         """Decode the parcel *message* names and give its segment back to the pool (or
