@@ -24,7 +24,7 @@ from typing import Generic, Iterable, Iterator, NoReturn, Optional, TypeVar
 
 from ._gc import collect as _gc
 from ._ipc import libc as L
-from ._ipc.errors import permission_denied, raise_errno
+from ._ipc.errors import permission_denied, raise_errno, segment_size_hint
 from ._ipc.names import check_name, name_key, random_name
 from ._shm.tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
                        PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, forget, live_segments,
@@ -466,8 +466,7 @@ def _raise_create_error(err: int, size: int, hugetlb: bool) -> NoReturn:
     total = size + TRAILER_SIZE
     hint = ""
     if err == errno.EINVAL:
-        hint = (f"{size} bytes (+{TRAILER_SIZE} of mpsysv trailer) is more than the kernel's "
-                f"shmmax={lim['shmmax']} (/proc/sys/kernel/shmmax)")
+        hint = segment_size_hint(err, size, TRAILER_SIZE)
     elif err == errno.ENOSPC:
         rows = live_segments()
         page = os.sysconf("SC_PAGE_SIZE")
@@ -480,7 +479,7 @@ def _raise_create_error(err: int, size: int, hugetlb: bool) -> NoReturn:
                     f"{-(-total // page)} more asked (/proc/sys/kernel/shmall)")
     elif err == errno.ENOMEM:
         hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise vm.nr_hugepages)"
-                if hugetlb else f"not enough memory for {size} bytes")
+                if hugetlb else segment_size_hint(err, size, TRAILER_SIZE))
     elif err == errno.EPERM and hugetlb:
         hint = "huge pages need CAP_IPC_LOCK or membership of vm.hugetlb_shm_group"
     raise_errno(err, "shmget", f"shared memory of {size} bytes", hint)

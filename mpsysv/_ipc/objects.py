@@ -14,7 +14,7 @@ import weakref
 from typing import Iterable, NoReturn, Optional, Sequence, Tuple
 
 from . import libc as L
-from .errors import raise_errno
+from .errors import raise_errno, segment_size_hint
 from .mapping import map_segment
 
 __all__ = ["MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]
@@ -482,15 +482,15 @@ class Segment(_Object):
             err = L.get_errno()
             hint = ""
             if err == errno.EINVAL:
-                lim = L.limits()
-                hint = (f"size {size} is outside the kernel's shmmin..shmmax=1..{lim['shmmax']} "
-                        "or larger than the existing segment")
+                hint = (segment_size_hint(err, size) or
+                        f"size {size} is larger than the existing segment's")
             elif err == errno.ENOSPC:
                 lim = L.limits()
                 hint = (f"shmmni={lim['shmmni']} segments or shmall={lim['shmall']} pages "
                         "would be exceeded")
             elif err == errno.ENOMEM:
-                hint = "not enough memory (or huge pages) for the segment"
+                hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise "
+                        "vm.nr_hugepages)" if hugetlb else segment_size_hint(err, size))
             raise_errno(err, "shmget", f"segment key={k & 0xffffffff:#010x}", hint)
         super().__init__(ident, k)
         self.size = size if create else self.stat().shm_segsz
