@@ -9,6 +9,7 @@ Process CPU time (not wall time) is what a busy machine disturbs least; rounds a
 interleaved and the table shows medians and the spread (min..max).
 
     python bench/array_crossover.py                # 16 KiB .. 1 MiB, 5 rounds
+    python bench/array_crossover.py --kib 192,256,320,384,448,512
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def per_object(way: str, nbytes: int, n: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--kib", default="16,32,64,128,256,512,1024")
+    ap.add_argument("--kib", default="16,64,128,256,320,384,512,1024")
     args = ap.parse_args()
     sizes = [int(k) << 10 for k in args.kib.split(",")]
     got = {(s, w): [] for s in sizes for w in WAYS}

@@ -274,7 +274,7 @@ def cases(quick: bool):
 
 # -- the array table: float64 arrays, one producer, one consumer that sums each --------------
 
-ARRAY_SIZES = [(16 << 10, 2000), (64 << 10, 2000), (128 << 10, 1000), (256 << 10, 1000),
+ARRAY_SIZES = [(16 << 10, 2000), (64 << 10, 2000), (256 << 10, 1000), (512 << 10, 1000),
                (1 << 20, 200), (8 << 20, 48), (64 << 20, 16)]  # bytes, objects per run
 
 

@@ -20,7 +20,7 @@ from tests.helpers import wait_until
 
 np = pytest.importorskip("numpy")
 ctx = mp.get_context("fork")
-BIG = 1 << 18  # elements: at least ZERO_COPY_MIN bytes for every dtype below
+BIG = 5 << 16  # elements: at least ZERO_COPY_MIN bytes for every dtype below
 
 
 def segments_made_by(pid: int) -> int:
@@ -103,7 +103,7 @@ def test_small_arrays_travel_in_band(queue):
 def test_a_pickle_buffer_of_a_bytearray_arrives_as_a_writable_view():
     before = segments_made_by(os.getpid())
     q = mpsysv.Queue()
-    data = bytearray(os.urandom(300_000))
+    data = bytearray(os.urandom(400_000))
     q.put(pickle.PickleBuffer(data))
     got = q.get(timeout=10)
     assert type(got) is memoryview and not got.readonly

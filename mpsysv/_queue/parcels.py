@@ -83,7 +83,7 @@ LENDERS_EVERY = 0.25  # seconds between liveness checks of the lenders of LENT s
 # Out-of-band buffers from this size on arrive as views on a zero-copy queue; smaller ones
 # are pickled in-band (queues.py), a copy being cheaper there than lending a segment
 # (bench/array_crossover.py, README).
-ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 256 * 1024))
+ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 320 * 1024))
 
 
 def _size_class(n: int) -> int:
