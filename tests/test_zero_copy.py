@@ -415,3 +415,21 @@ def test_a_parcel_sent_while_the_queue_is_copied_is_never_taken_for_stranded(que
     assert queue.get(timeout=10) == 1
     assert queue.get(timeout=10).sum() == 5.0 * BIG
     assert queue.get(timeout=10).sum() == BIG
+
+
+def _backed_and_sum(arr):
+    return backed_by_segment(arr), float(arr.sum())
+
+
+def _doubled(arr):
+    return arr * 2
+
+
+def test_pool_tasks_and_results_carry_arrays_as_views_of_segments():
+    with mpsysv.get_context("fork").Pool(1) as pool:
+        tasks = [np.full(BIG, float(i)) for i in range(3)]
+        assert pool.map(_backed_and_sum, tasks) == [(True, i * BIG) for i in range(3)]
+        results = pool.map(_doubled, tasks)
+        assert all(backed_by_segment(r) for r in results)
+        assert [float(r[0]) for r in results] == [0.0, 2.0, 4.0]
+        del results
