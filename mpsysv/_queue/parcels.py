@@ -196,8 +196,7 @@ class ParcelTable:
             self._set(slot, 0, 0, FREE)
             return None
         nonce = _nonce(64)
-        HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
-                         self._owner, me, time.time(), nonce, n)
+        HEADER.pack_into(self._maps[segid][0], 0, MAGIC, self._owner, me, time.time(), nonce, n)
         parts = getattr(payload, "parts", None)  # a pickle in pieces (queues._Pieces)
         if buffers is not None:
             ctypes.memmove(address + _HDR_SIZE, layout, len(layout))
@@ -325,10 +324,10 @@ class ParcelTable:
     def _nonce_of(self, segid: int, size: int) -> int:
         """The nonce in parcel segment *segid*'s header (0 if it cannot be mapped)."""
         try:
-            address = self._map(segid, size)
+            self._map(segid, size)
         except _wire.WireError:
             return 0
-        return HEADER.unpack(ctypes.string_at(address, HEADER.size))[4]
+        return HEADER.unpack_from(self._maps[segid][0])[4]
 
     def unwrap(self, message, loads: Callable):
         """Decode the parcel *message* names and give its segment back to the pool (or
@@ -480,9 +479,8 @@ class ParcelTable:
     def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
         """Before touching the slot: the segment must be this queue's parcel that the
         message names (same nonce and length), else ``WireError`` and nothing changes."""
-        address = self._map(segid, size)
-        magic, owner, _, _, nonce_now, n_now = HEADER.unpack(
-            ctypes.string_at(address, HEADER.size))
+        self._map(segid, size)
+        magic, owner, _, _, nonce_now, n_now = HEADER.unpack_from(self._maps[segid][0])
         if magic != MAGIC or owner != self._owner:
             raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
         if (nonce_now, n_now) != (nonce, n):
