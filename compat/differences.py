@@ -98,15 +98,7 @@ CPYTHON_TESTS = {
         "not-a-posix-name",
 }
 
-KNOWN_BUGS: dict = {
-    "view-in-cyclic-garbage": (
-        "SharedMemoryGarbageCase.test_view_held_by_cyclic_garbage_is_readable_in_its_del",
-        "a slice of `buf` kept by an object in a garbage cycle, read in that object's "
-        "`__del__`: the stdlib's `mmap` stays mapped while the slice lives; mpsysv unmaps "
-        "from a weakref callback on its array, which the collector calls before the "
-        "cycle's `__del__` methods run, so the read segfaults (UltraDict 0.0.6's "
-        "`close()` from `__del__`, UltraDict.py:980, at pytest's exit)"),
-}
+KNOWN_BUGS: dict = {}
 
 # Real clients' tests (``compat/clients.py``) whose outcome differs ("exit": the suite's
 # exit status): the ``DIFFERENCES`` (or ``KNOWN_BUGS``) key it follows from and the
@@ -118,12 +110,6 @@ CLIENT_DIFFERENCES = {
             "counts `psutil.Process().open_files()` and expects 4 for one `UltraDict` "
             "(tests/tests.py:142): each stdlib segment is an open file "
             "`/dev/shm/psm_...`, an mpsysv segment none, so the count stays 0"),
-        "exit": (
-            "view-in-cyclic-garbage",
-            "pytest exits by SIGSEGV after the tests: at its last collection an "
-            "`UltraDict`'s `__del__` calls `close()`, which reads "
-            "`self.full_dump_memory_name_remote`, a slice of its control segment's `buf` "
-            "(UltraDict.py:980), after mpsysv unmapped that segment"),
     },
 }
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from .support import TIMEOUT, CompatCase, install_cases, known_bug
+from .support import TIMEOUT, CompatCase, install_cases
 
 
 def write_by_name(cls, name, data):
@@ -293,7 +293,6 @@ _GARBAGE_PROGRAM = textwrap.dedent("""
 
 
 class SharedMemoryGarbageCase(CompatCase):
-    @known_bug("view-in-cyclic-garbage")
     def test_view_held_by_cyclic_garbage_is_readable_in_its_del(self):
         # UltraDict 0.0.6 keeps slices of a segment's buf and reads one in __del__; when
         # the collector frees it with its SharedMemory, the slice must still be mapped.

@@ -98,7 +98,7 @@ class _Base(ConnectionParts, Generic[T]):
         self._used = False
         self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
         chan.parcels.zero_copy = self._zero_copy
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._chan.msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.ZERO_COPY_MIN, self._chan.msgmax + 1))
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer: Optional[util.Finalize] = None
         self._register_finalizer()
@@ -117,7 +117,7 @@ class _Base(ConnectionParts, Generic[T]):
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._chan.msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.ZERO_COPY_MIN, self._chan.msgmax + 1))
         self._register_finalizer()
 
     # -- pickling: a handle re-attaches by the control segment's id -------------------
@@ -294,7 +294,7 @@ class _Base(ConnectionParts, Generic[T]):
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit
         one message (far cheaper per object than one pickle each), split otherwise;
-        one object per message on a counted queue."""
+        one object per message on a counted queue (and large arrays: a parcel each)."""
         if not objs:
             return
         if len(objs) > 1 and self._chan.counted:
@@ -303,14 +303,14 @@ class _Base(ConnectionParts, Generic[T]):
             return
         if len(objs) == 1:
             try:
-                yield self._pickler.dumps(objs[0]), 1
+                yield self._pickler.dumps(objs[0], True), 1
             except Exception as exc:
                 if self._strict:
                     raise
                 self._on_queue_feeder_error(_from_callers(exc), objs[0])
             return
         try:
-            data = self._pickler.dumps(objs)
+            data = self._pickler.dumps(objs, True)
         except Exception:
             parts = 2  # find the unpicklable ones, one by one if need be
         else:

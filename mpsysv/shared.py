@@ -2,7 +2,8 @@
 
 The API of ``multiprocessing.shared_memory`` on ``shmget``/``shmat``: a name maps to
 a key, a 256-byte trailer after the user's bytes proves that a segment is mpsysv's
-segment of that name, detaching waits for the last view, and ``track=True``
+segment of that name, the mapping is owned by an ``mmap`` that every view of ``buf``
+keeps alive (``_ipc.mapping``: detached when the last view is gone), and ``track=True``
 segments are removed when their program ends (see ``_shm.tracker``). Kernel calls go
 through ``_ipc.libc`` and ``_ipc.objects``; nothing here loads libc itself.
 """
@@ -29,11 +30,11 @@ from ._shm.tracker import (FLAG_HUGETLB, FLAG_TRACKED, PURPOSE_SHAREABLE_LIST,
                        PURPOSE_SHARED_MEMORY, TRAILER_SIZE, VERSION, forget, live_segments,
                        match_identity, pack_identity, parse_identity, process_identity,
                        read_trailer, register, register_raw)
-from ._ipc.objects import Attachment, Segment, SegmentStat
+from ._ipc.mapping import map_segment
+from ._ipc.objects import Segment, SegmentStat
 
 __all__ = ["SharedMemory", "ShareableList", "SharedMemoryManager", "ForeignSegmentError"]
 
-_FAILED = ctypes.c_void_p(-1).value
 _ZEROS = bytes(TRAILER_SIZE)
 _NO_TRACKER = (0, 0)
 # A creator writes its trailer right after shmget+shmat; an attacher that finds it
@@ -142,8 +143,7 @@ class SharedMemory:
     _id = -1
     _key = 0
     _size = 0
-    _attachment: Optional[Attachment] = None
-    _buf: Optional[memoryview] = None
+    _buf: Optional[memoryview] = None  # its obj owns the mapping (_ipc.mapping)
     _readonly = False
     _unlinked = False
     _purpose = 0
@@ -184,12 +184,15 @@ class SharedMemory:
         return self._size
 
     def close(self) -> None:
-        """Drop this handle's mapping; idempotent, and never under a live view: with a
-        numpy array (or any export of ``buf``) alive, the detach happens when it dies."""
-        attachment = self._attachment
-        if attachment is not None:
-            self._attachment = self._buf = None
-            attachment.detach()
+        """Drop this handle's ``buf``; idempotent, and never unmaps under a live view: the
+        mapping goes with its last view (a slice, a numpy array), now if there is none."""
+        buf = self._buf
+        if buf is not None:
+            self._buf = None
+            try:
+                buf.release()
+            except BufferError:  # an export of buf itself (a ctypes from_buffer): it keeps
+                pass             # the mapping, as every slice and array does
 
     def unlink(self) -> None:
         """Remove the segment's name now (IPC_RMID): it can be created again at once, and
@@ -313,16 +316,16 @@ class SharedMemory:
                 _raise_create_error(err, size, hugetlb)
             if name is not None:
                 raise _exists_error(bare, key)
-        addr = L.shmat(ident, None, 0)
-        if addr is None or addr == _FAILED:
-            err = L.get_errno()
+        try:
+            view, addr = map_segment(ident, size + TRAILER_SIZE, False, f"shared memory {bare!r}")
+        except OSError:
             L.shmctl(ident, L.IPC_RMID, None)
-            raise_errno(err, "shmat", f"shared memory {bare!r}")
+            raise
         trailer = pack_identity(bare, size, (FLAG_TRACKED if track else 0)
                                 | (FLAG_HUGETLB if hugetlb else 0), purpose, ctime, creator,
                                 tracker)
         ctypes.memmove(addr + size, trailer, TRAILER_SIZE)
-        self._set(bare, ident, key, size, Attachment(addr, size, False), False, purpose)
+        self._set(bare, ident, key, size, view[:size], False, purpose)
 
     def _attach(self, name, readonly, track) -> None:
         bare, key = _name_and_key(name)
@@ -335,17 +338,15 @@ class SharedMemory:
             if err == errno.EACCES:
                 raise _permission_error("shmget", bare, key)
             raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
-        addr = L.shmat(ident, None, L.SHM_RDONLY if readonly else 0)
-        if addr is None or addr == _FAILED:
-            err = L.get_errno()
-            if err == errno.EACCES:
-                raise _permission_error("shmat", bare, key, readonly)
-            raise_errno(err, "shmat", f"shared memory {bare!r} (id={ident})")
         segsz = ds.shm_segsz
+        try:
+            view, addr = map_segment(ident, segsz, readonly, f"shared memory {bare!r} (id={ident})")
+        except PermissionError:
+            raise _permission_error("shmat", bare, key, readonly) from None
         raw = _wait_for_trailer(addr + segsz - TRAILER_SIZE) if segsz >= TRAILER_SIZE else None
         found = match_identity(raw, bare) if raw is not None else None
         if found is None or found[0] + TRAILER_SIZE != segsz:
-            L.shmdt(addr)
+            del view  # the last reference to the mapping: detached now
             identity = parse_identity(raw) if raw is not None else None
             raise ForeignSegmentError(errno.EEXIST, _foreign_message(bare, key, ds, identity),
                                       bare)
@@ -355,23 +356,23 @@ class SharedMemory:
             # An explicit track=True on attach, as in the stdlib (3.13): this program's
             # tracker removes the segment when the program ends, whoever created it.
             register(key, identity.creator_pid, identity.ctime_ns, bare)
-        self._set(bare, ident, key, size, Attachment(addr, size, readonly), readonly, purpose)
+        self._set(bare, ident, key, size, view[:size], readonly, purpose)
 
     @classmethod
     def _from_segment(cls, segment: Segment, readonly: bool) -> "SharedMemory":
         self = cls.__new__(cls)
         self._set(None, segment.id, segment.key & 0xFFFFFFFF, segment.size,
-                  segment.attach(readonly), readonly, 0)
+                  segment.attach(readonly).buf, readonly, 0)
         return self
 
-    def _set(self, name, ident, key, size, attachment, readonly, purpose) -> None:
+    def _set(self, name, ident, key, size, buf, readonly, purpose) -> None:
         if name is None:
             self._name = None
         else:
             self._name = "/" + name
             _remember(self._name, name, key)  # unlink()'s check of _name is a lookup
         self._id, self._key, self._size = ident, key, size
-        self._attachment, self._buf = attachment, attachment.buf
+        self._buf = buf
         self._readonly, self._unlinked, self._purpose = readonly, False, purpose
 
     def _label(self) -> str:
@@ -625,7 +626,6 @@ class ShareableList(Generic[_SLT]):
             if value == entry:
                 return position
         raise ValueError(f"{value!r} not in this container")
-
 
     def _layout(self, n: int, offsets: list) -> None:
         self._n, self._offsets = n, offsets

@@ -39,6 +39,9 @@ SHM_RND = 0o20000
 SHM_HUGETLB = 0o4000
 SHM_NORESERVE = 0o10000
 SHM_STAT = 13
+SHM_REMAP = 0o40000  # Linux: attach over an existing mapping of the range
+# <sys/mman.h>
+MAP_NORESERVE = 0x4000
 # <sys/sem.h>
 SEM_UNDO = 0x1000
 GETPID = 11
@@ -225,6 +228,27 @@ pthread_mutex_trylock_fast = _libc_gil["pthread_mutex_trylock"]
 pthread_mutex_unlock_fast = _libc_gil["pthread_mutex_unlock"]
 sem_post_fast = _libc_gil["sem_post"]
 sem_trywait_fast = _libc_gil["sem_trywait"]
+
+
+# The address of an object's buffer (a read-only one too, which ctypes' from_buffer
+# refuses): the Py_buffer is released before returning; the caller keeps the object.
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, _vp, c_int)
+_get_buffer.restype = c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (_vp,)
+_release_buffer.restype = None
+_PY_BUFFER = _vp * 16  # sizeof(Py_buffer) is 80 on 64-bit builds; .buf comes first
+
+
+def buffer_address(obj) -> int:
+    """The address of *obj*'s buffer (``PyBUF_SIMPLE``)."""
+    view = _PY_BUFFER()
+    if _get_buffer(obj, view, 0) != 0:  # pragma: no cover - raises the Python error
+        raise BufferError(f"no buffer in {type(obj).__name__}")
+    address = view[0] or 0
+    _release_buffer(view)
+    return address
 
 
 def read_limit(name: str, default: int) -> int:

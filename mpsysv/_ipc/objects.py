@@ -15,6 +15,7 @@ from typing import Iterable, NoReturn, Optional, Sequence, Tuple
 
 from . import libc as L
 from .errors import raise_errno, segment_size_hint
+from .mapping import map_segment
 
 __all__ = ["MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]
 
@@ -421,36 +422,23 @@ class SemaphoreSet(_Object):
         self._ctl(0, L.IPC_RMID, 0, "IPC_RMID")
 
 
-# id(weakref) -> (weakref, address) of every mapping whose array is alive: the weakref's
-# callback unmaps when the array dies (a plain weakref costs a tenth of a finalize).
-_mapped: dict = {}
-
-
-def _unmap(ref, _pop=_mapped.pop, _shmdt=L.shmdt) -> None:
-    """Detach the mapping of a ctypes array that just died: no view of it is left."""
-    entry = _pop(id(ref), None)
-    if entry is not None:
-        _shmdt(entry[1])
-
-
 class Attachment:
     """One mapping of a segment into this process: ``buf`` is a memoryview over it.
 
-    ``detach()`` is memory-safe: the mapping is removed only once no view of it is
-    left (slices of ``buf``, numpy arrays built on it), so nothing can ever touch
-    unmapped memory. A mapping still viewed at exit is left to the kernel.
+    ``detach()`` is memory-safe: the mapping is owned by an ``mmap`` (see
+    ``_ipc.mapping``) and removed only once no view of it is left (slices of ``buf``,
+    numpy arrays built on it), so nothing can ever touch unmapped memory.
     """
 
-    def __init__(self, address: int, size: int, readonly: bool):
+    def __init__(self, view: memoryview, address: int, size: int, readonly: bool):
+        """Wrap *view*, a mapping ``map_segment`` made at *address*; ``buf`` is its
+        first *size* bytes."""
         self.address = address
         self.size = size
         self.readonly = readonly
-        array = (ctypes.c_char * size).from_address(address)
-        self._ref = ref = weakref.ref(array, _unmap)
-        _mapped[id(ref)] = (ref, address)
-        view = memoryview(array).cast("B")
+        self._owner = weakref.ref(view.obj)
         # None once detached (typed for an attached mapping, as SharedMemory.buf).
-        self.buf: memoryview = view.toreadonly() if readonly else view
+        self.buf: memoryview = view if len(view) == size else view[:size]
 
     def detach(self) -> bool:
         """Drop this process's view; True when unmapped now, False when views still live."""
@@ -458,9 +446,10 @@ class Attachment:
         if buf is not None:
             try:
                 buf.release()
-            except BufferError:
-                return False
-        return self._ref() is None
+            except BufferError:  # an export of buf itself: the mapping stays for it
+                pass
+            del buf
+        return self._owner() is None
 
     def __repr__(self) -> str:
         state = "detached" if self.buf is None else "attached"
@@ -508,10 +497,8 @@ class Segment(_Object):
 
     def attach(self, readonly: bool = False) -> Attachment:
         """Map the segment (read-only with ``SHM_RDONLY``) and return the mapping."""
-        addr = L.shmat(self.id, None, L.SHM_RDONLY if readonly else 0)
-        if addr is None or addr == ctypes.c_void_p(-1).value:
-            self._fail("shmat")
-        return Attachment(addr, self.size, readonly)
+        view, address = map_segment(self.id, self.size, readonly, self._what())
+        return Attachment(view, address, self.size, readonly)
 
     def stat(self) -> SegmentStat:
         """The kernel's ``shmid_ds`` for this segment (``IPC_STAT``)."""

@@ -75,8 +75,9 @@ _REMOVED_OFF = 698
 PARCEL_TABLE_OFF = 1024
 PARCEL_SLOTS = 48
 PARCEL_ENTRY = struct.Struct("<iiiiQ")  # segment id, writer, state, reader, segment size
-FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
-PARCEL_STATES = {FILLING: "filling", SENT: "sent", READING: "reading", POOLED: "pooled"}
+FREE, FILLING, SENT, READING, POOLED, LENT = 0, 1, 2, 3, 4, 5
+PARCEL_STATES = {FILLING: "filling", SENT: "sent", READING: "reading", POOLED: "pooled",
+                 LENT: "lent"}
 
 # -- the journal (journal): one entry per process, to the end of the segment ----------------
 JOURNAL_OFF = 2240
