@@ -194,7 +194,16 @@ class _Watch:
 
         ``wait()`` asks for ``fileno()`` each time it is called, so a queue emptied by
         ``get()`` (which knows nothing of the pipe) is seen as empty by the next wait.
+        When the pipe already matches the queue nothing is changed and no lock is taken
+        (only this method clears the pipe, and a watcher only makes it readable).
         """
+        if self.thread is not None and self.failure is None and not self.closing:
+            try:
+                nonempty = pending or self.chan.qsize() > 0
+            except OSError:
+                nonempty = None  # (the locked path below records the failure)
+            if nonempty is not None and nonempty == self.readable:
+                return self.rfd
         with self.cond:
             if self.closing:
                 raise _closed_error()
@@ -219,8 +228,10 @@ class _Watch:
 
     def _set(self) -> None:
         if not self.readable:
-            os.write(self.wfd, b"\0")
+            # The flag first: a lock-free look in level_fd() must never see the byte
+            # while the flag still says empty (os.write lets other threads run).
             self.readable = True
+            os.write(self.wfd, b"\0")
 
     def _clear(self) -> None:
         try:
@@ -230,18 +241,55 @@ class _Watch:
         self.readable = False
 
     def _run(self) -> None:
-        cond = self.cond
+        """Keep the pipe readable while the queue holds a message.
+
+        The watcher stays armed (registered as a timed waiter, asleep on the wake
+        counter) while its Reader is being polled: a send wakes it, it makes the pipe
+        readable, and ``fileno()`` drains the pipe when the queue is empty again, with
+        no hand-off back to this thread. It parks instead (unregistered: the queue's
+        writers then pay nothing for it) when a message comes while the pipe is still
+        readable, i.e. nobody is polling, or when another waiter may need the wake-up
+        it took; ``fileno()`` unparks it as it drains the pipe.
+
+        Invariant: while armed, every message sent after the last look under
+        ``cond`` posts the wake counter or finds a token there already, so the look
+        after the next wake-up sees it (looks and pipe changes happen under ``cond``).
+        """
+        cond, chan = self.cond, self.chan
+        tw, wake = chan.sems[TW], chan.sems[WAKE]
+        tw_word = chan.words[TW]
+        armed = park = False
         try:
             while True:
                 with cond:
-                    while self.readable and not self.closing and not self._handle_closed():
-                        cond.wait(_SLICE)
                     if self.closing or self._handle_closed():
                         break
-                if self.wait_nonempty(None):
+                    if park:
+                        park = False
+                        if armed:
+                            tw.try_acquire()
+                            armed = False
+                        while self.readable and not self.closing and not self._handle_closed():
+                            cond.wait(_SLICE)
+                        continue
+                    if not armed:
+                        tw.post()  # registered before looking
+                        armed = True
+                    if self.failure is None and chan.qsize():
+                        if self.readable:
+                            park = True
+                            continue
+                        self._set()
+                woke = wake.acquire(monotonic() + _SLICE)
+                if woke and tw_word[0] > 1:
                     with cond:
-                        if not self.closing and self.chan.qsize():
+                        if not self.closing and chan.qsize():
+                            # The wake-up this took may have been meant for a getter
+                            # sleeping beside it, for the message it leaves in the
+                            # queue: pass it on, and park so as not to take it back.
+                            chan._wake_timed()
                             self._set()
+                            park = True
         except OSError as exc:
             # The queue was removed under us: stay readable so that recv() reports it.
             with cond:
@@ -249,6 +297,8 @@ class _Watch:
                 if not self.closing:
                     self._set()
         finally:
+            if armed:
+                tw.try_acquire()
             queue = self.queue()
             if queue is not None and queue._closed:
                 self.close()  # the handle was closed (a collected one's Reader closes us)

@@ -119,3 +119,44 @@ class GetterWakeupTest(_LongSlices):
             getter.join(PROMPT)
             self.assertFalse(getter.is_alive(), f"round {i}: the getter slept on")
             self.assertEqual(got, [i])
+
+
+class WatchedReaderTest(_LongSlices):
+    """A Reader waited on with ``connection.wait()`` (ProcessPoolExecutor's manager
+    thread) keeps its watcher armed between messages instead of re-arming it per wait."""
+
+    def wait(self, reader, timeout):
+        from multiprocessing import connection
+        return connection.wait([reader], timeout)
+
+    def test_a_watched_reader_is_ready_for_every_message_and_idle_once_drained(self):
+        q = self.new_queue(mpsysv.SimpleQueue)
+        reader = q._reader
+        self.assertEqual(self.wait(reader, 0), [])
+        for i in range(30):
+            self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 1),
+                            f"round {i}: the watcher is not armed")
+            timer = threading.Timer(0.002, q.put, (i,))
+            timer.start()
+            self.assertEqual(self.wait(reader, PROMPT), [reader], f"round {i}: no wake-up")
+            self.assertEqual(reader.recv(), i)
+            self.assertEqual(self.wait(reader, 0), [], f"round {i}: still readable when empty")
+            timer.join()
+
+    def test_a_watcher_parked_by_unread_messages_is_woken_when_they_are_read(self):
+        q = self.new_queue(mpsysv.SimpleQueue)
+        reader = q._reader
+        self.assertEqual(self.wait(reader, 0), [])
+        q.put(1)
+        self.assertEqual(self.wait(reader, PROMPT), [reader])
+        q.put(2)  # comes while the pipe is still readable: nobody polls, the watcher parks
+        self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 0),
+                        "the watcher still costs the writers a wake-up per message")
+        self.assertEqual([q.get(), q.get()], [1, 2])
+        self.assertEqual(self.wait(reader, 0), [])  # drains the pipe, unparks the watcher
+        self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 1), "never re-armed")
+        timer = threading.Timer(0.002, q.put, (3,))
+        timer.start()
+        self.assertEqual(self.wait(reader, PROMPT), [reader])
+        self.assertEqual(reader.recv(), 3)
+        timer.join()
