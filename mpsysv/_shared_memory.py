@@ -10,7 +10,6 @@ Public path: ``mpsysv.shared``.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import operator
@@ -333,7 +332,7 @@ class SharedMemory:
             if announced is not None:
                 withdraw(announced)
         try:
-            view, addr = map_segment(ident, size + TRAILER_SIZE, False, bare)
+            view = map_segment(ident, size + TRAILER_SIZE, False, bare)[0]
         except OSError:
             L.shmctl(ident, L.IPC_RMID, None)
             if announced is not None:
@@ -344,7 +343,7 @@ class SharedMemory:
         trailer = pack_identity(bare, size, (FLAG_TRACKED if track else 0)
                                 | (FLAG_HUGETLB if hugetlb else 0), purpose, ctime, creator,
                                 tracker)
-        ctypes.memmove(addr + size, trailer, TRAILER_SIZE)
+        view[size:] = trailer
         self._set(bare, ident, key, size, view[:size], False, purpose)
         self._ctime, self._announced = ctime, announced
 
@@ -361,10 +360,10 @@ class SharedMemory:
             raise_errno(err, "shmget", f"shared memory {bare!r} (key={key:#010x})")
         segsz = ds.shm_segsz
         try:
-            view, addr = map_segment(ident, segsz, readonly, bare)
+            view = map_segment(ident, segsz, readonly, bare)[0]
         except PermissionError:
             raise _permission_error("shmat", bare, key, readonly) from None
-        raw = _wait_for_trailer(addr + segsz - TRAILER_SIZE) if segsz >= TRAILER_SIZE else None
+        raw = _wait_for_trailer(view[segsz - TRAILER_SIZE:]) if segsz >= TRAILER_SIZE else None
         found = match_identity(raw, bare) if raw is not None else None
         if found is None or found[0] + TRAILER_SIZE != segsz:
             del view  # the last reference to the mapping: detached now
@@ -447,15 +446,15 @@ def _from_id(cls, ident, readonly):
     return cls.from_id(ident, readonly=readonly)
 
 
-def _wait_for_trailer(address: int) -> bytes:
-    """The trailer at *address*, waiting up to _CREATION_GRACE while it is still all zero:
+def _wait_for_trailer(tail: memoryview) -> bytes:
+    """The trailer in *tail*, waiting up to _CREATION_GRACE while it is still all zero:
     its creator writes it right after shmget+shmat."""
-    raw = ctypes.string_at(address, TRAILER_SIZE)
+    raw = bytes(tail)
     if raw == _ZEROS:
         deadline = time.monotonic() + _CREATION_GRACE
         while raw == _ZEROS and time.monotonic() < deadline:
             time.sleep(0.002)
-            raw = ctypes.string_at(address, TRAILER_SIZE)
+            raw = bytes(tail)
     return raw
 
 

@@ -207,6 +207,16 @@ class NamesAndSizesTest(SegmentTestCase):
         self.assertEqual(a.key, name_key("shm", a.name))
         self.assertEqual(a.stat().mode & 0o777, 0o600)
 
+    def test_a_names_key_is_the_blake2b_of_kind_and_name_as_documented(self):
+        import hashlib
+        for kind, name, index in (("shm", "a", 0), ("queue", "q-1", 2), ("shm", "x" * 200, 0)):
+            digest = hashlib.blake2b(f"mpsysv\0{kind}\0{name}\0{index}".encode(),
+                                     digest_size=4).digest()
+            key = int.from_bytes(digest, "little") & 0x7FFFFFFF
+            if key >> 24 == 0x4D:
+                key ^= 1 << 24
+            self.assertEqual(name_key(kind, name, index), key or 1)
+
     def test_pickles_name_the_public_module(self):
         from mpsysv.shared import ShareableList, SharedMemoryManager
         a = self.make(create=True, size=16)
