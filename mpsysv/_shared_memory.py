@@ -140,6 +140,7 @@ class SharedMemory:
     # whose __init__ failed. Instances have a __dict__ (client code stores its own
     # attributes on them, as the stdlib allows).
     _name: Optional[str] = None  # "/" + name, as the stdlib's POSIX _name; None when raw
+    _own_name: Optional[str] = None  # _name as this handle set it
     _id = -1
     _key = 0
     _size = 0
@@ -203,7 +204,9 @@ class SharedMemory:
         Raises ``FileNotFoundError`` when it was removed already (by this handle,
         another process, ``ipcrm`` or a tracker at its program's end).
         """
-        if self._name is not None and _name_and_key(self._name)[1] != self._key:
+        name = self._name
+        if (name is not self._own_name and name is not None and name != self._own_name
+                and _name_and_key(name)[1] != self._key):
             # _name was set by hand (the stdlib unlinks whatever it names): unlink that one.
             other = SharedMemory(self._name)
             try:
@@ -387,11 +390,9 @@ class SharedMemory:
         return self
 
     def _set(self, name, ident, key, size, buf, readonly, purpose) -> None:
-        if name is None:
-            self._name = None
-        else:
-            self._name = "/" + name
-            _remember(self._name, name, key)  # unlink()'s check of _name is a lookup
+        # unlink() tells a _name set by hand (the stdlib unlinks whatever _name names)
+        # from the one set here by identity.
+        self._name = self._own_name = None if name is None else "/" + name
         self._id, self._key, self._size = ident, key, size
         self._buf = buf
         self._readonly, self._unlinked, self._purpose = readonly, False, purpose

@@ -31,7 +31,10 @@ __all__ = ["map_segment"]
 
 _RESERVE = mmap.MAP_PRIVATE | L.MAP_NORESERVE  # address space only: no memory charged
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_REMAP = L.SHM_REMAP
 _HUGE_PAGE = 0  # read from /proc/meminfo the first time a segment needs it
+_new_mmap, _shmat, _addressof, _c_char_at = (mmap.mmap, L.shmat, ctypes.addressof,
+                                              ctypes.c_char.from_buffer)
 
 
 def map_segment(shmid: int, size: int, readonly: bool = False,
@@ -43,14 +46,15 @@ def map_segment(shmid: int, size: int, readonly: bool = False,
     A failed ``shmat`` raises ``errors.raise_errno``'s exception (``PermissionError``,
     ``RemovedError``...) naming the segment by id, and by *name* when given.
     """
-    owner = mmap.mmap(-1, size, _RESERVE, mmap.PROT_READ if readonly else _PROT_RW)
     if readonly:
+        owner = _new_mmap(-1, size, _RESERVE, mmap.PROT_READ)
         address = L.buffer_address(owner)
         flags = L.SHM_REMAP | L.SHM_RDONLY
-    else:  # a quarter of buffer_address's cost
-        address = ctypes.addressof(ctypes.c_char.from_buffer(owner))
-        flags = L.SHM_REMAP
-    if L.shmat(shmid, address, flags) == address:
+    else:
+        owner = _new_mmap(-1, size, _RESERVE, _PROT_RW)
+        address = _addressof(_c_char_at(owner))  # a quarter of buffer_address's cost
+        flags = _REMAP
+    if _shmat(shmid, address, flags) == address:
         return memoryview(owner), address
     err = L.get_errno()
     owner.close()
