@@ -300,6 +300,35 @@ class TrackedProgramTest(unittest.TestCase):
         self.assertIn(f"resource_tracker: {first!r}: [Errno 2] No such file or directory",
                       stderr)
 
+    def test_the_stdlibs_shared_memory_manager_under_patch_leaves_no_warning(self):
+        # CPython's test_shared_memory_SharedMemoryManager_reuses_resource_tracker: the
+        # manager's server process (a fork child) starts a tracker, creates and unlinks.
+        result = run_python("""
+            import mpsysv
+            mpsysv.patch()
+            from multiprocessing.managers import SharedMemoryManager
+            smm = SharedMemoryManager()
+            smm.start()
+            sl = smm.ShareableList(range(10))
+            smm.shutdown()
+            """)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
+    def test_a_fork_child_with_its_own_tracker_withdraws_what_it_unlinked(self):
+        result = run_python("""
+            import os
+            from mpsysv.shared import SharedMemory
+            pid = os.fork()
+            if pid == 0:
+                for _ in range(3):
+                    shm = SharedMemory(create=True, size=8)
+                    shm.close()
+                    shm.unlink()
+                os._exit(0)
+            os.waitpid(pid, 0)
+            """)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
     def test_subprocess_gets_its_own_tracker(self):
         result = run_python("""
             import subprocess, sys

@@ -12,6 +12,7 @@ warning. The protocol, one ASCII line per message (``Line`` is a parsed one):
     F name                    forget every announcement of the name (unregistered)
     R id key pid              a segment without trailer was created (from_key)
     U id                      forget the segment without trailer (unlinked)
+    X                         the program's main process is exiting normally
 
 Nothing here imports the stdlib-shaped API above it.
 """
@@ -49,7 +50,7 @@ _UNLINKED_BATCH = 64
 class Line(NamedTuple):
     """One protocol line, parsed once (fields a kind does not carry are 0 or "")."""
 
-    kind: str  # "N", "F", "R" or "U"
+    kind: str  # "N", "F", "R", "U" or "X"
     key: int  # N, F, R
     name: str  # N, F
     pid: int  # the creator: N, F, R
@@ -71,6 +72,8 @@ def parse_line(line: bytes) -> Optional[Line]:
             return Line("R", int(parts[2]), "", int(parts[3]), 0, int(parts[1]))
         if kind == b"U" and n == 2:
             return Line("U", 0, "", 0, 0, int(parts[1]))
+        if kind == b"X" and n == 1:
+            return Line("X", 0, "", 0, 0, 0)
     except (ValueError, UnicodeDecodeError):
         pass
     return None
@@ -99,7 +102,10 @@ class _State:
         self.tracker = (0, 0)
         self.disabled = False
         self.unlinked: collections.deque = collections.deque()  # see withdraw()
-        self.batching = False  # this process started the tracker: withdraw() waits
+        # withdraw() lets lines wait: set where this process started the tracker and is
+        # sure to run atexit (not a fork child, nor a multiprocessing child)
+        self.batching = False
+        self.forked = False
 
     def after_fork_in_child(self):
         self.lock = threading.Lock()
@@ -107,6 +113,7 @@ class _State:
         self.start = None
         self.unlinked = collections.deque()  # the parent sends its own
         self.batching = False
+        self.forked = True
 
 
 _state = _State()
@@ -155,9 +162,10 @@ def register(key: int, pid: int, ctime_ns: int, name: str) -> Tuple[int, int]:
 
 def withdraw(announced: bytes) -> None:
     """Take back the announcement *announced* (an ``N`` line): its segment was unlinked
-    here, or its creation failed. In the process that started the tracker the line rides
-    with the next announcement (or goes at exit), sparing a write per unlink; any other
-    process sends it at once (fork children end without running ``atexit``)."""
+    here, or its creation failed. In a program's main process (it started the tracker and
+    is no fork or multiprocessing child) the line rides with the next announcement (or
+    goes at exit), sparing a write per unlink; any other process sends it at once: fork
+    children end without running ``atexit``."""
     line = announced.replace(b"N", b"F", 1)
     if _state.batching:
         _state.unlinked.append(line)
@@ -180,12 +188,15 @@ def _take_unlinked() -> bytes:
     return b"".join(lines)
 
 
-def _send_unlinked() -> None:
-    if _state.unlinked and _state.pid == os.getpid():
-        _send(_take_unlinked())
+def _at_exit() -> None:
+    """In the process that started the tracker: what waits, and ``X``. A program that
+    ends so has no segment announced and removed by someone else reported (a fork child
+    that never joined the tracker, a manager's server, may have unlinked it)."""
+    if _state.popen is not None and _state.popen_owner == os.getpid() and _state.fd is not None:
+        _send(_take_unlinked() + b"X\n")
 
 
-atexit.register(_send_unlinked)
+atexit.register(_at_exit)
 
 
 def register_raw(ident: int, key: int, pid: int) -> Tuple[int, int]:
@@ -326,7 +337,9 @@ def _start_tracker() -> None:
         os.close(read_end)
         listener.close()
     _state.fd, _state.popen, _state.popen_owner = write_end, popen, os.getpid()
-    _state.batching = True
+    mp_process = sys.modules.get("multiprocessing.process")
+    _state.batching = not _state.forked and (
+        mp_process is None or mp_process.parent_process() is None)
     _state.tracker = (popen.pid, start_ticks(popen.pid))
     _publish(f"{_ipc_namespace()}|{address}")
 

@@ -5,8 +5,9 @@ lines (see ``tracker``) from the program's pipe and from the sockets of its spaw
 forkserver children until every one of them is closed, i.e. every process of the
 program is gone (exit, crash or SIGKILL). Then it removes each announced segment that
 is still there and still the one announced (its trailer names the creator and the
-creation time), and warns as the stdlib's resource tracker does, naming also the
-announced segments someone else removed meanwhile.
+creation time), and warns as the stdlib's resource tracker does. After a program that
+did not end normally (no ``X``) it names also the announced segments someone else
+removed meanwhile, with the error the removal met, as the stdlib does.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Registry:
     def __init__(self) -> None:
         self.named: Dict[str, List[Line]] = {}
         self.raw: Dict[int, Line] = {}
+        self.ended = False  # the main process said it exits normally
 
     def __len__(self) -> int:
         return len(self.named) + len(self.raw)
@@ -61,6 +63,8 @@ class Registry:
                 self.raw[line.shmid] = line
             elif kind == "U":
                 self.raw.pop(line.shmid, None)
+            elif kind == "X":
+                self.ended = True
             elif line.ctime_ns == 0:
                 self.named.pop(line.name, None)
             else:
@@ -183,8 +187,8 @@ def _clean_up(registry: Registry) -> None:
     outcomes += [(f"key={line.key & 0xFFFFFFFF:#010x}", _remove_raw(line))
                  for line in registry.raw.values()]
     for label, outcome in outcomes:
-        if outcome == NOT_OURS:
-            continue  # the name was made again by someone else: theirs now
+        if outcome == NOT_OURS or (outcome == GONE and registry.ended):
+            continue  # made again by someone else: theirs; or unlinked within the program
         leaked.append(label)
         if outcome == GONE:
             errors.append(f"resource_tracker: {label!r}: "
