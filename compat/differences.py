@@ -67,7 +67,8 @@ DIFFERENCES = {
     "mixed-start-methods": Difference(
         "QueueLifetimeCase.test_fork_context_queue_given_to_a_spawn_child",
         "a queue made by the fork context cannot go to a spawn child: `start()` raises "
-        "`RuntimeError` (its locks are fork-only POSIX semaphores)",
+        "`RuntimeError` (its locks are fork-only POSIX semaphores; before 3.11 the spawn "
+        "child dies with SIGSEGV instead)",
         "the spawn child gets the queue and uses it",
         "the same reason as `pickle-anywhere`: a handle names kernel objects that every "
         "process can open, whatever the start method; refusing it would take away what "

@@ -28,6 +28,8 @@ def _interpreters():
     candidates = (listed.split(os.pathsep) if listed else
                   sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))))
     for path in candidates:
+        if os.path.realpath(path) == os.path.realpath(sys.executable):
+            continue  # this interpreter (a venv's python links to its base)
         m = re.search(r"/(3\.(\d+)\.\d+)/bin/python3$", path)
         version = m.group(1) if m else path
         if m and int(m.group(2)) < 9:

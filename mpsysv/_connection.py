@@ -5,6 +5,8 @@ its ``SimpleQueue`` objects, and both hand a queue's ``_reader`` to
 ``multiprocessing.connection.wait()``, which needs a file descriptor. A System V
 queue has none: a Reader that is waited on gets a pipe that a watcher thread keeps
 readable while the queue holds a message. Bytes still move only through queues.py.
+``ConnectionParts`` gives a queue class these attributes; ``abandon()`` is what a
+terminated pool does to its queues.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ._queue.feeder import Feeder
 from ._queue.layout import TW, WAKE
 from ._queue.pickler import Pickler
 
-__all__ = ["Reader", "Writer", "ReadLock"]
+__all__ = ["Reader", "Writer", "ReadLock", "ConnectionParts", "abandon"]
 
 # How long one wait in the kernel lasts before it looks whether its Reader or queue
 # handle was closed. A Reader's close() wakes it at once; this bounds a wake-up that
@@ -36,21 +38,24 @@ _EXIT_PRIORITY = -5
 
 
 class _Base(Protocol):
-    """What the adapters use of a queue handle (``queues._Base``): the base ``get`` and
-    ``put`` whatever a subclass overrides, and the parts that tell what is still in
-    this process."""
+    """What the adapters use of a queue handle (``queues._Base``): the base ``get``
+    whatever a subclass overrides, the ``put`` path after pickling, and the parts that
+    tell what is still in this process."""
 
     _chan: Channel
     _closed: bool
     _stash: deque
-    _strict: bool
     _feeder: Feeder
     _pickler: Pickler
 
     def _base_get(self, block: bool = True, timeout: Optional[float] = None) -> Any: ...
 
-    def _base_put(self, obj: Any, block: bool = True,
-                  timeout: Optional[float] = None) -> None: ...
+    def _send(self, payload, mtype: int) -> bool: ...
+
+    def _put_counted(self, payload, mtype: int, block: bool,
+                     timeout: Optional[float]) -> None: ...
+
+    def _existing_part(self, attr: str) -> Any: ...
 
 
 def _closed_error() -> OSError:
@@ -159,22 +164,28 @@ class _Watch:
         if deadline is not None and monotonic() >= deadline:
             return False
         tw, wake = chan.sems[TW], chan.sems[WAKE]
+        woken = found = False
         tw.post()
         try:
             while not self.closing and not self._handle_closed():
                 # Registered before looking: a message sent after this look posts WAKE.
                 if chan.qsize():
+                    found = True
                     return True
                 now = monotonic()
                 if deadline is None:
-                    wake.acquire(now + _SLICE)
+                    woken = wake.acquire(now + _SLICE) or woken
                 elif now >= deadline:
                     return False
                 else:
-                    wake.acquire(min(now + _SLICE, deadline))
+                    woken = wake.acquire(min(now + _SLICE, deadline)) or woken
             return False
         finally:
             tw.try_acquire()
+            if woken and found:
+                # The wake-up this took was meant for one message, which it leaves in
+                # the queue: a getter sleeping beside it must get one in its place.
+                chan._wake_timed()
 
     # -- the pipe: readable exactly while the queue holds a message -----------------------
 
@@ -369,7 +380,7 @@ class Reader:
 
     @staticmethod
     def _reserving(queue: _Base) -> bool:
-        lock = queue.__dict__.get("_rlock_part")
+        lock = queue._existing_part("_rlock")
         return lock is not None and lock._is_owned()
 
     def _watch_for(self, queue: _Base) -> _Watch:
@@ -407,25 +418,32 @@ class Writer:
     readable = False
     writable = True
 
-    def send(self, obj: Any) -> None:
-        """``put()`` *obj*, then wait until it has reached the kernel queue.
+    def send(self, obj: Any, mtype: int = 1) -> None:
+        """Put *obj* into the queue (as message type *mtype*) and return once it is in
+        the kernel queue.
 
-        Like a pipe's writer it pickles here, raising if it cannot, and waits while the
-        queue is full; unlike ``put()`` it never returns with the object still in this
-        process's feeder buffer. Pool's task handler must not be able to finish while
-        its tasks sit in its own process, where no worker can ever get them.
+        Like a pipe's writer it pickles here (once), raising if it cannot, and waits
+        while the queue is full; unlike ``put()`` it never returns with the object
+        still in this process's feeder buffer. Pool's task handler must not be able to
+        finish while its tasks sit in its own process, where no worker can ever get them.
         """
         queue = self._queue()
         if self._closed or queue is None or queue._closed:
             raise _closed_error()
-        if not queue._strict:
-            queue._pickler.dumps(obj)  # put() would report and drop it: raise instead
-        queue._base_put(obj)
-        feeder = queue._feeder
-        if feeder.unsent():
-            with queue._chan.room_wait() as room:
-                while feeder.unsent():
-                    room.sleep()
+        payload = queue._pickler.dumps(obj, True)
+        chan, feeder = queue._chan, queue._feeder
+        if not chan.counted and not feeder.buffer and type(payload) is bytes \
+                and len(payload) <= chan.msgmax:
+            # Nothing of this process is ahead of it: wait in msgsnd, where the kernel
+            # wakes this thread the moment there is room.
+            chan.send_waiting(payload, mtype)
+            return
+        if chan.counted:
+            queue._put_counted(payload, mtype, True, None)
+        else:
+            queue._send(payload, mtype)
+        if feeder.buffer:
+            _flush_here(feeder, chan)
 
     def close(self) -> None:
         """This process sends no more through this Writer; the queue stays usable."""
@@ -433,6 +451,22 @@ class Writer:
 
     def __repr__(self) -> str:
         return f"<mpsysv Writer of {self._queue()!r}{' closed' if self._closed else ''}>"
+
+
+def _flush_here(feeder: Feeder, chan: Channel) -> None:
+    """Send everything this process buffered for the queue, in this thread.
+
+    Registered as waiting for room before each attempt, so a getter that makes room
+    after a failed attempt wakes this thread (the sleep's condition is the kernel
+    queue's room, which only getters change; the feeder thread may flush meanwhile,
+    and then the next attempt finds nothing left).
+    """
+    with chan.room_wait() as room:
+        while True:
+            with feeder.send_lock:
+                if feeder.flush(True):
+                    return
+            room.sleep()
 
 
 class ReadLock:
@@ -474,3 +508,64 @@ class ReadLock:
 
     def __repr__(self) -> str:
         return f"<mpsysv ReadLock {'locked' if self._lock.locked() else 'unlocked'}>"
+
+
+class ConnectionParts:
+    """The attributes the stdlib's Pool and ProcessPoolExecutor reach for, made on first
+    use (a queue nobody waits on never gets a watcher). ``_PARTS`` names the keys they
+    live under in the queue's ``__dict__``: the one place that does."""
+
+    _PARTS = {"_reader": ("_reader_part", Reader), "_writer": ("_writer_part", Writer),
+              "_rlock": ("_rlock_part", ReadLock)}
+
+    def _part(self, attr: str) -> Any:
+        key, factory = self._PARTS[attr]
+        part = self.__dict__.get(key)
+        if part is None:
+            part = self.__dict__[key] = factory(self)  # type: ignore[arg-type]
+        return part
+
+    def _existing_part(self, attr: str) -> Any:
+        """The part if it was made, else None (it is never made here)."""
+        return self.__dict__.get(self._PARTS[attr][0])
+
+    def _forget_parts(self) -> None:
+        """In a fork child: the parent's parts (pipe, watcher thread) are not ours."""
+        for key, _ in self._PARTS.values():
+            part = self.__dict__.pop(key, None)
+            if part is not None and hasattr(part, "_after_fork"):
+                part._after_fork()
+
+    @property
+    def _reader(self) -> Reader:
+        """A Connection-like reader (recv, poll, fileno, close) for stdlib internals."""
+        return self._part("_reader")
+
+    @property
+    def _writer(self) -> Writer:
+        """A Connection-like writer (send, close) for stdlib internals."""
+        return self._part("_writer")
+
+    @property
+    def _rlock(self) -> ReadLock:
+        return self._part("_rlock")
+
+    def _poll(self, timeout: float = 0.0) -> bool:
+        return self._reader.poll(timeout)
+
+
+def abandon(queue: Any, wait: float = 2.0) -> None:
+    """A terminated Pool's queue: nobody will read what this process has not sent yet
+    (the stdlib's terminate drops it too), so drop it, close the handle and let the
+    feeder thread end now instead of waiting for room that never comes; a Reader's
+    watcher ends with it. (Unsent objects are dropped on uncounted queues only: a
+    counted object's slot and task are already counted.)"""
+    reader = queue._existing_part("_reader")
+    if reader is not None:
+        reader.close()
+    if not queue._chan.counted:
+        queue._feeder.discard()
+    queue.close()
+    thread = queue._feeder.thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(wait)

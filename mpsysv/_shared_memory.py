@@ -21,7 +21,7 @@ from typing import Optional
 
 from ._gc import collect as _gc
 from ._ipc import libc as L
-from ._ipc.errors import permission_denied, raise_errno
+from ._ipc.errors import permission_denied, raise_errno, segment_size_hint
 from ._ipc.mapping import map_segment
 from ._ipc.names import check_name, name_key, random_name
 from ._ipc.objects import Segment, SegmentStat, create_segment
@@ -309,7 +309,7 @@ class SharedMemory:
         flags = L.IPC_CREAT | L.IPC_EXCL | _check_mode(mode) | (L.SHM_HUGETLB if hugetlb else 0)
         if size > _MAX_SIZE:
             raise_errno(errno.EINVAL, "shmget", f"shared memory of {size} bytes",
-                        f"more than the largest size, {_MAX_SIZE}")
+                        segment_size_hint(errno.EINVAL, size, TRAILER_SIZE))
         _gc.collect_garbage()  # once per program, as for queues: what killed programs left
         if name is not None:
             bare, key = _name_and_key(name)

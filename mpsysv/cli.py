@@ -16,14 +16,15 @@ _DESCRIPTION = ("multiprocessing's queues and shared memory over System V IPC: a
                 "mpsysv's kernel objects. 'COMMAND --help' describes each command.")
 
 
-def _at_least(low: int, what: str) -> Callable[[str], int]:
+def _at_least(low: int) -> Callable[[str], int]:
+    # argparse puts "argument --NAME: " before the message.
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be an integer, not {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {low}, not {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
         return value
     return parse
 
@@ -52,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "queues, first on multiprocessing.Queue, then unmodified under "
                     "mpsysv.patched(); prints the times and checks that both backends return "
                     "the same results (exit code 1 if not).")
-    demo.add_argument("--jobs", type=_at_least(1, "--jobs"), default=20000,
+    demo.add_argument("--jobs", type=_at_least(1), default=20000,
                       help="how many jobs go through the pipeline (default: %(default)s)")
-    demo.add_argument("--workers", type=_at_least(1, "--workers"), default=3,
+    demo.add_argument("--workers", type=_at_least(1), default=3,
                       help="how many worker processes take jobs (default: %(default)s)")
     demo.set_defaults(func=_demo)
     for name in _SUBCOMMAND_MODULES:
@@ -64,9 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[command]
+            return found
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with *argv* (default: ``sys.argv[1:]``); the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # An option the command does not know: its own usage and "PROG COMMAND: error:",
+        # not the top-level parser's.
+        parser_of = getattr(args, "run_parser", None) or _subparser(parser, args.command)
+        parser_of.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code: int = args.func(args)
         sys.stdout.flush()

@@ -2,8 +2,8 @@
 
 ``get_context(method)`` returns a subclass of the stdlib's context for that start
 method: ``Queue``, ``SimpleQueue`` and ``JoinableQueue`` build mpsysv queues, and
-``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are added, ``Pool``
-gives its queues' watcher threads back when it terminates; everything else
+``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are added, ``Pool`` is
+``mpsysv.pool.Pool`` (it survives killed workers); everything else
 (``Process``, locks, ``Manager`` ...) is the stdlib's, untouched.
 """
 
@@ -60,9 +60,10 @@ class _MpsysvContext:
              initializer: Optional[Callable[..., object]] = None,
              initargs: Iterable[Any] = (),
              maxtasksperchild: Optional[int] = None) -> "multiprocessing.pool.Pool":
-        """A process pool (``multiprocessing.pool.Pool``) whose queues are mpsysv's; once it
-        is terminated (``with`` exits), no thread of mpsysv's is left running for it."""
-        from ._pool import Pool
+        """A process pool (``mpsysv.pool.Pool``: the stdlib's, on mpsysv queues): a task
+        whose worker dies fails with ``WorkerLostError`` instead of hanging the pool;
+        once it is terminated (``with`` exits), no thread of mpsysv's is left for it."""
+        from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context())
 
@@ -112,3 +113,13 @@ def get_context(method: Optional[str] = None) -> Context:
         raise ValueError(f"cannot find context for {method!r}") from None
     ctx._check_available()
     return ctx
+
+
+def __getattr__(name: str) -> Any:
+    # Code written for `multiprocessing` and run as `import mpsysv as multiprocessing`
+    # reaches `multiprocessing.context.TimeoutError`, `.BaseContext` ... through this
+    # module: the names it does not define are the stdlib's context module's.
+    try:
+        return getattr(_mpc, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import threading
+import types
 import weakref
 from collections import deque
 from multiprocessing import queues as _stdlib, util
@@ -18,7 +20,7 @@ from queue import Empty, Full
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, Iterable, List, Optional, TypeVar
 
-from ._connection import ReadLock, Reader, Writer
+from ._connection import ConnectionParts
 from ._gc import collect as _gc
 from ._ipc import libc as L
 from ._ipc.names import check_name
@@ -56,8 +58,9 @@ def _check_timeout(timeout) -> None:
         raise ValueError("'timeout' must be a non-negative number")
 
 
-class _Base(Generic[T]):
-    """What the three queue types share (see ``Queue`` for the arguments)."""
+class _Base(ConnectionParts, Generic[T]):
+    """What the three queue types share (see ``Queue`` for the arguments); the parts
+    Pool and ProcessPoolExecutor reach for come from ``ConnectionParts``."""
 
     _kind = KIND_QUEUE
 
@@ -85,10 +88,7 @@ class _Base(Generic[T]):
                 chan = Channel.create(self._kind, maxsize, name, mode)
             else:
                 chan = Channel.open_name(name)
-                if chan.kind != self._kind:
-                    chan.detach()
-                    raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, "
-                                     f"not a {type(self).__name__}")
+                _check_opened(chan, name, self._kind, type(self).__name__, maxsize)
         self._strict = bool(strict)
         self._zero_copy = bool(zero_copy)
         self._setup(chan)
@@ -116,10 +116,7 @@ class _Base(Generic[T]):
 
     def _after_fork(self) -> None:
         """In a fork child: the parent's buffer and thread are not ours; the mapping is."""
-        for attr in ("_reader_part", "_writer_part", "_rlock_part"):
-            part = self.__dict__.pop(attr, None)
-            if part is not None and hasattr(part, "_after_fork"):
-                part._after_fork()
+        self._forget_parts()
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
@@ -171,7 +168,7 @@ class _Base(Generic[T]):
         except Exception as exc:
             if self._strict:
                 raise
-            self._on_queue_feeder_error(exc, obj)
+            self._on_queue_feeder_error(_from_callers(exc), obj)
             return
         if self._chan.counted:
             self._put_counted(payload, mtype, block, timeout)
@@ -269,9 +266,8 @@ class _Base(Generic[T]):
                 self._stash.extend((got.mtype, obj) for obj in got[1:])
                 return got[0]
 
-    # The base get and put, whatever a subclass overrides (for ``_connection``).
+    # The base get, whatever a subclass overrides (for ``_connection``).
     _base_get = get
-    _base_put = put
 
     def _from_stash(self, mtype: int):
         """The first stashed object *mtype* selects (as msgrcv would), else _SENTINEL."""
@@ -346,7 +342,7 @@ class _Base(Generic[T]):
             except Exception as exc:
                 if self._strict:
                     raise
-                self._on_queue_feeder_error(exc, objs[0])
+                self._on_queue_feeder_error(_from_callers(exc), objs[0])
             return
         try:
             data = self._pickler.dumps(objs)
@@ -435,18 +431,6 @@ class _Base(Generic[T]):
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def _abandon(self, wait: float = 2.0) -> None:
-        """A terminated Pool's queue: nobody will read what this process has not sent
-        yet (the stdlib's terminate drops it too), so drop it, close the handle and let
-        the feeder thread end now instead of waiting for room that never comes. (Only
-        for uncounted queues: a counted object's slot and task are already counted.)"""
-        if not self._chan.counted:
-            self._feeder.discard()
-        self.close()
-        thread = self._feeder.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(wait)
-
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder thread at exit: the process exits at once, and
         objects still in its buffer may be lost."""
@@ -457,31 +441,6 @@ class _Base(Generic[T]):
         """Called when an object cannot be pickled; override to handle it (stdlib hook)."""
         import traceback
         traceback.print_exception(type(e), e, e.__traceback__)
-
-    # -- what multiprocessing.Pool and ProcessPoolExecutor reach for ------------------
-
-    def _pool_part(self, attr: str, factory: type):
-        part = self.__dict__.get(attr)
-        if part is None:
-            part = self.__dict__[attr] = factory(self)
-        return part
-
-    @property
-    def _reader(self):
-        """A Connection-like reader (recv, poll, fileno, close) for stdlib internals."""
-        return self._pool_part("_reader_part", Reader)
-
-    @property
-    def _writer(self):
-        """A Connection-like writer (send, close) for stdlib internals."""
-        return self._pool_part("_writer_part", Writer)
-
-    @property
-    def _rlock(self):
-        return self._pool_part("_rlock_part", ReadLock)
-
-    def _poll(self, timeout: float = 0.0) -> bool:
-        return self._reader.poll(timeout)
 
     # -- mpsysv extensions ------------------------------------------------------------
 
@@ -510,8 +469,9 @@ class _Base(Generic[T]):
 # Each class also derives from its multiprocessing counterpart, after _Base, so that code
 # that checks the stdlib's types (logging.config's QueueHandler, test helpers) accepts
 # it. _Base defines every public method and every private one that stdlib callers reach
-# for (``_reader``, ``_writer``, ``_rlock``, ``_poll``, ``_after_fork``, pickling), so none
-# of the stdlib's code runs: not its __init__, not its feeder thread. Only its pipe
+# for (``_reader``, ``_writer``, ``_rlock`` and ``_poll`` through ConnectionParts,
+# ``_after_fork``, pickling), so none of the stdlib's code runs: not its __init__, not
+# its feeder thread. Only its pipe
 # plumbing (``_reset``, ``_start_thread``, ``_feed``, ``_finalize_join``,
 # ``_finalize_close``, ``_terminate_broken``) stays reachable by name, and nothing calls
 # it. The classes keep their own module and name, so handles pickle as mpsysv's.
@@ -623,6 +583,31 @@ class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
     def empty(self) -> bool:
         """Return True if the queue is empty, False otherwise."""
         return self.qsize() == 0
+
+
+def _check_opened(chan: Channel, name: str, kind: int, cls: str, maxsize: int) -> None:
+    """Let go of the named queue *chan* and raise ``ValueError`` when it is not what the
+    opener asked for: another kind of queue, or another *maxsize* than one given."""
+    if chan.kind != kind:
+        chan.detach()
+        raise ValueError(f"queue {name!r} is a {KIND_NAMES.get(chan.kind, '?')}, not a {cls}")
+    if maxsize and chan.maxsize != maxsize:
+        chan.detach()
+        own = f"{chan.maxsize}" if chan.maxsize else "0 (unbounded)"
+        raise ValueError(f"queue {name!r} has maxsize {own}, not {maxsize}: open it without "
+                         "maxsize (a name opens the queue as it was made)")
+
+
+def _from_callers(exc: BaseException) -> BaseException:
+    """*exc* with the frames of the code that called the caller of this function on top of
+    its own: a reported pickling error shows the user's ``put()`` line, not only mpsysv's
+    frames (the stdlib's report shows its feeder thread's)."""
+    tb = exc.__traceback__
+    frame: Optional[types.FrameType] = sys._getframe(2)
+    while frame is not None:
+        tb = types.TracebackType(tb, frame, frame.f_lasti, frame.f_lineno)
+        frame = frame.f_back
+    return exc.with_traceback(tb)
 
 
 def _let_go(feeder: _Feeder, join: bool) -> None:

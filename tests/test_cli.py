@@ -284,9 +284,9 @@ def cli(*argv, **kwargs):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers must be at least 1, not 0"),
-    (["--jobs", "-5"], "--jobs must be at least 1, not -5"),
-    (["--jobs", "many"], "--jobs must be an integer, not 'many'"),
+    (["--workers", "0"], "must be at least 1, not 0"),
+    (["--jobs", "-5"], "must be at least 1, not -5"),
+    (["--jobs", "many"], "must be an integer, not 'many'"),
 ])
 def test_demo_refuses_counts_that_would_hang_or_make_no_sense(argv, message):
     out = cli("demo", *argv)
@@ -474,3 +474,51 @@ def test_stat_of_a_name_honours_the_type(capsys):
         seg.unlink()
         q.close()
         q.unlink()
+
+
+@pytest.mark.parametrize("argv", [["ls", "--bogus"], ["stat", "x", "--bogus"],
+                                  ["clean", "--bogus"], ["demo", "--bogus"],
+                                  ["run", "--bogus", "x.py"]])
+def test_an_unknown_option_is_reported_by_its_command(argv):
+    out = cli(*argv)
+    assert out.returncode == _admin.EXIT_USAGE
+    assert out.stderr.startswith(f"usage: python -m mpsysv {argv[0]} ")
+    assert out.stderr.splitlines()[-1] == \
+        f"python -m mpsysv {argv[0]}: error: unrecognized arguments: --bogus"
+
+
+def test_each_command_documents_only_the_exit_codes_it_uses():
+    for command in ("ls", "clean"):
+        assert "--type" not in cli(command, "--help").stdout.split("exit codes:")[1]
+    for command in ("stat", "rm"):
+        help_text = cli(command, "--help").stdout
+        assert "NAME|ID|0xKEY" in help_text and "a queue or segment name, a kernel id" \
+            in " ".join(help_text.split())
+
+
+def test_stat_names_an_unattached_named_object_and_how_to_read_it(capsys):
+    """Without --attach a segment no process maps is not read: stat says so, with the
+    name it was asked for, instead of calling mpsysv's own segment foreign."""
+    name = unique_name("dup")
+    q = Queue(name=name, create=True)
+    q.close()
+    seg = SharedMemory(name, create=True, size=100, track=False)
+    seg.close()
+    try:
+        for type_, what in (("queue", "queue"), ("segment", "segment")):
+            code, out, _ = run(capsys, "stat", name, "--type", type_)
+            assert code == 0
+            first = out.splitlines()[0]
+            assert first.startswith(f"{what} {name!r} (shm id=")
+            assert first.endswith(f"not read, since no process has it attached: 'python -m "
+                                  f"mpsysv stat --attach {name}' reads it (attaching it "
+                                  "read-only for a moment)")
+            assert "foreign" not in out
+        code, _, err = run(capsys, "stat", name)
+        assert code == _admin.EXIT_AMBIGUOUS
+        assert f"queue {name!r} (shm id=" in err and f"segment {name!r} (shm id=" in err
+        code, out, _ = run(capsys, "stat", name, "--type", "segment", "--attach")
+        assert out.startswith(f"shm {name!r} (shm id=") and ": persistent" in out
+    finally:
+        run(capsys, "rm", "--type", "queue", name)
+        run(capsys, "rm", "--type", "segment", name)

@@ -221,8 +221,8 @@ def _ctl_magic_is_blank(ctl: IpcObject, reader: Reader) -> bool:
 
 def _unread_reason(ctl: IpcObject, reader: Reader) -> str:
     if isinstance(reader, SegmentMappings) and ctl.fields["nattch"] == 0:
-        return ("no process has it attached, so it was not read (`ls --attach` attaches it "
-                "read-only for a moment)")
+        return ("no process has it attached, so it was not read; --attach reads it, "
+                "attaching it read-only for a moment")
     if os.geteuid() not in (0, ctl.uid, ctl.cuid):
         return (f"not readable by this user (it belongs to {ctl.owner}, mode "
                 f"{ctl.mode & 0o777:o})")

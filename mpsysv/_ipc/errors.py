@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NoReturn, Optional
+from typing import Dict, NoReturn, Optional
 
 from .libc import limits
 from .procs import segment_owner_and_mode
 
 __all__ = ["RemovedError", "WHY_REMOVED", "raise_errno", "removed", "permission_denied",
-           "limit_hint", "message_size_error"]
+           "limit_hint", "message_size_error", "segment_size_hint"]
 
 
 class RemovedError(OSError):
@@ -78,6 +78,64 @@ def limit_hint(call: str) -> str:
                 f"{lim['shmall']} pages are in use: raise them with `sysctl -w kernel.shmmni=N` "
                 "or `kernel.shmall=N`; `ipcs -m` lists the segments")
     return ""
+
+
+# The largest size of a file of the kernel's shmem filesystem (MAX_LFS_FILESIZE on 64-bit
+# Linux: a signed 64-bit offset); every System V segment is one.
+SHMEM_MAX_FILE_SIZE = 2 ** 63 - 1
+
+
+def segment_size_hint(err: int, size: int, extra: int = 0) -> str:
+    """Why ``shmget`` refused a segment of *size* bytes (+ *extra* of the caller's) with
+    ``EINVAL`` or ``ENOMEM``, naming the limit and the fix; "" for another errno."""
+    total = size + extra
+    plus = f" (+{extra} of mpsysv trailer)" if extra else ""
+    if err == errno.EINVAL:
+        shmmax = limits()["shmmax"]
+        if total > shmmax:
+            return (f"{size} bytes{plus} is more than the kernel's shmmax={shmmax}: raise it "
+                    "with `sysctl -w kernel.shmmax=N` (/proc/sys/kernel/shmmax)")
+        if total > SHMEM_MAX_FILE_SIZE:
+            return (f"{size} bytes{plus} is more than any segment can be: the kernel keeps a "
+                    f"segment as a file, at most 2**63-1 = {SHMEM_MAX_FILE_SIZE} bytes")
+        return ""
+    if err != errno.ENOMEM:
+        return ""
+    overcommit = _read_first_word("/proc/sys/vm/overcommit_memory")
+    meminfo = _meminfo_kib()
+    gib = 1 << 20  # KiB
+    if overcommit == "0" and "MemTotal" in meminfo:
+        room = (meminfo["MemTotal"] + meminfo.get("SwapTotal", 0)) / gib
+        return (f"not enough memory for {size} bytes: the kernel reserves a segment's size "
+                f"when it is made, and its heuristic (vm.overcommit_memory=0) refuses more "
+                f"than RAM + swap ({room:.1f} GiB here); with `sysctl -w "
+                "vm.overcommit_memory=1` it promises any size and pages come when touched")
+    if overcommit == "2" and "CommitLimit" in meminfo:
+        free = (meminfo["CommitLimit"] - meminfo.get("Committed_AS", 0)) / gib
+        return (f"not enough memory for {size} bytes: strict overcommit "
+                f"(vm.overcommit_memory=2) leaves {free:.1f} GiB to reserve (CommitLimit - "
+                "Committed_AS in /proc/meminfo; vm.overcommit_ratio raises it)")
+    return f"not enough memory for {size} bytes"
+
+
+def _read_first_word(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _meminfo_kib() -> Dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                out[name] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def message_size_error(size: int, needed: int) -> OSError:

@@ -82,12 +82,18 @@ class _ReadOnly(ctypes.Structure):
         return out
 
 
+# x86-64 has a 16-bit mode and padding, aarch64 a 32-bit mode. (Typed as a whole: a mypy
+# for Python 3.9 infers the list from its first branch and refuses the other.)
+_MODE_FIELDS: list[tuple[str, type[ctypes._SimpleCData[int]]]] = (
+    [("mode", c_ushort), ("_pad1", c_ushort)] if _X86 else [("mode", c_uint)])
+
+
 class ipc_perm(_ReadOnly):
     """Owner, creator and mode of an IPC object (glibc ``struct ipc_perm``)."""
 
     _fields_ = [
         ("key", c_int), ("uid", c_uint), ("gid", c_uint), ("cuid", c_uint), ("cgid", c_uint),
-        *([("mode", c_ushort), ("_pad1", c_ushort)] if _X86 else [("mode", c_uint)]),
+        *_MODE_FIELDS,
         ("seq", c_ushort), ("_pad2", c_ushort), ("_res1", c_ulong), ("_res2", c_ulong),
     ]
     _public = ("key", "uid", "gid", "cuid", "cgid", "mode")

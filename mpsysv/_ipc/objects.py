@@ -14,7 +14,7 @@ import weakref
 from typing import Iterable, NoReturn, Optional, Sequence, Tuple
 
 from . import libc as L
-from .errors import raise_errno
+from .errors import raise_errno, segment_size_hint
 from .mapping import map_segment
 from .procs import ipc_table
 
@@ -443,9 +443,8 @@ def _raise_create_error(err: int, key: int, size: int, overhead: int,
     total = size + overhead
     hint = ""
     if err == errno.EINVAL:
-        extra = f" (+{overhead} of mpsysv trailer)" if overhead else ""
-        hint = (f"{size} bytes{extra} is more than the kernel's shmmax={lim['shmmax']} "
-                "(/proc/sys/kernel/shmmax), or more than the existing segment of the key")
+        hint = (segment_size_hint(err, size, overhead)
+                or f"size {size} is larger than the existing segment's")
     elif err == errno.ENOSPC:
         rows = ipc_table("shm")
         page = os.sysconf("SC_PAGE_SIZE")
@@ -458,7 +457,7 @@ def _raise_create_error(err: int, key: int, size: int, overhead: int,
                     f"{-(-total // page)} more asked (/proc/sys/kernel/shmall)")
     elif err == errno.ENOMEM:
         hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise vm.nr_hugepages)"
-                if hugetlb else f"not enough memory for {size} bytes")
+                if hugetlb else segment_size_hint(err, size, overhead))
     elif err == errno.EPERM and hugetlb:
         hint = "huge pages need CAP_IPC_LOCK or membership of vm.hugetlb_shm_group"
     what = f"segment of {size} bytes" if key == L.IPC_PRIVATE else \
@@ -528,9 +527,10 @@ class Segment(_Object):
         else:
             ident = L.shmget(k, size, flags)
             if ident == -1:
-                raise_errno(L.get_errno(), "shmget", f"segment key={k & 0xffffffff:#010x}",
-                            "larger than the existing segment"
-                            if L.get_errno() == errno.EINVAL else "")
+                err = L.get_errno()
+                raise_errno(err, "shmget", f"segment key={k & 0xffffffff:#010x}",
+                            f"size {size} is larger than the existing segment's"
+                            if err == errno.EINVAL else "")
         super().__init__(ident, k)
         self.size = size if create else self.stat().shm_segsz
 

@@ -119,11 +119,34 @@ class Channel(QueueObjects):
             self._wake_timed()
         return True
 
+    def send_waiting(self, payload, mtype: int) -> None:
+        """Send a one-message object, waiting inside msgsnd while the queue is full:
+        the kernel wakes the sender as soon as a getter makes room for it (no
+        counter, no slice). Only for an uncounted queue's object whose buffer is empty."""
+        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
+        n = len(payload)
+        size = _sizes.get(n) or _size_arg(n)
+        while _msgsnd(self.main_qid, data, size, 0) == -1:
+            err = _get_errno()
+            if err != _EINTR:
+                self._fail("msgsnd", err)
+        if not self._detached and self._tw_word[0]:
+            self._wake_timed()
+
     def _wake_room(self) -> None:
         """A message left the queue: wake the feeders that wait for room."""
         room = self.sems[ROOM]
         for _ in range(max(self._rw_word[0] - self._room_word[0], 0)):
             room.post()
+
+    def _found_empty(self) -> None:
+        """A getter found nothing to take. Room is announced per ``_ROOM_BATCH`` freed
+        bytes; a queue drained by less than that (or by several getters, each below it)
+        would leave a feeder asleep beside an empty queue until its slice ran out: an
+        empty queue has room for any message, so wake the feeders now."""
+        if self._rw_word[0]:
+            self._freed = 0
+            self._wake_room()
 
     def may_have_room(self) -> bool:
         """True when a getter made room since a feeder started waiting for it (a word
@@ -168,11 +191,13 @@ class Channel(QueueObjects):
                         self.counts.yield_to_repair(moving)
                 item = free.pop() if free else self._bufs.new()
                 try:
-                    # The first attempt inline: the hot path is this one call.
+                    # The first attempt inline: the hot path is this one call. It
+                    # does not sleep while a feeder waits for room: a getter that
+                    # finds the queue empty wakes it first (_found_empty).
                     n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
                                 _ANY if mtype == 0 else ctypes.c_long(mtype),
                                 0 if block and deadline is None and moving is None
-                                else _NOWAIT)
+                                and not self._rw_word[0] else _NOWAIT)
                     if n < 0:
                         n = self._recv_again(item[0], mtype, block, deadline, moving)
                     if self._rw_word[0]:
@@ -240,6 +265,8 @@ class Channel(QueueObjects):
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
             self._fail("msgrcv", err)
+        if err == _E.ENOMSG:
+            self._found_empty()
         if block and deadline is None and moving is None:
             return self._recv_main(raw, mtype, True)
         n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
@@ -258,6 +285,7 @@ class Channel(QueueObjects):
                 return n
             err = _get_errno()
             if err == _E.ENOMSG:
+                self._found_empty()
                 return -1
             if err != _E.EINTR:
                 self._fail("msgrcv", err)

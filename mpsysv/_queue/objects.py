@@ -92,7 +92,9 @@ class QueueObjects:
         if ctl_id == -1:
             err = L.get_errno()
             raise_errno(err, "shmget", f"queue {name!r}" if name else "queue control segment",
-                        "a queue of that name exists already" if err == _E.EEXIST else "")
+                        "a queue of that name exists already: open it without create=True, "
+                        f"or remove it first with unlink() or `python -m mpsysv rm {name}`"
+                        if err == _E.EEXIST else "")
         address = _attach(ctl_id)
         created = []
         try:
@@ -138,7 +140,8 @@ class QueueObjects:
             if err == _E.EACCES:
                 raise _permission_error("shmget", name, key)
             raise_errno(err, "shmget", f"queue {name!r}",
-                        "no queue of that name" if err == _E.ENOENT else "")
+                        "no queue of that name: create=True makes one"
+                        if err == _E.ENOENT else "")
         address = L.shmat(ctl_id, None, 0)
         if address is None or address == ctypes.c_void_p(-1).value:
             err = L.get_errno()

@@ -26,8 +26,17 @@ EXIT_NOT_FOUND = 3   # no object matches NAME|ID
 EXIT_AMBIGUOUS = 4   # several objects match: narrow it with --type
 EXIT_REFUSED = 5     # rm of an object that is not mpsysv's, without --force
 
-_EPILOG = ("exit codes: 0 ok, 1 an operation failed, 2 bad usage, 3 not found, "
-           "4 ambiguous (use --type), 5 refused (not mpsysv's; rm --force)")
+# What each command can exit with (the EXIT_* codes it uses).
+_EPILOG_LS = "exit codes: 0 ok, 2 bad usage"
+_EPILOG_STAT = ("exit codes: 0 ok, 2 bad usage (or a TARGET that is not a valid name or key), "
+                "3 not found, 4 ambiguous (narrow it with --type)")
+_EPILOG_CLEAN = ("exit codes: 0 ok (also when there was nothing to do), 1 a removal failed, "
+                 "2 bad usage")
+_EPILOG_RM = ("exit codes: 0 ok, 1 a removal failed or the object was removed already, 2 bad "
+              "usage, 3 not found, 4 ambiguous (narrow it with --type), 5 refused (not "
+              "mpsysv's: use --force)")
+_TARGET_HELP = ("a queue or segment name, a kernel id (as ipcs shows it), or a key written "
+                "0x... (as ipcs shows it)")
 _ATTACH_HELP = ("also read segments no process has attached, by attaching them read-only for a "
                 "moment (this sets their shm_atime, shm_dtime and shm_lpid, as any attach does); "
                 "without it nothing about any object changes, as with ipcs")
@@ -46,7 +55,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                     "detaches), garbage ('clean' removes it), suspect, broken, unknown (not "
                     "readable). Only reads: the kernel's tables, IPC_STAT, and segments "
                     "through the memory of a process that has them attached.",
-        epilog=_EPILOG)
+        epilog=_EPILOG_LS)
     p.add_argument("-a", "--all", action="store_true",
                    help="also list System V objects that are not mpsysv's")
     p.add_argument("--attach", action="store_true", help=_ATTACH_HELP)
@@ -59,8 +68,8 @@ def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                     "values, waiters) and mpsysv's view (queue header, counters, stream and "
                     "crash markers, segment trailer). TARGET is a queue or segment name, a "
                     "kernel id, or a key written 0x....",
-        epilog=_EPILOG)
-    p.add_argument("target", metavar="NAME|ID|0xKEY")
+        epilog=_EPILOG_STAT)
+    p.add_argument("target", metavar="NAME|ID|0xKEY", help=_TARGET_HELP)
     p.add_argument("--type", choices=_TYPES,
                    help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
                         "kernel object (with a NAME: that queue's message queue, semaphore set "
@@ -75,7 +84,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                     "whose every holder is gone, track=True segments whose program and tracker "
                     "were both killed, named queues whose creator died while creating them. "
                     "Live objects, named queues and track=False segments are never touched.",
-        epilog=_EPILOG)
+        epilog=_EPILOG_CLEAN)
     p.add_argument("-n", "--dry-run", action="store_true", help="only print what would go")
     p.add_argument("--all-users", action="store_true",
                    help="also other users' garbage (root); default: your own objects only")
@@ -88,8 +97,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                     "or a segment now, like unlink(): processes still using it get "
                     "RemovedError, attached segments stay mapped until detached. TARGET is a "
                     "name, a kernel id (any object of a queue names the whole queue) or 0xKEY.",
-        epilog=_EPILOG)
-    p.add_argument("targets", metavar="NAME|ID|0xKEY", nargs="+")
+        epilog=_EPILOG_RM)
+    p.add_argument("targets", metavar="NAME|ID|0xKEY", nargs="+",
+                   help=_TARGET_HELP + "; several may be given")
     p.add_argument("--type", choices=_TYPES,
                    help="what TARGET names: a queue or segment by name; msg, sem or shm for a "
                         "kernel object")
@@ -187,9 +197,19 @@ def cmd_stat(args: argparse.Namespace) -> int:
         _print_json(report[0] if len(report) == 1 else {"objects": report})
         return EXIT_OK
     first = objects[0]
-    print(f"{first.label()}: {first.state}" + (f" ({first.reason})" if first.reason else ""))
+    unread = not args.attach and _unattached_and_unread(first)
+    if unread:
+        # Without --attach a segment nobody maps cannot be read: neither its role (a
+        # segment of mpsysv's reads as foreign) nor its name is known, only its key.
+        print(f"{_label(first, args.target)}: not read, since no process has it attached: "
+              f"'{_main_prog(args)} stat --attach {args.target}' reads it (attaching it "
+              "read-only for a moment)")
+    else:
+        print(f"{_label(first, args.target)}: {first.state}"
+              + (f" ({first.reason})" if first.reason else ""))
     for o, d in zip(objects, report):
-        print(f"\n{o.role} - {o.kind} id={o.id} key={o.key:#010x}")
+        role = "not read" if unread and o is first else o.role
+        print(f"\n{role} - {o.kind} id={o.id} key={o.key:#010x}")
         _print_tree({k: v for k, v in d.items() if v is not None and k not in
                      ("kernel", "mpsysv", "role", "kind", "id", "key", "key_hex", "reason")})
         print("  kernel:")
@@ -334,10 +354,32 @@ def _resolve(args: argparse.Namespace, found: "_gc.Scan", target: str,
                    + (f" (--type {type_})" if type_ else ""))
         return EXIT_NOT_FOUND, []
     if len(matches) > 1:
-        fail(args, f"{target!r} is ambiguous: " + ", ".join(m.label() for m in matches)
+        fail(args, f"{target!r} is ambiguous: "
+                   + ", ".join(_label(m, target) for m in matches)
                    + "; narrow it with --type")
         return EXIT_AMBIGUOUS, []
     return EXIT_OK, matches
+
+
+def _unattached_and_unread(o: "_gc.IpcObject") -> bool:
+    """A segment scanned without attaching that no process maps: nothing of it was read."""
+    return (o.kind == "shm" and o.fields.get("nattch") == 0
+            and (o.role == _gc.FOREIGN or o.state == "unknown"))
+
+
+def _label(o: "_gc.IpcObject", target: str) -> str:
+    """``o.label()``; for an object the scan could not name that *target* names (by its
+    key): the name, and which kind of object that key is for."""
+    if o.name or target.isdigit() or target.lower().startswith("0x"):
+        return o.label()
+    try:
+        bare = check_name(target)
+    except (TypeError, ValueError):
+        return o.label()
+    for what, prefix in (("queue", "queue"), ("segment", "shm")):
+        if o.key == name_key(prefix, bare):
+            return f"{what} {bare!r} ({o.kind} id={o.id} key={o.key:#010x})"
+    return o.label()
 
 
 def _with_group(found: "_gc.Scan", obj: "_gc.IpcObject") -> List["_gc.IpcObject"]:
