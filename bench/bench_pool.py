@@ -10,6 +10,7 @@ mpsysv time: above 1, mpsysv is faster) from the same run.
     python bench/bench_pool.py                  # 5 rounds, the issue's sizes
     python bench/bench_pool.py --rounds 3 --scale 0.25
     python bench/bench_pool.py --json out.json
+    python bench/bench_pool.py --only arrays     # the NumPy array cases (need NumPy)
 """
 
 from __future__ import annotations
@@ -60,6 +61,34 @@ def case_map_large(pool, n):
     assert sum(len(b) for b in pool.map(g, range(n))) == n * BIG
 
 
+_ARRAYS: list = []  # float64 arrays of 8 MiB, made once (outside the timings)
+
+
+def _arrays(n):
+    import numpy
+
+    while len(_ARRAYS) < n:
+        _ARRAYS.append(numpy.full(1 << 20, float(len(_ARRAYS))))
+    return _ARRAYS[:n]
+
+
+def total(a):
+    return float(a.sum())
+
+
+def echo(a):
+    return a
+
+
+def case_map_arrays_sums(pool, n):
+    assert pool.map(total, _arrays(n), chunksize=1) == [float(i) * (1 << 20) for i in range(n)]
+
+
+def case_map_arrays_back(pool, n):
+    got = pool.map(echo, _arrays(n), chunksize=1)
+    assert [float(a[0]) for a in got] == [float(i) for i in range(n)]
+
+
 def case_executor_map(executor, n):
     assert len(list(executor.map(f, range(n), chunksize=10))) == n
 
@@ -72,6 +101,8 @@ CASES = [
     ("4000 x apply_async(f, (i,)), then .get()", case_apply_async, 4000, False),
     ("map(g, range(400)), 200 KB results", case_map_large, 400, False),
     ("ProcessPoolExecutor.map(f, range(4000), chunksize=10)", case_executor_map, 4000, True),
+    ("map(total, 64 float64 arrays of 8 MiB), their sums back", case_map_arrays_sums, 64, False),
+    ("map(echo, 64 float64 arrays of 8 MiB), the arrays back", case_map_arrays_back, 64, False),
 ]
 
 

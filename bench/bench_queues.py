@@ -8,6 +8,7 @@ the ratio to ``multiprocessing.Queue`` from the same run.
     python bench/bench_queues.py --quick         # fewer objects and rounds
     python bench/bench_queues.py --json out.json --png chart.png
     python bench/bench_queues.py --from-json out.json --png chart.png   # redraw only
+    python bench/bench_queues.py --arrays        # the NumPy array table (16 KiB..64 MiB)
 """
 
 from __future__ import annotations
@@ -271,6 +272,122 @@ def cases(quick: bool):
     ]
 
 
+# -- the array table: float64 arrays, one producer, one consumer that sums each --------------
+
+ARRAY_SIZES = [(16 << 10, 2000), (64 << 10, 2000), (256 << 10, 1000), (512 << 10, 1000),
+               (1 << 20, 200), (8 << 20, 48), (64 << 20, 16)]  # bytes, objects per run
+
+
+def array_backends():
+    """The array table's columns: the stdlib's queues, mpsysv both ways, faster_fifo."""
+    found = {"mp.Queue": ctx.Queue, "mp.SimpleQueue": ctx.SimpleQueue,
+             "mpsysv.Queue": mpsysv.Queue,
+             "mpsysv.Queue(zero_copy=False)": lambda: mpsysv.Queue(zero_copy=False)}
+    try:
+        import faster_fifo
+
+        found["faster_fifo"] = lambda: faster_fifo.Queue(max_size_bytes=160 << 20)
+    except ImportError:
+        pass
+    return found
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def _consume_arrays(q, go, n, out):
+    import resource
+
+    start = _rss_kib()
+    go.wait()
+    for _ in range(n):
+        q.get().sum()
+    out.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start)
+
+
+def array_throughput(factory, nbytes: int, n: int):
+    """``(arrays/s, receiver's peak RSS growth in MiB, CPU ms per array)`` for *n*
+    float64 arrays of *nbytes* from one producer to one consumer that sums each; the
+    CPU time is both processes' (every thread), which a busy machine disturbs least."""
+    import numpy
+    import resource
+
+    q = factory()
+    go = ctx.Event()
+    got, out = ctx.Pipe(False)
+    p = ctx.Process(target=_produce, args=(q, go, n, numpy.ones(nbytes // 8)))
+    c = ctx.Process(target=_consume_arrays, args=(q, go, n, out))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c.start()
+    p.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    go.set()
+    c.join()
+    elapsed = time.perf_counter() - t0
+    p.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _close(q)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / n * 1e3
+    return n / elapsed, got.recv() / 1024, cpu
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def run_arrays(rounds: int, quick: bool, path) -> int:
+    """The array table: every size for every backend in each round, interleaved."""
+    impls = array_backends()
+    sizes = [(b, max(4, n // 4) if quick else n) for b, n in ARRAY_SIZES]
+    found = {what: {_size(b): {name: [] for name in impls} for b, _ in sizes}
+             for what in ("speed", "rss", "cpu")}
+    for r in range(rounds):
+        for nbytes, n in sizes:
+            for name, factory in impls.items():
+                for what, value in zip(("speed", "rss", "cpu"),
+                                       array_throughput(factory, nbytes, n)):
+                    found[what][_size(nbytes)][name].append(value)
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    report_arrays(found, list(impls), rounds, sizes)
+    if path:
+        with open(path, "w") as f:
+            json.dump({"rounds": rounds, "objects": {_size(b): n for b, n in sizes},
+                       "arrays": found["speed"], "receiver_rss_mib": found["rss"],
+                       "cpu_ms_per_array": found["cpu"]}, f, indent=1)
+    return 0
+
+
+def report_arrays(found, impls, rounds, sizes) -> None:
+    med = statistics.median
+    speed = found["speed"]
+    print(f"\nfloat64 arrays 1->1, the receiver sums each; medians of {rounds} interleaved "
+          "rounds (min..max); ratio to mp.Queue\n")
+    print(f"| array (objects) | {' | '.join(impls)} | mpsysv / SimpleQueue | "
+          "mpsysv / zero_copy=False |")
+    print("| --- |" + " --- |" * (len(impls) + 2))
+    for nbytes, n in sizes:
+        size = _size(nbytes)
+        cols = speed[size]
+        base = med(cols["mp.Queue"])
+        cells = [f"{med(v):,.0f}/s ({min(v):,.0f}..{max(v):,.0f}) **{med(v) / base:.2f}x**"
+                 for v in cols.values()]
+        ours = med(cols["mpsysv.Queue"])
+        print(f"| {size} ({n}) | {' | '.join(cells)} | {ours / med(cols['mp.SimpleQueue']):.2f}x"
+              f" | {ours / med(cols['mpsysv.Queue(zero_copy=False)']):.2f}x |")
+    print("\nCPU time per array (producer + consumer, ms, median) and the receiver's peak "
+          "RSS growth (MiB, median)\n")
+    print(f"| array | {' | '.join(impls)} |")
+    print("| --- |" + " --- |" * len(impls))
+    for nbytes, _ in sizes:
+        size = _size(nbytes)
+        cells = [f"{med(found['cpu'][size][name]):,.2f} ms, +{med(found['rss'][size][name]):,.0f}"
+                 f" MiB" for name in impls]
+        print(f"| {size} | {' | '.join(cells)} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -278,12 +395,16 @@ def main(argv=None) -> int:
     ap.add_argument("--only", help="run only cases whose title contains this text")
     ap.add_argument("--json", help="write the results to this file")
     ap.add_argument("--png", help="draw a chart of the ratios (needs matplotlib)")
+    ap.add_argument("--arrays", action="store_true",
+                    help="run the NumPy array table instead (16 KiB..64 MiB, with RSS)")
     ap.add_argument("--from-json", metavar="FILE",
                     help="run nothing: print the table (and --png chart) of a --json file")
     args = ap.parse_args(argv)
     if args.from_json:
         return _replay(args.from_json, args.png)
     rounds = 3 if args.quick and args.rounds == 5 else args.rounds
+    if args.arrays:
+        return run_arrays(rounds, args.quick, args.json)
     impls = backends()
     todo = [c for c in cases(args.quick) if not args.only or args.only in c[0]]
     results = {title: {name: [] for name in impls} for title, _, _ in todo}

@@ -227,7 +227,7 @@ def soak(seconds: float, n_producers: int, n_consumers: int, kill_every: float,
         # the slots that killed processes held are derived back (none twice).
         time.sleep(0.1)
         q._chan.counts.repair_slots()
-        slots_free = q._chan.sems[_channel.SLOTS].value + q.qsize()  # (+ any left queued)
+        slots_free = q._chan.sems[_channel.FREE_SLOTS].value + q.qsize()  # (+ any left queued)
     os.close(w)
     reader.join(10)
     q.close()

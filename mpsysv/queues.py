@@ -25,12 +25,11 @@ from ._gc import collect as _gc
 from ._ipc import libc as L
 from ._ipc.names import check_name
 from ._queue.channel import Batch, Channel, _Empty
-from ._queue.layout import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, SLOTS
+from ._queue.layout import KIND_JOINABLE, KIND_NAMES, KIND_QUEUE, KIND_SIMPLE, MTYPE_MAX, FREE_SLOTS
 from ._queue.feeder import SENTINEL as _SENTINEL
 from ._queue.feeder import Feeder as _Feeder
 from ._queue.pickler import SCALARS as _SCALARS
 from ._queue.pickler import Pickler as _Pickler
-from ._queue.pickler import OutOfBand as _OutOfBand
 from ._queue.pickler import Pieces as _Pieces
 from ._queue.wire import encode_batch
 from ._queue import parcels as _parcels
@@ -95,13 +94,11 @@ class _Base(ConnectionParts, Generic[T]):
 
     def _setup(self, chan: Channel) -> None:
         self._chan = chan
-        self._maxsize = chan.maxsize
-        self._msgmax = chan.msgmax
         self._closed = False
         self._used = False
         self._stash: deque = deque()  # the rest of a batch this handle took: (mtype, obj)
         chan.parcels.zero_copy = self._zero_copy
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.ZERO_COPY_MIN, self._chan.msgmax + 1))
         self._feeder = _Feeder(chan, self._on_queue_feeder_error)
         self._finalizer: Optional[util.Finalize] = None
         self._register_finalizer()
@@ -120,7 +117,7 @@ class _Base(ConnectionParts, Generic[T]):
         self._feeder = _Feeder(self._chan, self._on_queue_feeder_error)
         self._stash = deque()
         self._chan._after_fork()
-        self._pickler = _Pickler(max(_parcels.PARCEL_MIN, self._msgmax + 1))
+        self._pickler = _Pickler(max(_parcels.ZERO_COPY_MIN, self._chan.msgmax + 1))
         self._register_finalizer()
 
     # -- pickling: a handle re-attaches by the control segment's id -------------------
@@ -170,60 +167,31 @@ class _Base(ConnectionParts, Generic[T]):
                 raise
             self._on_queue_feeder_error(_from_callers(exc), obj)
             return
-        if self._chan.counted:
-            self._put_counted(payload, mtype, block, timeout)
-        elif len(payload) > self._msgmax:
-            self._send_large(payload, mtype)
-        elif self._feeder.buffer or not self._chan.try_send(payload, mtype):
+        chan = self._chan
+        if chan.counted:
+            if timeout is None or not block:  # (_put_counted without a deadline)
+                if not self._feeder.send_counted(payload, mtype, block, None):
+                    raise Full
+            else:
+                self._put_counted(payload, mtype, block, timeout)
+        elif len(payload) > chan.msgmax:
+            self._feeder.send(payload, mtype)
+        elif self._feeder.buffer or not chan.try_send(payload, mtype):
             self._feeder.enqueue(payload, mtype)  # (_send(), inlined: the hot path)
 
     def _send(self, payload, mtype: int) -> bool:
-        """Hand one message's worth to the kernel now (True), or to the feeder, in order."""
-        if len(payload) > self._msgmax:
-            return self._send_large(payload, mtype)
-        if not self._feeder.buffer and self._chan.try_send(payload, mtype):
-            return True
-        self._feeder.enqueue(payload, mtype)
-        return False
-
-    def _send_large(self, payload, mtype: int) -> bool:
-        """``_send()`` of a multi-message object: a parcel when it can, else a stream."""
-        if len(payload) >= _parcels.PARCEL_MIN:
-            message = self._chan.parcels.wrap(payload)
-            if message is not None:
-                self._feeder.track = True  # it tells the table when the message is out
-                if not self._feeder.buffer and self._chan.try_send(message, mtype):
-                    self._chan.parcels.handed(message)
-                    return True
-                payload = message
-        if type(payload) is _Pieces or type(payload) is _OutOfBand:  # it streams after all
-            payload = bytes(payload)
-        self._feeder.enqueue(payload, mtype)
-        return False
+        """Hand one object to the kernel now (True), or to the feeder, in order."""
+        return self._feeder.send(payload, mtype)
 
     def _put_counted(self, payload, mtype: int, block: bool, timeout: Optional[float]) -> None:
-        """``put()`` of a bounded or joinable queue: the slot and the task it takes stay
-        noted in this process's journal entry until the object is in the kernel queue,
-        so that if this process dies first the next user of the queue gives them back."""
-        counts = self._chan.counts
+        """``put()`` of a bounded or joinable queue's pickled object (``Feeder.send_counted``
+        owns the rule); ``Full`` when no slot came in time."""
+        deadline = None
         if timeout is not None and block:
             _check_timeout(timeout)
-        if self._maxsize and not counts.take_one():
-            self._take_slots(1, block, timeout)
-        if self._kind == KIND_JOINABLE:
-            counts.task_added()
-        self._send_counted(payload, mtype)
-
-    def _send_counted(self, payload, mtype: int) -> None:
-        """``_send()`` of a counted object; a JoinableQueue's putter marks the moment its
-        object is both queued and noted (see ``_queue.journal``)."""
-        counts = self._chan.counts
-        window = counts.enter_window()
-        try:
-            if self._send(payload, mtype):
-                counts.counted_sent(1)
-        finally:
-            counts.leave_window(window)
+            deadline = monotonic() + timeout
+        if not self._feeder.send_counted(payload, mtype, block, deadline):
+            raise Full
 
     def _take_slots(self, count: int, block: bool, timeout: Optional[float]) -> None:
         if block:
@@ -306,17 +274,14 @@ class _Base(ConnectionParts, Generic[T]):
         count = sum(n for _, n in chunks)
         if not count:
             return
-        if self._maxsize:
-            if count > self._maxsize and block and timeout is None:  # (it would wait forever)
+        if self._chan.maxsize:
+            if count > self._chan.maxsize and block and timeout is None:  # (it would wait forever)
                 raise ValueError(f"put_many() of {count} objects on a queue of maxsize "
-                                 f"{self._maxsize}: its slots are taken all or none, and "
+                                 f"{self._chan.maxsize}: its slots are taken all or none, and "
                                  f"{count} can never be free at once; put them in groups "
-                                 f"of at most {self._maxsize}")
+                                 f"of at most {self._chan.maxsize}")
             self._take_slots(count, block, timeout)
         chan = self._chan
-        if self._kind == KIND_JOINABLE:
-            for _ in range(count):
-                chan.counts.task_added()
         if not chan.counted:
             for message, n in chunks:
                 if n > 1:
@@ -324,12 +289,12 @@ class _Base(ConnectionParts, Generic[T]):
                 self._send(message, mtype)
             return
         for message, _ in chunks:
-            self._send_counted(message, mtype)
+            self._feeder.send_taken(message, mtype)
 
     def _pickle_chunks(self, objs: list):
         """``(message, object count)`` for *objs*: lists pickled whole while they fit
         one message (far cheaper per object than one pickle each), split otherwise;
-        one object per message on a counted queue."""
+        one object per message on a counted queue (and large arrays: a parcel each)."""
         if not objs:
             return
         if len(objs) > 1 and self._chan.counted:
@@ -338,21 +303,21 @@ class _Base(ConnectionParts, Generic[T]):
             return
         if len(objs) == 1:
             try:
-                yield self._pickler.dumps(objs[0]), 1
+                yield self._pickler.dumps(objs[0], True), 1
             except Exception as exc:
                 if self._strict:
                     raise
                 self._on_queue_feeder_error(_from_callers(exc), objs[0])
             return
         try:
-            data = self._pickler.dumps(objs)
+            data = self._pickler.dumps(objs, True)
         except Exception:
             parts = 2  # find the unpicklable ones, one by one if need be
         else:
-            if len(data) < self._msgmax:
+            if len(data) < self._chan.msgmax:
                 yield encode_batch(data), len(objs)
                 return
-            parts = -(-len(data) * 10 // (self._msgmax * 9))
+            parts = -(-len(data) * 10 // (self._chan.msgmax * 9))
         step = -(-len(objs) // parts)
         for i in range(0, len(objs), step):
             yield from self._pickle_chunks(objs[i:i + step])
@@ -407,7 +372,7 @@ class _Base(ConnectionParts, Generic[T]):
     def full(self) -> bool:
         """Return True if a bounded queue has no free slot, False otherwise (always False
         for an unbounded queue)."""
-        return bool(self._maxsize) and self._chan.sems[SLOTS].value == 0
+        return bool(self._chan.maxsize) and self._chan.sems[FREE_SLOTS].value == 0
 
     def close(self) -> None:
         """Indicate that no more data will be put on or got from this handle by this
@@ -452,7 +417,7 @@ class _Base(ConnectionParts, Generic[T]):
     @property
     def maxsize(self) -> int:
         """The number of slots of a bounded queue, 0 when unbounded."""
-        return self._maxsize
+        return self._chan.maxsize
 
     def unlink(self) -> None:
         """Remove the queue's kernel objects now, with what it holds; a named queue's name
@@ -463,7 +428,7 @@ class _Base(ConnectionParts, Generic[T]):
         c = self._chan
         label = f"name={c.name!r} " if c.name else ""
         return (f"<mpsysv.{type(self).__name__} {label}ctl={c.ctl_id} msq=({c.main_qid}, "
-                f"{c.stream_qid}) sem={c.semid} maxsize={self._maxsize}>")
+                f"{c.stream_qid}) sem={c.semid} maxsize={self._chan.maxsize}>")
 
 
 # Each class also derives from its multiprocessing counterpart, after _Base, so that code
@@ -497,7 +462,8 @@ else:
 
 
 class Queue(_Base[T], _StdQueue[T]):
-    """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+    """Queue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600,
+    zero_copy=True)
 
     A process-shared FIFO queue, as ``multiprocessing.Queue``, on System V message
     queues: objects are pickled in the putting process and unpickled in the getting one.
@@ -514,7 +480,9 @@ class Queue(_Base[T], _StdQueue[T]):
 
     With *strict* true, ``put()`` raises the error of an object that cannot be pickled
     instead of reporting it through ``_on_queue_feeder_error()``. *mode* holds the
-    permission bits of the kernel objects (0o600: this user only).
+    permission bits of the kernel objects (0o600: this user only). With *zero_copy*
+    false, out-of-band buffers this handle receives (NumPy arrays of 16 KiB and more)
+    are private copies instead of views of the segment they came in.
 
     Handles pickle: a queue can be passed to any process of the same user, also through
     another queue. ``Queue[int]`` and the like are accepted for type annotations.
@@ -524,7 +492,8 @@ class Queue(_Base[T], _StdQueue[T]):
 
 
 class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
-    """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600)
+    """JoinableQueue(maxsize=0, *, ctx=None, name=None, create=False, strict=False, mode=0o600,
+    zero_copy=True)
 
     A ``Queue`` that counts unfinished tasks, as ``multiprocessing.JoinableQueue``: each
     ``put()`` adds one, each ``task_done()`` takes one away, and ``join()`` waits until
@@ -551,7 +520,7 @@ class JoinableQueue(Queue[T], _StdJoinableQueue[T]):
 
 
 class SimpleQueue(_Base[T], _StdSimpleQueue[T]):
-    """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600)
+    """SimpleQueue(*, ctx=None, name=None, create=False, strict=True, mode=0o600, zero_copy=True)
 
     The stdlib's minimal queue: put, get, empty, close; the arguments are those of
     ``Queue``, without *maxsize*.

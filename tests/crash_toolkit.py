@@ -163,7 +163,7 @@ def diagnose(q) -> str:
     writer, reader, sid, state = chan._mark()
     return (f"{kernel_state(q)}, stream marker writer={writer} (alive={_alive(writer)}) "
             f"reader={reader} (alive={_alive(reader)}) sid={sid:#x} state={state}, "
-            f"frames available={chan.sems[C.AVAIL].value}, space={chan.sems[C.SPACE].value}")
+            f"frames available={chan.sems[C.STREAM_FRAMES].value}, space={chan.sems[C.STREAM_SPACE].value}")
 
 
 def kernel_state(q) -> dict:

@@ -7,7 +7,7 @@ renamed, this module is the one edit; the tests name the moment, not the method.
 
 from mpsysv import queues
 from mpsysv._ipc import futex
-from mpsysv._queue import channel, counts, parcels, streams
+from mpsysv._queue import channel, counts, feeder, objects, parcels, streams
 
 # A getter took a stream's head and dies before it reads the frames.
 STREAM_READ = (streams.Streams, "read")
@@ -19,6 +19,12 @@ BATCH_COUNTED = (counts.Counts, "add_extra")
 DECODE = (queues, "_loads")
 # A putter dies before its msgsnd (its slot or task noted and counted, never sent).
 SEND = (channel.Channel, "try_send")
+# A putter counted its object (slot; task, in its window) and dies before handing it to
+# the kernel or to its buffer.
+COUNTED_SEND = (feeder.Feeder, "send")
+# A journal window closes (a getter's after it counted its object out, a task_done's
+# after the count went down, a JoinableQueue putter's after its send).
+WINDOW_CLOSE = (counts.Window, "close")
 # A putter's message is in the queue and it dies before clearing its note.
 NOTE_CLEARED = (counts.Counts, "counted_sent")
 # A futex counter changes (a putter noted a slot and tries to take it: try_acquire;
@@ -28,6 +34,9 @@ COUNTER_POST = (futex.PosixSemaphore, "post")
 COUNTER_INIT = (futex.PosixSemaphore, "init")
 # The state lock is given back (the end of a task-count update).
 STATE_UNLOCK = (counts._StateLock, "__exit__")
+
+# A repair nudged the getters asleep in msgrcv and takes back the nudges nobody took.
+NUDGES_TAKEN_BACK = (objects.QueueObjects, "take_back_nudges")
 
 # Tunables a test shortens or reads.
 REPAIR_EVERY = (counts, "_REPAIR_EVERY")

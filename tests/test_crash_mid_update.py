@@ -33,7 +33,7 @@ def _kill_a_consumer_before_its_slot_release(q) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def victim():
-        q._chan.sems[C.SLOTS] = Dying()
+        q._chan.sems[C.FREE_SLOTS] = Dying()
         q.get(timeout=5)
 
     wait_pid(fork_run(victim), WATCHDOG)
@@ -63,7 +63,7 @@ def test_putter_waiting_on_a_quiet_queue_recovers_the_slot_of_a_consumer_killed_
     try:
         assert wait_pid(fork_run(putter), WATCHDOG) == 0, "the lost slot never came back"
         assert q.get(timeout=5) == "b"
-        assert q._chan.sems[C.SLOTS].value == 1
+        assert q._chan.sems[C.FREE_SLOTS].value == 1
     finally:
         close_queue(q)
 
@@ -83,7 +83,7 @@ def test_a_live_getter_between_receive_and_slot_release_is_never_counted_as_lost
             self.real.post()
 
     def getter():
-        q._chan.sems[C.SLOTS] = Stopping(q._chan.sems[C.SLOTS])
+        q._chan.sems[C.FREE_SLOTS] = Stopping(q._chan.sems[C.FREE_SLOTS])
         assert q.get(timeout=5) == "a"
 
     pid = fork_run(getter)
@@ -92,7 +92,7 @@ def test_a_live_getter_between_receive_and_slot_release_is_never_counted_as_lost
         assert os.WIFSTOPPED(status)
         with pytest.raises(mpsysv.Full):
             q.put_nowait("c")  # its slot is not given away while it lives
-        assert q._chan.sems[C.SLOTS].value == 0
+        assert q._chan.sems[C.FREE_SLOTS].value == 0
         os.kill(pid, signal.SIGCONT)
         assert wait_pid(pid, WATCHDOG) == 0
         q.put_nowait("c")
@@ -102,6 +102,101 @@ def test_a_live_getter_between_receive_and_slot_release_is_never_counted_as_lost
         assert [q.get(timeout=5), q.get(timeout=5)] == ["b", "c"]
     finally:
         kill(pid)
+        close_queue(q)
+
+
+def _asleep_in_get(q, pid: int) -> None:
+    """Wait until the getter *pid* is in its window (asleep inside msgrcv by then)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for entry in C.journal_entries(bytes(q._chan._view)):
+            if entry["pid"] == pid and entry["threads_moving_an_object"]:
+                time.sleep(0.1)
+                return
+        time.sleep(0.01)
+    raise AssertionError("the getter never went to sleep in its window")
+
+
+def _sleeping_getter(q, expect) -> int:
+    def getter():
+        assert q.get() == expect
+    pid = fork_run(getter)
+    _asleep_in_get(q, pid)
+    return pid
+
+
+@pytest.mark.parametrize("kind", [Queue, JoinableQueue])
+def test_a_lost_slot_comes_back_while_another_getter_sleeps_in_msgrcv(kind):
+    """A getter asleep inside msgrcv is in its window; the repair nudges it out instead
+    of waiting for it (a putter would otherwise wait for that getter, and it for him)."""
+    q = kind(1)
+    q.put("a")
+    _kill_a_consumer_before_its_slot_release(q)
+    sleeper = _sleeping_getter(q, "b")
+
+    def putter():
+        started = time.monotonic()
+        q.put("b", timeout=10)
+        assert time.monotonic() - started < 2, "the lost slot came back late"
+
+    try:
+        assert wait_pid(fork_run(putter), WATCHDOG) == 0, "the lost slot never came back"
+        assert wait_pid(sleeper, WATCHDOG) == 0, "the sleeping getter missed its object"
+        assert q._chan.sems[C.FREE_SLOTS].value == 1
+        assert q.qsize() == 0  # (no nudge left behind)
+    finally:
+        kill(sleeper)
+        close_queue(q)
+
+
+@pytest.mark.parametrize("maxsize", [0, 2])
+def test_joinable_getter_killed_asleep_in_msgrcv_keeps_counts_exact(maxsize):
+    """Killed in its window while it held nothing: no task, no slot is lost or made."""
+    q = JoinableQueue(maxsize)
+    sleeper = _sleeping_getter(q, "never")
+    kill(sleeper)
+    try:
+        q.put("a")
+        q.put("b")
+        assert q.qsize() == 2
+        assert [q.get(timeout=5), q.get(timeout=5)] == ["a", "b"]
+        q.task_done()
+        assert q._chan.counts.unfinished() == 1
+        q.task_done()
+        q.join()
+        with pytest.raises(ValueError):
+            q.task_done()
+        if maxsize:
+            assert q._chan.sems[C.FREE_SLOTS].value == 2
+    finally:
+        close_queue(q)
+
+
+def test_a_repair_killed_after_nudging_the_sleepers_leaves_counts_exact():
+    """The repairing putter dies between its nudges and taking back the unused ones (the
+    state lock's next holder takes them back): the sleeper still gets its object, the
+    slot still comes back, and qsize counts objects only."""
+    q = Queue(1)
+    q.put("a")
+    _kill_a_consumer_before_its_slot_release(q)
+    sleeper = _sleeping_getter(q, "b")
+
+    def repairer():
+        die_at(*seams.NUDGES_TAKEN_BACK)
+        q.put("never", timeout=10)
+
+    try:
+        assert wait_pid(fork_run(repairer), WATCHDOG) == -9
+        q.put("b", timeout=10)
+        assert wait_pid(sleeper, WATCHDOG) == 0, "the sleeping getter missed its object"
+        assert q.qsize() == 0
+        q.put_nowait("c")
+        with pytest.raises(mpsysv.Full):
+            q.put_nowait("d")
+        assert q.get(timeout=5) == "c"
+        assert q._chan.sems[C.FREE_SLOTS].value == 1
+    finally:
+        kill(sleeper)
         close_queue(q)
 
 
@@ -128,7 +223,7 @@ def test_producer_killed_around_its_slot_keeps_slots_exact(at):
         with pytest.raises(mpsysv.Full):
             q.put_nowait("x")
         assert q.get(timeout=1) == "fits"
-        assert q._chan.sems[C.SLOTS].value == 1
+        assert q._chan.sems[C.FREE_SLOTS].value == 1
     finally:
         close_queue(q)
 
@@ -338,7 +433,7 @@ def test_joinable_producer_killed_inside_the_task_count_update_keeps_counts_exac
         if at == "before the count went up":
             die_at(*seams.COUNTER_POST)
         else:
-            die_at(*seams.STATE_UNLOCK)  # the first unlock in put() is task_added's
+            die_at(*seams.COUNTED_SEND)  # (the task is counted inside the putter's window)
         jq.put("lost")
 
     wait_pid(fork_run(victim), WATCHDOG)
@@ -445,7 +540,7 @@ def _die_inside_task_update(jq, when: str) -> None:
     """Take the state lock and die half-way through a task-count update."""
     chan = jq._chan
     with chan.counts.state_locked():
-        unfinished = chan.sems[C.UNFINISHED]
+        unfinished = chan.sems[C.UNFINISHED_TASKS]
         if when == "task_done after decrement":
             unfinished.try_acquire()
         elif when == "task_added after increment":
@@ -472,6 +567,28 @@ def test_killed_inside_a_task_update_is_repaired_by_the_next_locker(when):
     assert wait_pid(joiner, 10) == 0, "join() hung after the repair"
     assert jq._chan.counts.unfinished() == 0
     close_queue(jq)
+
+
+def test_a_task_done_killed_in_its_window_did_not_happen_and_join_still_returns():
+    """Killed after the count went down and before its window closed (and its ``held``
+    changed): the count is derived again, with the task still held by its getter."""
+    jq = JoinableQueue()
+    jq.put("t")
+    assert jq.get(timeout=5) == "t"
+
+    def victim():
+        die_at(*seams.WINDOW_CLOSE)
+        jq.task_done()
+
+    assert wait_pid(fork_run(victim), WATCHDOG) == -9
+    try:
+        assert jq._chan.counts.unfinished() == 1
+        jq.task_done()
+        assert jq._chan.counts.unfinished() == 0
+        joiner = fork_run(jq.join)
+        assert wait_pid(joiner, 10) == 0, "join() hung after the repair"
+    finally:
+        close_queue(jq)
 
 
 def test_a_task_done_killed_half_way_did_not_happen_and_join_still_returns():

@@ -84,7 +84,7 @@ def test_a_dead_entry_is_freed_and_reports_what_it_noted_and_held():
 def test_held_tasks_are_folded_away_when_the_handle_lets_go():
     journal, view, _raw = make_journal()
     journal.held_word[0] += 3
-    journal.task_done()
+    journal.held_word[0] -= 1  # (a task_done: counts.Window.close)
     assert journal.noted() == (0, 0, 2)
     assert journal.take_held() == 2
     assert journal.noted() == (0, 0, 0)

@@ -136,6 +136,27 @@ class BoundedQueueTest(unittest.TestCase):
         self.assertEqual(q.get(timeout=1), "second")
         q.close()
 
+    def test_a_blocked_putter_of_a_large_queue_gets_a_slot_freed_below_the_wake_up_batch(self):
+        """Getters of a large queue wake blocked putters per batch of free slots (32 of
+        1000 here); one slot freed without a wake-up still reaches a blocked put()
+        within its look-again interval, and a timed put() at its deadline."""
+        q = Queue(1000)
+        try:
+            for i in range(1000):
+                q.put(i)
+            for timeout in (None, 0.3):
+                threading.Timer(0.1, q.get).start()
+                t0 = time.monotonic()
+                q.put("late", timeout=timeout)
+                took = time.monotonic() - t0
+                self.assertLess(took, 2.0)
+                if timeout is not None:  # (no wake-up came: found at the deadline)
+                    self.assertGreaterEqual(took, 0.1)
+            self.assertTrue(q.full())
+        finally:
+            q.cancel_join_thread()
+            q.close()
+
     def test_maxsize_beyond_a_sysv_semaphore(self):
         q = Queue(40_000)
         try:

@@ -3,6 +3,8 @@
 import pickle
 import random
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,12 +88,19 @@ def test_truncated_frames_are_refused():
     assert not r.complete
 
 
-def test_abort_frame_is_reported():
+def test_a_message_that_is_no_continuation_frame_is_refused_mid_stream():
+    """(The bytes of the former abort frame, which no writer sent: now foreign.)"""
     sid = W.stream_id_for(9, 9)
     head, _ = frames_of(b"x" * 1000, sid, 100)
     r = W.Reassembly(head)
-    with pytest.raises(W.WireError, match="aborted"):
-        r.add(W.encode_abort(sid))
+    with pytest.raises(W.WireError, match="not a continuation frame"):
+        r.add(struct.pack("<BQ", ord("A"), sid))
+
+
+def test_a_nudge_is_typed_above_every_user_type_and_below_no_stream():
+    from mpsysv._queue.layout import MTYPE_MAX
+    assert W.NUDGE_MTYPE > MTYPE_MAX
+    assert W.NUDGE not in (W.PICKLE_MARK, W.HEAD, W.FRAME, W.PARCEL, W.BATCH)
 
 
 def test_bogus_head_cannot_make_the_reader_allocate():

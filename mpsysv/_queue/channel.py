@@ -21,9 +21,9 @@ from typing import Callable, Optional
 from .._ipc import libc as L
 from . import wire as _wire
 from .counts import Counts
-from .journal import MOVE, Journal
-from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, KIND_JOINABLE, ROOM, RW, SEM_HOLDERS, TW,
-                     TWS, WAKE)
+from .journal import Journal
+from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, KIND_JOINABLE, ROOM_WAITERS, ROOM_WAKEUPS,
+                     SEM_HOLDERS, TIMED_WAITERS, TIMED_WAKEUPS, TYPED_WAITERS)
 from .objects import NoCopy, QueueObjects, attach_view
 from .parcels import ParcelTable, remove_listed
 from .streams import _SLICE, Streams
@@ -35,13 +35,11 @@ _ROOM_BATCH = 1024  # bytes a getter frees before it wakes a feeder waiting for 
 _E = errno
 _EINTR = errno.EINTR
 _get_errno = L.get_errno
-_msgrcv, _msgsnd = L.msgrcv_fast, L.msgsnd_fast
-_size_arg, _sizes = L.size_arg, L._size_args
-_TYPE1 = (1).to_bytes(8, "little")
-_EAGAIN = errno.EAGAIN
+_msgrcv = L.msgrcv_fast
 _ANY = ctypes.c_long(0)
 _NOWAIT = L.IPC_NOWAIT
 _PICKLE_MARK = _wire.PICKLE_MARK
+_NUDGE, _NUDGE_MTYPE = _wire.NUDGE, _wire.NUDGE_MTYPE
 # First bytes of the messages that each hold one object's slot of a bounded queue.
 _ONE_OBJECT = frozenset((_wire.PICKLE_MARK, _wire.HEAD, _wire.PARCEL, _wire.BATCH))
 
@@ -72,8 +70,8 @@ class Channel(QueueObjects):
         self.journal = Journal(self._view)
         # Bounded and joinable queues count before they send: those counts are journaled.
         self.counted = self.kind == KIND_JOINABLE or self.maxsize > 0
-        self.counts = Counts(self, self.journal)
-        self.streams = Streams(self, self.journal)
+        self.counts = Counts(self, self._view, self.journal)
+        self.streams = Streams(self, self._view, self.journal)
         self.parcels = ParcelTable(self._view, ctl_id, self.mode, self.journal, self)
         self._released = False
 
@@ -102,41 +100,16 @@ class Channel(QueueObjects):
 
     # -- sending ---------------------------------------------------------------------
 
-    def try_send(self, payload, mtype: int) -> bool:
-        """Send a one-message object without blocking; False when the queue is full.
-
-        (``_send_msg`` written out: this is every small object's path.)"""
-        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        n = len(payload)
-        size = _sizes.get(n) or _size_arg(n)
-        while _msgsnd(self.main_qid, data, size, _NOWAIT) == -1:
-            err = _get_errno()
-            if err == _EAGAIN:
-                return False
-            if err != _EINTR:
-                self._fail("msgsnd", err)
-        if self._tw_word[0]:
-            self._wake_timed()
-        return True
-
     def send_waiting(self, payload, mtype: int) -> None:
         """Send a one-message object, waiting inside msgsnd while the queue is full:
         the kernel wakes the sender as soon as a getter makes room for it (no
         counter, no slice). Only for an uncounted queue's object whose buffer is empty."""
-        data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        n = len(payload)
-        size = _sizes.get(n) or _size_arg(n)
-        while _msgsnd(self.main_qid, data, size, 0) == -1:
-            err = _get_errno()
-            if err != _EINTR:
-                self._fail("msgsnd", err)
-        if not self._detached and self._tw_word[0]:
-            self._wake_timed()
+        self.try_send(payload, mtype, None, 0)
 
     def _wake_room(self) -> None:
         """A message left the queue: wake the feeders that wait for room."""
-        room = self.sems[ROOM]
-        for _ in range(max(self._rw_word[0] - self._room_word[0], 0)):
+        room = self.sems[ROOM_WAKEUPS]
+        for _ in range(max(self._room_waiters_word[0] - self._room_wakeups_word[0], 0)):
             room.post()
 
     def _found_empty(self) -> None:
@@ -144,14 +117,14 @@ class Channel(QueueObjects):
         bytes; a queue drained by less than that (or by several getters, each below it)
         would leave a feeder asleep beside an empty queue until its slice ran out: an
         empty queue has room for any message, so wake the feeders now."""
-        if self._rw_word[0]:
+        if self._room_waiters_word[0]:
             self._freed = 0
             self._wake_room()
 
     def may_have_room(self) -> bool:
         """True when a getter made room since a feeder started waiting for it (a word
         read, no call): worth a non-blocking send."""
-        return self._room_word[0] > 0
+        return self._room_wakeups_word[0] > 0
 
     def room_wait(self) -> "_RoomWait":
         """``with chan.room_wait() as wait: while not sent(): wait.sleep()``.
@@ -173,22 +146,22 @@ class Channel(QueueObjects):
 
     def receive(self, loads: Callable, mtype: int = 0, block: bool = True,
                 deadline: Optional[float] = None):
-        """The next object, decoded by *loads*; raises ``_Empty`` when none came in time."""
+        """The next object, decoded by *loads*; raises ``_Empty`` when none came in time.
+
+        A getter of a counted queue is in its journal window (``counts.Window``) from
+        before its ``msgrcv`` until the object is counted out (slot back, task held),
+        asleep inside ``msgrcv`` too: a repair that needs the windows closed sends it a
+        nudge. Getters that wait with a timeout or for one mtype sleep on a futex
+        instead (``_wait_main``), out of their window."""
         free = self._bufs.free
-        counted = self.counted
-        journal = self.journal
+        window = self.counts.window if self.counted else None
+        # msgrcv has no timeout; of a counted queue's getters only those of any type
+        # take a nudge (an uncounted queue's getters sleep in msgrcv for any type).
+        in_kernel = block and deadline is None and (mtype == 0 or window is None)
         while True:
-            # Until its object is counted out (slot back, task held) a getter of a
-            # counted queue is in a window the repairs must see (see journal), and so
-            # it never sleeps inside msgrcv.
-            moving = self.counts.moving_word() if counted else None
+            moving = window.open() if window is not None else None
             got = 0  # objects taken out of the queue for the caller (a task each)
             try:
-                if moving is not None:
-                    with journal.mutex:
-                        moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                    if self._view[_FREEZE_OFF]:
-                        self.counts.yield_to_repair(moving)
                 item = free.pop() if free else self._bufs.new()
                 try:
                     # The first attempt inline: the hot path is this one call. It
@@ -196,11 +169,11 @@ class Channel(QueueObjects):
                     # finds the queue empty wakes it first (_found_empty).
                     n = _msgrcv(self.main_qid, item[0], self._c_msgmax,
                                 _ANY if mtype == 0 else ctypes.c_long(mtype),
-                                0 if block and deadline is None and moving is None
-                                and not self._rw_word[0] else _NOWAIT)
+                                0 if in_kernel and not self._room_waiters_word[0] else _NOWAIT)
                     if n < 0:
-                        n = self._recv_again(item[0], mtype, block, deadline, moving)
-                    if self._rw_word[0]:
+                        n = self._recv_again(item[0], mtype, block, deadline, moving,
+                                             in_kernel)
+                    if self._room_waiters_word[0]:
                         # A feeder sleeps until there is room; wake it once enough was
                         # freed (each wake-up costs both sides a syscall).
                         self._freed += n if n > 16 else 16
@@ -211,10 +184,12 @@ class Channel(QueueObjects):
                     first = view[8] if n > 0 else -1
                     if self.maxsize > 0 and first in _ONE_OBJECT:
                         # (a batch releases its other objects' slots in _take_batch)
-                        self.counts.slots_freed(1)
+                        self.counts.slot_freed()
                     if first == _PICKLE_MARK:
                         got = 1  # (a pickle that fails to load was taken all the same)
                         return loads(view[8:8 + n])
+                    if first == _NUDGE and n == 1 and item[1].value == _NUDGE_MTYPE:
+                        continue  # (a repair wants the window closed: see Counts)
                     if first == _wire.BATCH:
                         batch = self._take_batch(view[8:8 + n], loads, item[1].value)
                         got = len(batch)
@@ -228,7 +203,7 @@ class Channel(QueueObjects):
                         return self.parcels.unwrap(head, loads)
                     except _wire.WireError as exc:
                         got = 0
-                        warnings.warn(f"{self._what()}: dropped an object: {exc}",
+                        warnings.warn(f"{self.what()}: dropped an object: {exc}",
                                       RuntimeWarning, stacklevel=3)
                 else:
                     payload = self.streams.read(head)
@@ -236,12 +211,8 @@ class Channel(QueueObjects):
                         got = 1
                         return loads(payload)
             finally:
-                if moving is not None:
-                    with journal.mutex:
-                        if journal.active:
-                            if got and self.kind == KIND_JOINABLE:
-                                journal.held_word[0] += got  # (before the window closes)
-                            moving[0] -= 1
+                if window is not None:
+                    window.close(moving, got if self.kind == KIND_JOINABLE else 0)
             if deadline is not None and time.monotonic() >= deadline:
                 raise _Empty
 
@@ -251,7 +222,7 @@ class Channel(QueueObjects):
             if type(objs) is not list or len(objs) < 2:
                 raise _wire.WireError("a batch must hold a list of two or more objects")
         except _wire.WireError as exc:
-            warnings.warn(f"{self._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+            warnings.warn(f"{self.what()}: dropped a foreign message ({exc})", RuntimeWarning,
                           stacklevel=4)
             return Batch([], mtype)
         self.counts.add_extra(1 - len(objs))
@@ -260,14 +231,14 @@ class Channel(QueueObjects):
         return Batch(objs, mtype)
 
     def _recv_again(self, raw, mtype: int, block: bool, deadline: Optional[float],
-                    moving: Optional[memoryview]) -> int:
+                    moving: Optional[memoryview], in_kernel: bool) -> int:
         """After a failed first msgrcv: retry (EINTR), wait by *deadline*, or ``_Empty``."""
         err = _get_errno()
         if err != _E.ENOMSG and err != _EINTR:
-            self._fail("msgrcv", err)
+            self.fail("msgrcv", err)
         if err == _E.ENOMSG:
             self._found_empty()
-        if block and deadline is None and moving is None:
+        if in_kernel or (block and deadline is None and moving is None):
             return self._recv_main(raw, mtype, True)
         n = self._recv_main(raw, mtype, False) if err == _EINTR else -1
         if n >= 0:
@@ -288,14 +259,15 @@ class Channel(QueueObjects):
                 self._found_empty()
                 return -1
             if err != _E.EINTR:
-                self._fail("msgrcv", err)
+                self.fail("msgrcv", err)
 
     def _wait_main(self, raw, mtype: int, deadline: Optional[float],
                    moving: Optional[memoryview]) -> int:
         """Wait in the kernel (a futex) for a message until *deadline* (None: forever);
         a getter is out of its window while it sleeps."""
-        tw, wake, tws = self.sems[TW], self.sems[WAKE], self.sems[TWS]
-        journal = self.journal
+        tw, wake = self.sems[TIMED_WAITERS], self.sems[TIMED_WAKEUPS]
+        tws = self.sems[TYPED_WAITERS]
+        window = self.counts.window
         if mtype:
             tws.post()
         tw.post()
@@ -305,17 +277,10 @@ class Channel(QueueObjects):
                 if n >= 0:
                     return n
                 try:
-                    if moving is not None:
-                        with journal.mutex:
-                            moving[0] -= 1
+                    window.step_out(moving)
                     woke = self.wait(wake, deadline)
                 finally:
-                    if moving is not None:
-                        with journal.mutex:
-                            if journal.active:
-                                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-                if moving is not None and self._view[_FREEZE_OFF]:
-                    self.counts.yield_to_repair(moving)
+                    window.step_in(moving)
                 if not woke:
                     n = self._recv_main(raw, mtype, False)
                     if n >= 0:
@@ -327,7 +292,7 @@ class Channel(QueueObjects):
                 tws.try_acquire()
 
     def qsize(self) -> int:
-        return self._stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+        return self.stat_main().msg_qnum + _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
 
     # -- lifetime -------------------------------------------------------------------
 
@@ -356,7 +321,7 @@ class Channel(QueueObjects):
         if self.named:
             return False
         try:
-            self._lock(SEM_HOLDERS)
+            self.lock(SEM_HOLDERS)
         except OSError:
             return False
         if self.holders() <= 1:
@@ -366,7 +331,7 @@ class Channel(QueueObjects):
         # the other and both leave the queue behind.
         if detach:
             self.detach()
-        self._unlock(SEM_HOLDERS)
+        self.unlock(SEM_HOLDERS)
         return True
 
     def _after_fork(self) -> None:
@@ -420,15 +385,15 @@ class _RoomWait:
         self.chan = chan
 
     def __enter__(self) -> "_RoomWait":
-        self.chan.sems[RW].post()
+        self.chan.sems[ROOM_WAITERS].post()
         return self
 
     def sleep(self) -> None:
         chan = self.chan
-        chan._sleep_on(chan.sems[ROOM], time.monotonic() + _SLICE)
+        chan.sleep_on(chan.sems[ROOM_WAKEUPS], time.monotonic() + _SLICE)
 
     def __exit__(self, *exc) -> None:
-        self.chan.sems[RW].try_acquire()
+        self.chan.sems[ROOM_WAITERS].try_acquire()
 
 
 class Batch(list):

@@ -5,21 +5,27 @@ Glossary of the crash-safety words (the journal module has the table's layout):
 * note -- what a process writes in its journal entry *before* it counts (a slot it is
   taking, a task it added) and clears *after* the object's message is in the queue;
 * held -- tasks a process took out of the queue and has not marked done yet;
-* window -- the moments an object moves between two counts (a getter from before its
-  ``msgrcv`` until it counted the object out; a JoinableQueue putter around its send
-  and the clearing of its note), marked in the entry's ``moving`` word;
+* window -- the moments an object moves between two counts, marked in the entry's
+  ``moving`` word (``Window``): a getter's from before its ``msgrcv`` (asleep inside it
+  too) until it counted the object out; a JoinableQueue putter's from before it counts
+  its task until its note is cleared after the send; a ``task_done``'s while the count
+  and ``held`` go down;
+* nudge -- a message with no object that wakes one getter asleep in ``msgrcv``, so that
+  a repair never waits for a getter that waits for an object (``_read_frozen``);
 * freeze -- a repair reading the counts asks new windows to wait (the freeze flag);
 * repair -- deriving a count again from what the kernel and the journal say, after a
   process died: free slots are ``maxsize`` minus queued objects minus live notes;
   unfinished tasks are queued objects plus live task notes plus every ``held``.
 
-The futex counters are caches of those truths; everything that changes a count in
-two places does it under the state lock (a robust process-shared mutex: no system call
-when uncontended, and a killed holder's lock goes to the next locker) with a crash
-marker naming the holder, so the next holder knows to repair. Joiners sleep on a
-counter of their own that only a ``task_done()`` bringing the count to zero (or a
-repair) posts, and only when the joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the queue's
-kernel objects (``QueueObjects``) and the journal, nothing above them.
+The futex counters are caches of those truths. A count that changes in two places
+(a note or ``held`` and a futex counter) changes inside this process's window, which
+every recount waits for, or, for a process without a journal entry, under the state
+lock (a robust process-shared mutex: no system call when uncontended, and a killed
+holder's lock goes to the next locker) with a crash marker naming the holder, so the
+next holder knows to repair. Joiners sleep on a counter of their own that only a
+``task_done()`` bringing the count to zero (or a repair) posts, and only when the
+joiners' word says one waits. ``Counts`` is a component of ``Channel``; it uses the
+queue's kernel objects (``QueueObjects``) and the journal, nothing above them.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from __future__ import annotations
 import errno
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, List, NoReturn, Optional, Protocol
 
+from .._ipc.futex import PosixSemaphore
+from .._ipc.libc import msqid_ds
+from .._ipc.mutex import RobustMutex
 from .journal import MOVE, Journal
 from .layout import (_REMOVED_OFF, _EXTRA, _EXTRA_OFF, _FREEZE_OFF, _HELD_GONE, _HELD_GONE_OFF,
                      _RECOUNT_OFF, _RECOVERED, _RECOVERED_OFF, _STATE_MARK_OFF,
-                     _UNNOTED_OFF, JW, JWAKE, KIND_JOINABLE, SLOTS, SW, SWAKE, UNFINISHED)
-from .objects import _ALIVE_CHECK, QueueObjects
+                     _UNNOTED_OFF, FREE_SLOTS, JOIN_WAKEUPS, JOINERS, KIND_JOINABLE,
+                     SLOT_WAITERS, SLOT_WAKEUPS, UNFINISHED_TASKS)
+from .objects import _ALIVE_CHECK
 
 __all__ = ["Counts"]
 
@@ -52,19 +62,45 @@ def _pid_bytes() -> bytes:
 os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, b""))
 
 
+class CountsHost(Protocol):
+    """What ``Counts`` needs from its queue's kernel objects (``objects.QueueObjects``):
+    the queue's kind and size, its futex counters (and their count words, read without
+    a call), the state lock, and these calls."""
+
+    kind: int
+    maxsize: int
+    sems: List[PosixSemaphore]
+    words: List[memoryview]
+    state_lock: RobustMutex
+
+    def fail(self, call: str, err: int) -> NoReturn: ...  # an errno as the exception
+
+    def stat_main(self) -> msqid_ds: ...  # the main queue's IPC_STAT
+
+    def wait(self, sem: PosixSemaphore, deadline: Optional[float],
+             every: float = ...) -> bool: ...  # sleep on a counter, watching for removal
+
+    def wait_slice(self, sem: PosixSemaphore, deadline: Optional[float],
+                   every: float) -> Optional[bool]: ...
+
+    def nudge_getters(self, n: int) -> None: ...  # wake n getters asleep in msgrcv
+
+    def take_back_nudges(self) -> None: ...
+
+
 class Counts:
     """Slots, tasks and the join gate of one queue, exact across kills."""
 
-    def __init__(self, objects: QueueObjects, journal: Journal):
-        self._q = objects
+    def __init__(self, host: CountsHost, view: memoryview, journal: Journal):
+        self._q = host
         self.journal = journal
-        self._view = objects._view
-        self.sems = objects.sems
-        self.words = objects.words
-        self.kind = objects.kind
-        self.maxsize = objects.maxsize
+        self._view = view  # the control segment (the host's mapping of it)
+        self.sems = host.sems
+        self.words = host.words
         self._next_repair = 0.0
+        self._wake_at = max(1, min(host.maxsize // 16, 32))  # (see slot_freed)
         self._state_lock = _StateLock(self)  # (it keeps no state of its own: one serves all)
+        self.window = Window(self)
 
     # -- the state lock ---------------------------------------------------------------
 
@@ -80,101 +116,77 @@ class Counts:
         """Under the state lock: add *delta* to a count in the control segment."""
         field.pack_into(self._view, off, field.unpack_from(self._view, off)[0] + delta)
 
-    # -- windows ------------------------------------------------------------------------
-
-    def moving_word(self) -> Optional[memoryview]:
-        """This process's journal ``moving`` word, claiming its entry on first use."""
-        word = self.journal.moving_word()
-        if word is None and self.own_entry():
-            word = self.journal.moving_word()
-        return word
-
-    def yield_to_repair(self, moving: memoryview) -> None:
-        """A repair froze the windows: step out leaving no trace, wait until it is done
-        (``_FREEZE_WAIT`` at most), step in again."""
-        journal, view = self.journal, self._view
-        try:
-            with journal.mutex:
-                moving[0] = (moving[0] - MOVE) & 0xFFFFFFFF
-            give_up = time.monotonic() + _FREEZE_WAIT
-            while view[_FREEZE_OFF] and time.monotonic() < give_up:
-                time.sleep(0.0002)
-            if view[_FREEZE_OFF] and self._q.state_lock.free():
-                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
-        finally:
-            with journal.mutex:
-                if journal.active:
-                    moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-
-    def enter_window(self) -> Optional[memoryview]:
-        """A JoinableQueue putter steps into the window around its send and the clearing
-        of its note (the object is queued and noted: a task recount must see that).
-        Pair it with ``leave_window`` in a ``finally``; None: no window (not joinable, or
-        no journal entry)."""
-        if self.kind != KIND_JOINABLE:
-            return None
-        moving = self.moving_word()
-        if moving is not None:
-            with self.journal.mutex:
-                moving[0] = (moving[0] + MOVE) & 0xFFFFFFFF
-            if self._view[_FREEZE_OFF]:
-                self.yield_to_repair(moving)
-        return moving
-
-    def leave_window(self, moving: Optional[memoryview]) -> None:
-        if moving is not None:
-            journal = self.journal
-            with journal.mutex:
-                if journal.active:
-                    moving[0] -= 1
-
     def take_one(self) -> bool:
-        """``take_slots(1, block=False)`` when a slot is free at once (the common case)."""
+        """``take_slots(1, block=False)`` when a slot is free at once (the common case):
+        noted before it is taken (see ``take_slots``)."""
         journal = self.journal
-        if journal.active or self.own_entry():
-            return self._try_slot()
+        if not journal.active:
+            self.own_entry()  # (without an entry the slot goes unnoted)
+        journal.add_slots(1)
+        if self.sems[FREE_SLOTS].try_acquire():
+            return True
+        journal.slot_sent()  # (none taken: the note goes)
         return False
 
     # -- the task count of a JoinableQueue ------------------------------------------------
 
-    def task_added(self) -> None:
-        """Count one task; this process's journal entry notes it until it is sent."""
+    def task_added(self, window: Optional[memoryview]) -> None:
+        """Count one task; this process's journal entry notes it until it is sent.
+
+        Inside this process's open *window* the note and the count need no lock: a task
+        recount reads the counts only while no window is open, and a process killed in
+        a window has its tasks derived again. Without one (no journal entry) the state
+        lock makes them one step."""
         if self._view[_REMOVED_OFF]:
-            self._q._fail("task_added", errno.EIDRM)
+            self._q.fail("task_added", errno.EIDRM)
+        if window is not None:
+            self.journal.add_task()
+            self.sems[UNFINISHED_TASKS].post()
+            return
         with self.state_locked():
             if self.journal_entry() is not None:
                 self.journal.add_task()
             else:
                 self._view[_UNNOTED_OFF] = 1
-            self.sems[UNFINISHED].post()
+            self.sems[UNFINISHED_TASKS].post()
 
     def task_done(self) -> None:
+        """Take one task off the count and off this process's ``held`` (in a window, as
+        ``task_added``), waking the joiners when none is left."""
         if self._view[_REMOVED_OFF]:
-            self._q._fail("task_done", errno.EIDRM)
-        with self.state_locked():
-            if not self.sems[UNFINISHED].try_acquire():
-                raise ValueError("task_done() called too many times")
-            if self.journal_entry() is not None:
-                self.journal.task_done()
-            else:
+            self._q.fail("task_done", errno.EIDRM)
+        window = self.window
+        word = window.open()
+        if word is None:
+            with self.state_locked():
+                if not self.sems[UNFINISHED_TASKS].try_acquire():
+                    raise ValueError("task_done() called too many times")
                 self._view[_UNNOTED_OFF] = 1
-            if self.words[JW][0] and not self.words[UNFINISHED][0]:
-                self._wake_joiners()
+        else:
+            done = 0
+            try:
+                if not self.sems[UNFINISHED_TASKS].try_acquire():
+                    raise ValueError("task_done() called too many times")
+                done = 1
+            finally:
+                window.close(word, -done)
+        if self.words[JOINERS][0] and not self.words[UNFINISHED_TASKS][0]:
+            self._wake_joiners()
 
     def unfinished(self) -> int:
         self.repair()
-        return self.sems[UNFINISHED].value
+        return self.sems[UNFINISHED_TASKS].value
 
     def join_tasks(self) -> None:
         """Wait until every task put on the queue was marked done (the count is zero).
 
-        A joiner counts itself among the joiners (``JW``) before it reads the count, and
-        ``task_done()`` reads ``JW`` after it took its task off the count (both atomic
+        A joiner counts itself among the joiners (``JOINERS``) before it reads the count, and
+        ``task_done()`` reads ``JOINERS`` after it took its task off the count (both atomic
         read-modify-writes), so a joiner that finds work left is always woken. About once
         a second (and before the first wait) it settles what dead processes left --
         tasks counted and never sent -- and checks that the queue still exists."""
-        q, wake, count = self._q, self.sems[JWAKE], self.words[UNFINISHED]
-        joiners = self.sems[JW]
+        q, wake, count = self._q, self.sems[JOIN_WAKEUPS], self.words[UNFINISHED_TASKS]
+        joiners = self.sems[JOINERS]
         joiners.post()
         try:
             while True:
@@ -182,24 +194,26 @@ class Counts:
                 if not count[0]:
                     return
                 q.wait(wake, time.monotonic() + _ALIVE_CHECK)
-                q._stat_main()  # (a removal from outside ends the wait: RemovedError)
+                q.stat_main()  # (a removal from outside ends the wait: RemovedError)
         finally:
             joiners.try_acquire()
 
     def _wake_joiners(self) -> None:
-        """The count is zero: wake every joiner that waits (and has no wake-up yet)."""
-        wake = self.sems[JWAKE]
-        for _ in range(self.words[JW][0] - self.words[JWAKE][0]):
+        """The count is zero: wake every joiner that waits (and has no wake-up yet; two
+        callers at once may wake one twice: a joiner looks at the count when it wakes)."""
+        wake = self.sems[JOIN_WAKEUPS]
+        for _ in range(self.words[JOINERS][0] - self.words[JOIN_WAKEUPS][0]):
             wake.post()
 
     def _repair_state(self, dead: int) -> None:
         """Under the state lock: holder *dead* died inside it, maybe between a task's
         note and its count: derive the count again, and the gate from it."""
         self._view[_FREEZE_OFF] = 0
-        if self.kind == KIND_JOINABLE:
+        self._q.take_back_nudges()  # (a repair killed half-way may have left some)
+        if self._q.kind == KIND_JOINABLE:
             self._view[_RECOUNT_OFF] = 1
         self._repair_journal()
-        if not self.words[UNFINISHED][0]:
+        if not self.words[UNFINISHED_TASKS][0]:
             self._wake_joiners()
 
     # -- the journal: what dead processes counted and never sent -----------------------
@@ -219,7 +233,7 @@ class Counts:
         again (slots in ``repair_slots``, tasks here)."""
         view = self._view
         tasks, held, windows = self.journal.collect_dead()
-        if windows and self.kind == KIND_JOINABLE:
+        if windows and self._q.kind == KIND_JOINABLE:
             # A getter killed before it counted its object out: the object is lost,
             # and so is its task (a putter killed after its send: its object counts).
             view[_RECOUNT_OFF] = 1
@@ -230,10 +244,10 @@ class Counts:
                 # Some process counts without notes: no count can be derived; give the
                 # dead processes' unsent tasks back as noted (exact but for a kill
                 # between a send and its note's clearing).
-                unfinished = self.sems[UNFINISHED]
+                unfinished = self.sems[UNFINISHED_TASKS]
                 for _ in range(tasks):
                     unfinished.try_acquire()
-                if not self.words[UNFINISHED][0]:
+                if not self.words[UNFINISHED_TASKS][0]:
                     self._wake_joiners()
             else:
                 view[_RECOUNT_OFF] = 1
@@ -248,19 +262,19 @@ class Counts:
         journal's ``moving`` words, before and after); otherwise the next repair tries
         again."""
         view = self._view
-        if self.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
+        if self._q.kind != KIND_JOINABLE or view[_UNNOTED_OFF]:
             view[_RECOUNT_OFF] = 0
             return
         def read():
             tasks, _, held = self.journal.noted()
-            return tasks + held + self._q._stat_main().msg_qnum
+            return tasks + held + self._q.stat_main().msg_qnum
 
         counts = self._read_frozen(read)
         if counts is None:
             return
         truth = max(counts + _EXTRA.unpack_from(view, _EXTRA_OFF)[0]
                     + _HELD_GONE.unpack_from(view, _HELD_GONE_OFF)[0], 0)
-        unfinished = self.sems[UNFINISHED]
+        unfinished = self.sems[UNFINISHED_TASKS]
         now = unfinished.value
         for _ in range(truth - now):
             unfinished.post()
@@ -273,23 +287,35 @@ class Counts:
     def _read_frozen(self, read: Callable[[], int]) -> Optional[int]:
         """Under the state lock: ``read()`` the counts while no live process is in a
         window. New windows wait (the freeze flag; a busy getter would otherwise open
-        one every few microseconds), open ones are waited for (``_FREEZE_WAIT`` at
-        most). None when one stayed open (a stopped process) or one moved while the
-        counts were read (the journal's ``moving`` words, before and after)."""
+        one every few microseconds); getters asleep in msgrcv get a nudge each (they
+        wake, see the flag and step out), open windows are waited for (``_FREEZE_WAIT``
+        at most), and the nudges nobody took are taken back before the read (so the
+        kernel's message count is objects only). None when a window stayed open (a
+        stopped process) or one moved while the counts were read (the journal's
+        ``moving`` words, before and after)."""
         journal, view = self.journal, self._view
         view[_FREEZE_OFF] = 1
+        nudged = False
         try:
             give_up = time.monotonic() + _FREEZE_WAIT
             while True:
                 before = journal.movers()
                 if before is not None:
                     break
+                if not nudged:
+                    nudged = True
+                    self._q.nudge_getters(journal.open_windows())
                 if time.monotonic() >= give_up:
                     return None
                 time.sleep(0.0002)
+            if nudged:
+                nudged = False
+                self._q.take_back_nudges()
             counts = read()
             return counts if journal.movers() == before else None
         finally:
+            if nudged:
+                self._q.take_back_nudges()
             view[_FREEZE_OFF] = 0
 
     def journal_entry(self) -> Optional[int]:
@@ -334,57 +360,69 @@ class Counts:
         waiting = False
         try:
             while taken < n:
-                if self._try_slot():
+                if self.take_one():
                     taken += 1
                 elif not block:
                     self.repair_slots()
-                    if not self._try_slot():
+                    if not self.take_one():
                         return False
                     taken += 1
                 elif not waiting:
                     # Counted as waiting before the next try: a getter that frees a slot
                     # after that try sees a waiter to wake.
-                    self.sems[SW].post()
+                    self.sems[SLOT_WAITERS].post()
                     waiting = True
                     self.repair_slots()
                 elif not self._wait_for_slot(deadline):
-                    return False
+                    # A last look at the deadline: getters wake putters only once a few
+                    # slots are free (``slot_freed``).
+                    if not self.take_one():
+                        return False
+                    taken += 1
             taken = 0
             return True
         finally:
             if waiting:
-                self.sems[SW].try_acquire()
+                self.sems[SLOT_WAITERS].try_acquire()
             if taken:  # giving up, or an exception: hand back what was taken
                 self.slots_freed(taken)
                 self.journal.sent(0, taken)
 
     def _wait_for_slot(self, deadline: Optional[float]) -> bool:
-        """Sleep on this putter's wake-up until *deadline*, looking for lost slots (and
-        for the queue's removal) every ``_SLOT_CHECK`` s."""
-        q, wake = self._q, self.sems[SWAKE]
-        while True:
-            got = q.wait_slice(wake, deadline, _SLOT_CHECK)
-            if got is not None:
-                return got
+        """Sleep on this putter's wake-up until *deadline* (False when it passed), or for
+        ``_SLOT_CHECK`` s at most, looking for lost slots (and for the queue's removal)
+        then: True means "look again"."""
+        got = self._q.wait_slice(self.sems[SLOT_WAKEUPS], deadline, _SLOT_CHECK)
+        if got is None:
             self.repair_slots()
-
-    def _try_slot(self) -> bool:
-        journal = self.journal
-        journal.add_slots(1)
-        if self.sems[SLOTS].try_acquire():
             return True
-        journal.sent(0, 1)
-        return False
+        return got
+
+    def slot_freed(self) -> None:
+        """``slots_freed(1)``: a getter's, after each object. Waiting putters are woken
+        once ``_wake_at`` slots are free (1 below 32 slots, up to 32 from 512), so that
+        a full queue costs a wake-up per batch of objects instead of one per object; a
+        putter that no wake-up reaches looks again after ``_SLOT_CHECK`` s and at its
+        deadline."""
+        self.sems[FREE_SLOTS].post()
+        words = self.words
+        waiting = words[SLOT_WAITERS][0] - words[SLOT_WAKEUPS][0]
+        if waiting > 0:
+            free = words[FREE_SLOTS][0]
+            if free >= self._wake_at:
+                wake = self.sems[SLOT_WAKEUPS]
+                for _ in range(min(waiting, free)):
+                    wake.post()
 
     def slots_freed(self, n: int) -> None:
         """*n* slots are free again: count them, and wake as many waiting putters."""
-        slots = self.sems[SLOTS]
+        slots = self.sems[FREE_SLOTS]
         for _ in range(n):
             slots.post()
-        waiting = self._q._sw_word[0]
+        waiting = self.words[SLOT_WAITERS][0]
         if waiting:
-            wake = self.sems[SWAKE]
-            for _ in range(min(n, waiting - self.words[SWAKE][0])):
+            wake = self.sems[SLOT_WAKEUPS]
+            for _ in range(min(n, waiting - self.words[SLOT_WAKEUPS][0])):
                 wake.post()
 
     def repair_slots(self) -> None:
@@ -407,9 +445,9 @@ class Counts:
             return
         self._next_repair = now + _REPAIR_EVERY
         def read():
-            free = self.sems[SLOTS].value
+            free = self.sems[FREE_SLOTS].value
             noted = self.journal.noted()[1]
-            return free + noted + self._q._stat_main().msg_qnum
+            return free + noted + self._q.stat_main().msg_qnum
 
         with self.state_locked():
             self._repair_journal()
@@ -418,26 +456,122 @@ class Counts:
             counts = self._read_frozen(read)
             if counts is None:
                 return
-            lost = self.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
+            lost = self._q.maxsize - counts - _EXTRA.unpack_from(self._view, _EXTRA_OFF)[0]
             if lost > 0:
                 self._add_to(_RECOVERED, _RECOVERED_OFF, lost)
                 self.slots_freed(lost)
 
     def counted_sent(self, n: int) -> None:
         """*n* counted objects (one message each) are in the kernel queue now."""
-        self.journal.sent(n if self.kind == KIND_JOINABLE else 0, n if self.maxsize > 0 else 0)
+        if self._q.kind == KIND_JOINABLE:
+            self.journal.sent(n, n if self._q.maxsize > 0 else 0)
+        elif n == 1:
+            self.journal.slot_sent()
+        else:
+            self.journal.sent(0, n)
 
     def fold_held(self) -> None:
         """Before this handle's journal entry is freed: keep the tasks it took and did
         not mark done (another handle may mark them) in the control segment."""
         journal = self.journal
-        if self.kind != KIND_JOINABLE or journal.mine() is None:
+        if self._q.kind != KIND_JOINABLE or journal.mine() is None:
             return
         try:
             with self.state_locked():
                 self._add_to(_HELD_GONE, _HELD_GONE_OFF, journal.take_held())
         except OSError:
             pass  # removed already: nothing left to count
+
+
+class Window:
+    """This process's journal window: while open, an object may be between two counts
+    (see the glossary), and the entry's ``moving`` word says so to every repair.
+
+    Getters open it before ``msgrcv`` (also before sleeping inside it) and close it once
+    the object is counted out; a JoinableQueue putter opens it around its send and the
+    clearing of its note. The one rule for callers::
+
+        word = window.open()      # the statement right before ``try``
+        try:
+            ...
+        finally:
+            window.close(word)
+
+    ``open()`` leaves nothing counted when it raises (a ``KeyboardInterrupt`` inside it
+    is undone there), and from Python 3.11 nothing can raise between its return and the
+    ``try`` (signals are checked at calls and backward jumps only). None: no window
+    (this process has no journal entry, and counts unjournaled).
+    """
+
+    __slots__ = ("counts", "journal", "_view")
+
+    def __init__(self, counts: Counts):
+        self.counts = counts
+        self.journal = counts.journal
+        self._view = counts._view
+
+    def open(self) -> Optional[memoryview]:
+        journal = self.journal
+        word = journal.moving_view if journal.active else None  # (active: False after fork)
+        if word is None:
+            if not self.counts.own_entry():
+                return None
+            word = self.journal.moving_word()
+            if word is None:
+                return None
+        counted = False
+        try:
+            with journal.mutex:
+                word[0] = (word[0] + MOVE) & 0xFFFFFFFF
+                counted = True
+            if self._view[_FREEZE_OFF]:
+                self._yield_to_repair(word)
+        except BaseException:
+            if counted:
+                self.close(word)
+            raise
+        return word
+
+    def close(self, word: Optional[memoryview], held: int = 0) -> None:
+        """Close the window (if *word*); *held* tasks were taken meanwhile (a getter's,
+        recorded before the window closes)."""
+        if word is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    if held:
+                        journal.held_word[0] += held
+                    word[0] -= 1
+
+    def step_out(self, word: Optional[memoryview]) -> None:
+        """Close it while asleep on a futex (``step_in`` after, in a ``finally``)."""
+        self.close(word)
+
+    def step_in(self, word: Optional[memoryview]) -> None:
+        if word is not None:
+            journal = self.journal
+            with journal.mutex:
+                if journal.active:
+                    word[0] = (word[0] + MOVE) & 0xFFFFFFFF
+            if self._view[_FREEZE_OFF]:
+                self._yield_to_repair(word)
+
+    def _yield_to_repair(self, word: memoryview) -> None:
+        """A repair froze the windows: step out leaving no trace, wait until it is done
+        (``_FREEZE_WAIT`` at most), step in again."""
+        journal, view = self.journal, self._view
+        try:
+            with journal.mutex:
+                word[0] = (word[0] - MOVE) & 0xFFFFFFFF
+            give_up = time.monotonic() + _FREEZE_WAIT
+            while view[_FREEZE_OFF] and time.monotonic() < give_up:
+                time.sleep(0.0002)
+            if view[_FREEZE_OFF] and self.counts._q.state_lock.free():
+                view[_FREEZE_OFF] = 0  # its repair was killed (the state lock is free)
+        finally:
+            with journal.mutex:
+                if journal.active:
+                    word[0] = (word[0] + MOVE) & 0xFFFFFFFF
 
 
 class _StateLock:
@@ -456,7 +590,7 @@ class _StateLock:
         while owner_died is None:
             owner_died = mutex.acquire(time.monotonic() + _ALIVE_CHECK)
             if owner_died is None:
-                q._stat_main()  # (held that long: was the queue removed from outside?)
+                q.stat_main()  # (held that long: was the queue removed from outside?)
         if owner_died:
             # At once: the crash mark, not the mutex, says what to repair, and it stays
             # until a repair completes (a repairer killed half-way leaves it for the next

@@ -1,5 +1,11 @@
 """The per-process buffer of objects the kernel queue had no room for, and the thread
-that flushes it (the stdlib's "feeder thread")."""
+that flushes it (the stdlib's "feeder thread"); and the one owner of a counted send.
+
+A bounded or joinable queue's object is counted before it is sent (a slot taken, a
+task added, both noted in this process's journal entry) and its notes are cleared
+once its message is in the kernel queue, whether ``put()`` sends it at once or the
+buffer does later (``send_counted``/``send_taken`` and ``flush``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ from multiprocessing import util
 from typing import Callable, Optional
 
 from .._ipc.errors import RemovedError
+from . import parcels as _parcels
 from .channel import Channel
+from .layout import KIND_JOINABLE
+from .pickler import OutOfBand, Pieces
 
 __all__ = ["Feeder", "SENTINEL"]
 
@@ -45,6 +54,70 @@ class Feeder:
         self.error_hook = error_hook
         # Tell the channel what left the buffer (counted objects, parcels): see journal.
         self.track = chan.counted
+        self._joinable = chan.kind == KIND_JOINABLE
+
+    # -- sending: at once when the kernel queue has room, else through the buffer -----
+
+    def send(self, payload, mtype: int) -> bool:
+        """Hand one object to the kernel now (True), or to the buffer, in order."""
+        if len(payload) > self.chan.msgmax:
+            return self._send_large(payload, mtype)
+        if not self.buffer and self.chan.try_send(payload, mtype):
+            return True
+        self.enqueue(payload, mtype)
+        return False
+
+    def _send_large(self, payload, mtype: int) -> bool:
+        """``send()`` of a multi-message object: a parcel when it can, else a stream."""
+        chan = self.chan
+        if len(payload) >= _parcels.PARCEL_MIN:
+            message = chan.parcels.wrap(payload)
+            if message is not None:
+                self.track = True  # it tells the table when the message is out
+                if not self.buffer and chan.try_send(message, mtype):
+                    chan.parcels.handed(message)
+                    return True
+                payload = message
+        if type(payload) is Pieces or type(payload) is OutOfBand:  # it streams after all
+            payload = bytes(payload)
+        self.enqueue(payload, mtype)
+        return False
+
+    def send_counted(self, payload, mtype: int, block: bool,
+                     deadline: Optional[float]) -> bool:
+        """``put()`` of a bounded or joinable queue: take a slot (waiting until
+        *deadline* when *block*; False when none could be had), then ``send_taken``."""
+        chan = self.chan
+        counts = chan.counts
+        if chan.maxsize and not counts.take_one() and not counts.take_slots(1, block, deadline):
+            return False
+        if self._joinable:
+            self.send_taken(payload, mtype)
+        elif len(payload) <= chan.msgmax and not self.buffer and chan.try_send(payload, mtype):
+            counts.counted_sent(1)  # (send_taken written out: every small object's path)
+        elif self.send(payload, mtype):
+            counts.counted_sent(1)
+        return True
+
+    def send_taken(self, payload, mtype: int) -> None:
+        """Count the task of an object whose slot is taken, and send it. The slot and the
+        task stay noted in this process's journal entry until the object is in the
+        kernel queue (now, or when the buffer sends it), so that if this process dies
+        first the next user of the queue gives them back. A JoinableQueue putter counts
+        and sends inside its window (``counts.Window``)."""
+        counts = self.chan.counts
+        if not self._joinable:
+            if self.send(payload, mtype):
+                counts.counted_sent(1)
+            return
+        window = counts.window
+        word = window.open()
+        try:
+            counts.task_added(word)
+            if self.send(payload, mtype):
+                counts.counted_sent(1)
+        finally:
+            window.close(word)
 
     def enqueue(self, payload, mtype: int) -> None:
         # deque.append is atomic; the lock is only needed to wake the thread (which waits
@@ -88,11 +161,13 @@ class Feeder:
             if len(payload) > msgmax and not block_streams:
                 return False
             if track:
-                window = chan.counts.enter_window()
+                # A JoinableQueue putter's window: the object is queued and noted at once.
+                window = chan.counts.window
+                word = window.open() if self._joinable else None
                 try:
                     sent = self._send_first(payload, mtype, True)
                 finally:
-                    chan.counts.leave_window(window)
+                    window.close(word)
             else:
                 sent = self._send_first(payload, mtype, False)
             if not sent:
@@ -146,7 +221,7 @@ class Feeder:
                 if lost and self.released and not self.cancelled:
                     # This process let go of the queue (exit) before the flush: nobody
                     # removed it from outside.
-                    warnings.warn(f"{self.chan._what()}: {lost} object(s) this "
+                    warnings.warn(f"{self.chan.what()}: {lost} object(s) this "
                                   "process had put were not sent before it let go of the "
                                   "queue at exit, and are lost", RuntimeWarning, stacklevel=1)
                 elif lost and not self.cancelled:

@@ -22,8 +22,9 @@ slots are ``maxsize`` minus the objects in the kernel queue minus the live slot 
 unfinished tasks are the queued objects plus the live task notes plus every entry's
 ``held`` (and what freed entries held). ``moving`` makes that exact: its low byte
 counts this process's threads in a window where an object moves between those counts
-(a getter from before its ``msgrcv`` until it counted the object out; a JoinableQueue
-putter from before its ``msgsnd`` until it cleared its note), its upper bits count
+(a getter from before its ``msgrcv``, asleep in it too, until it counted the object
+out; a JoinableQueue putter from before it counts its task until it cleared its note;
+a ``task_done`` while the count goes down), its upper bits count
 every such window, so a repair sees whether a live process was in one at any time
 while it read the counts.
 Parcel bits are not rolled back either: the parcel table's next writer reads them.
@@ -35,6 +36,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from typing import Iterator, Optional, Tuple
 
 from .._ipc.procs import alive, start_ticks
@@ -52,7 +54,16 @@ MOVE = 0x101  # one more thread in a window (low byte) and one more window (uppe
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
 _me = [os.getpid()]  # this process's pid, kept current across fork (cheaper than getpid)
-os.register_at_fork(after_in_child=lambda: _me.__setitem__(0, os.getpid()))
+_journals: "weakref.WeakSet[Journal]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _me[0] = os.getpid()
+    for journal in list(_journals):
+        journal.active = False  # (the parent's entry: see Journal.active)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Journal:
@@ -67,14 +78,18 @@ class Journal:
         self._view = view
         self._off: Optional[int] = None
         self._pid = 0
-        self.active = False  # this handle has an entry (a plain attribute: see moving_word)
-        # Views of this process's entry, used only while it has one (claimed).
-        self._moving = memoryview(b"")
-        self.held_word = memoryview(b"")  # the owner's ``held`` (as _moving)
+        # This handle has an entry of this process: False after a fork in the child (for
+        # every journal, whatever its queue's own fork hook does), so the hot paths test
+        # this one attribute.
+        self.active = False
+        # Views of this process's entry, used only while ``active`` (claimed).
+        self.moving_view = memoryview(b"")  # the owner's ``moving`` (see counts.Window)
+        self.held_word = memoryview(b"")  # the owner's ``held``
         self._tasks = memoryview(b"")  # the owner's ``tasks`` and ``slots``
         self._slots = memoryview(b"")
         self._retry_at = 0.0
         self.mutex = threading.Lock()
+        _journals.add(self)
 
     def after_fork(self) -> None:
         """In a fork child: the parent's entry is not ours."""
@@ -124,7 +139,7 @@ class Journal:
         ENTRY.pack_into(self._view, spare, 0, 0, 0, 0, 0, 0, start_ticks(me), 0)
         self._put(spare + _PID, me)
         self._off, self._pid = spare, me
-        self._moving = self._view[spare + _MOVING:spare + _MOVING + 4].cast("I")
+        self.moving_view = self._view[spare + _MOVING:spare + _MOVING + 4].cast("I")
         self.held_word = self._view[spare + _HELD:spare + _HELD + 4].cast("i")
         self._tasks = self._view[spare + _TASKS:spare + _TASKS + 4].cast("i")
         self._slots = self._view[spare + _SLOTS:spare + _SLOTS + 4].cast("i")
@@ -143,25 +158,19 @@ class Journal:
                     self._put(off + _PID, 0)  # one write: a claimer rewrites the rest
                 self._off = None
                 self.active = False
-                for word in (self._moving, self.held_word, self._tasks, self._slots):
+                for word in (self.moving_view, self.held_word, self._tasks, self._slots):
                     word.release()
 
     def add_slots(self, n: int) -> None:
-        if self._off is not None and self._pid == _me[0]:
+        if self.active:
             with self.mutex:
                 self._slots[0] += n
 
     def add_task(self) -> None:
-        """Under the state lock, before the task count goes up."""
-        if self._off is not None and self._pid == _me[0]:
+        """In a window or under the state lock, with the task count going up."""
+        if self.active:
             with self.mutex:
                 self._tasks[0] += 1
-
-    def task_done(self) -> None:
-        """Under the state lock, with the task count going down."""
-        if self._off is not None and self._pid == _me[0]:
-            with self.mutex:
-                self.held_word[0] -= 1
 
     def take_held(self) -> int:
         """Under the state lock: this entry's ``held``, zeroed (its owner lets go)."""
@@ -174,21 +183,15 @@ class Journal:
         return held
 
     def moving_word(self) -> Optional[memoryview]:
-        """This process's ``moving`` word (None before it claimed an entry).
-
-        Its owner changes it only as ``word[0] = (word[0] + MOVE) & 0xFFFFFFFF`` (into a
-        window) and ``word[0] -= 1`` (out of it) under ``mutex``, written out where it
-        is used: with no call between entering a ``try`` and the change, a
-        ``KeyboardInterrupt`` (Python 3.11+ checks for it only at calls and backward
-        jumps) cannot leave a window counted that its ``finally`` does not undo.
-        """
+        """This process's ``moving`` word (None before it claimed an entry); only
+        ``counts.Window`` changes it, under ``mutex``."""
         if self._off is not None and self._pid == _me[0]:
-            return self._moving
+            return self.moving_view
         return None
 
     def sent(self, tasks: int, slots: int) -> None:
         """What this process counted is in the kernel queue now."""
-        if self._off is not None and self._pid == _me[0] and (tasks or slots):
+        if self.active and (tasks or slots):
             with self.mutex:
                 if tasks:
                     word = self._tasks
@@ -196,6 +199,14 @@ class Journal:
                 if slots:
                     word = self._slots
                     word[0] = max(word[0] - slots, 0)
+
+    def slot_sent(self) -> None:
+        """``sent(0, 1)``: a bounded queue's object is in the kernel queue now."""
+        if self.active:
+            with self.mutex:
+                word = self._slots
+                if word[0] > 0:
+                    word[0] -= 1
 
     def parcel_made(self, off: int, slot: int) -> None:
         """Under the state lock: parcel *slot* is this process's, its message not sent."""
@@ -232,6 +243,11 @@ class Journal:
                 return None
             words.append(moving)
         return tuple(words)
+
+    def open_windows(self) -> int:
+        """Threads of live processes in a window now (getters asleep in msgrcv among them)."""
+        return sum(moving & 0xFF for _, (pid, _, _, _, _, moving, start, _) in self.entries()
+                   if pid and moving & 0xFF and alive(pid, start))
 
     def noted(self) -> Tuple[int, int, int]:
         """``(tasks, slots, held)`` summed over the entries in use."""

@@ -13,7 +13,9 @@ from typing import List, NamedTuple, Optional
 KIND_QUEUE, KIND_SIMPLE, KIND_JOINABLE = 0, 1, 2
 KIND_NAMES = {KIND_QUEUE: "Queue", KIND_SIMPLE: "SimpleQueue", KIND_JOINABLE: "JoinableQueue"}
 MTYPE_MAX = 2 ** 62 - 1
-MAGIC = b"MPSYSVQ3"  # 3: the state lock a robust mutex, the join gate futex counters
+# 3: the state lock a robust mutex, the join gate futex counters; 4: getters of a counted
+# queue sleep inside msgrcv and a repair wakes them with NUDGE messages (wire).
+MAGIC = b"MPSYSVQ4"
 CTL_SIZE = 16384
 
 # -- the header: identity and the other objects' ids ------------------------------------
@@ -24,11 +26,16 @@ _NAME_OFF = 64  # u16 length + the name's UTF-8 bytes
 _NAME_MAX = 254
 
 # -- futex counters: each a 32-byte glibc sem_t ------------------------------------------
-# Timed getters waiting and their wake-ups, bounded slots, stream flow (space, frames
-# available, done), unfinished tasks, feeders waiting for room and theirs, putters
-# waiting for a slot and theirs, the getters among TW that wait for one mtype, joiners
-# waiting and their wake-ups.
-TW, WAKE, SLOTS, SPACE, AVAIL, DONE, UNFINISHED, RW, ROOM, SW, SWAKE, TWS, JW, JWAKE = range(14)
+# Each pair is a count of sleepers and the wake-ups posted to them: getters waiting with a
+# timeout (or for one mtype, or a Pool reader's watcher), feeders waiting for room,
+# putters waiting for a slot, joiners waiting for the task count to reach zero. The
+# others count: free slots of a bounded queue, a stream's flow (room for a frame, frames
+# available, the last frame taken), unfinished tasks of a JoinableQueue.
+(TIMED_WAITERS, TIMED_WAKEUPS, FREE_SLOTS, STREAM_SPACE, STREAM_FRAMES, STREAM_DONE,
+ UNFINISHED_TASKS, ROOM_WAITERS, ROOM_WAKEUPS, SLOT_WAITERS, SLOT_WAKEUPS, TYPED_WAITERS,
+ JOINERS, JOIN_WAKEUPS) = range(14)
+# The short names _connection.py and tests/test_pool_wakeups.py import (issue 19's files).
+TW, WAKE, RW = TIMED_WAITERS, TIMED_WAKEUPS, ROOM_WAITERS
 _SEM_OFF = 320
 _SEM_SIZE = 32
 SEM_OFFS = tuple(_SEM_OFF + _SEM_SIZE * i for i in range(9)) + (704, 736, 768, 864, 896)
@@ -68,8 +75,9 @@ _REMOVED_OFF = 698
 PARCEL_TABLE_OFF = 1024
 PARCEL_SLOTS = 48
 PARCEL_ENTRY = struct.Struct("<iiiiQ")  # segment id, writer, state, reader, segment size
-FREE, FILLING, SENT, READING, POOLED = 0, 1, 2, 3, 4
-PARCEL_STATES = {FILLING: "filling", SENT: "sent", READING: "reading", POOLED: "pooled"}
+FREE, FILLING, SENT, READING, POOLED, LENT = 0, 1, 2, 3, 4, 5
+PARCEL_STATES = {FILLING: "filling", SENT: "sent", READING: "reading", POOLED: "pooled",
+                 LENT: "lent"}
 
 # -- the journal (journal): one entry per process, to the end of the segment ----------------
 JOURNAL_OFF = 2240

@@ -32,9 +32,10 @@ from .._ipc.errors import (RemovedError, WHY_REMOVED, message_size_error, permis
                            raise_errno, removed)
 from .._ipc.futex import PosixSemaphore
 from .._ipc.mutex import RobustMutex
-from .layout import (_REMOVED_OFF, CTL_SIZE, MAGIC, NSEMS, ROOM, RW, SEM_HOLDERS, SEM_OFFS, SEM_STREAM,
-                     SLOTS,
-                     STATE_LOCK_OFF, SW, TW, TWS, WAKE, pack_header, pack_name, parse_header)
+from . import wire as _wire
+from .layout import (_REMOVED_OFF, CTL_SIZE, FREE_SLOTS, MAGIC, NSEMS, ROOM_WAITERS, ROOM_WAKEUPS,
+                     SEM_HOLDERS, SEM_OFFS, SEM_STREAM, SLOT_WAITERS, STATE_LOCK_OFF, TIMED_WAITERS,
+                     TIMED_WAKEUPS, TYPED_WAITERS, pack_header, pack_name, parse_header)
 
 __all__ = ["QueueObjects", "NoCopy"]
 
@@ -43,8 +44,10 @@ _ALIVE_CHECK = 1.0  # how often a futex wait checks that the queue was not remov
 _E = errno
 _EAGAIN, _EINTR = errno.EAGAIN, errno.EINTR
 _get_errno = L.get_errno
-_msgsnd, _size_arg = L.msgsnd_fast, L.size_arg
+_msgsnd, _size_arg, _sizes = L.msgsnd_fast, L.size_arg, L._size_args
+_NOWAIT = L.IPC_NOWAIT
 _TYPE1 = (1).to_bytes(8, "little")
+_NUDGE, _NUDGE_MTYPE = bytes((_wire.NUDGE,)), _wire.NUDGE_MTYPE
 _getpid = os.getpid
 
 
@@ -69,15 +72,17 @@ class QueueObjects:
         self.named, self.mode, self.name = header.named, header.mode, header.name
         self.main_qid, self.stream_qid, self.semid, self.msgmax = (
             header.main_qid, header.stream_qid, header.semid, header.msgmax)
-        self.sems = [PosixSemaphore(address + off, f"{self._what()} counter {i}")
+        self.sems = [PosixSemaphore(address + off, f"{self.what()} counter {i}")
                      for i, off in enumerate(SEM_OFFS)]
         # The count word of each glibc sem_t (checked at import): read without a call.
         self.words = [self._view[off:off + 4].cast("I") for off in SEM_OFFS]
-        self._tw_word, self._rw_word, self._room_word, self._sw_word, self._tws_word = (
-            self.words[i] for i in (TW, RW, ROOM, SW, TWS))
-        self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self._what()} state lock")
+        (self._timed_waiters_word, self._room_waiters_word, self._room_wakeups_word,
+         self._slot_waiters_word, self._typed_waiters_word) = (
+            self.words[i] for i in (TIMED_WAITERS, ROOM_WAITERS, ROOM_WAKEUPS, SLOT_WAITERS,
+                                    TYPED_WAITERS))
+        self.state_lock = RobustMutex(address + STATE_LOCK_OFF, f"{self.what()} state lock")
         self._detached = False
-        self._sleepers = 0  # threads sleeping on a counter in the segment (see _sleep_on)
+        self._sleepers = 0  # threads sleeping on a counter in the segment (see sleep_on)
         self._sleepers_lock = threading.Lock()
 
     # -- creation and opening -------------------------------------------------------
@@ -116,7 +121,8 @@ class QueueObjects:
             if name:
                 pack_name(view, name)
             for i, off in enumerate(SEM_OFFS):
-                PosixSemaphore(address + off).init(maxsize if i == SLOTS and maxsize > 0 else 0)
+                PosixSemaphore(address + off).init(
+                    maxsize if i == FREE_SLOTS and maxsize > 0 else 0)
             RobustMutex(address + STATE_LOCK_OFF).init()
             # The magic goes in last: openers by name wait for it.
             pack_header(view, kind, maxsize, _getpid(), name, mode, time.time(), main_qid,
@@ -185,7 +191,7 @@ class QueueObjects:
     def identity(self) -> tuple:
         return self.ctl_id, (self.main_qid, self.stream_qid, self.semid)
 
-    def _what(self) -> str:
+    def what(self) -> str:
         label = f"name={self.name!r}" if getattr(self, "name", None) else f"id={self.ctl_id}"
         return f"mpsysv queue {label}"
 
@@ -210,20 +216,27 @@ class QueueObjects:
 
     # -- one message ----------------------------------------------------------------
 
-    def _send_msg(self, qid: int, payload, mtype: int, flags: int) -> bool:
-        """msgsnd *payload* typed *mtype* to *qid*; False on a full queue with IPC_NOWAIT.
+    def try_send(self, payload, mtype: int, qid: Optional[int] = None,
+                 flags: int = _NOWAIT) -> bool:
+        """msgsnd *payload* typed *mtype* to *qid* (None: the main queue, waking a getter
+        that waits on the futex, see ``_wake_timed``) with *flags* (by default without
+        blocking); False when the queue is full.
 
-        The message is built as one bytes object (type word + payload): cheaper than a
+        Every message goes out here; a small object's path is this one call. The
+        message is built as one bytes object (type word + payload): cheaper than a
         copy into a pooled buffer, and safe to share between threads.
         """
         data = (_TYPE1 if mtype == 1 else mtype.to_bytes(8, "little")) + payload
-        size = _size_arg(len(payload))
-        while _msgsnd(qid, data, size, flags) == -1:
+        n = len(payload)
+        size = _sizes.get(n) or _size_arg(n)
+        while _msgsnd(self.main_qid if qid is None else qid, data, size, flags) == -1:
             err = _get_errno()
             if err == _EAGAIN:
                 return False
             if err != _EINTR:
-                self._fail("msgsnd", err)
+                self.fail("msgsnd", err)
+        if qid is None and self._timed_waiters_word[0] and not (flags == 0 and self._detached):
+            self._wake_timed()  # (a blocking send may return after a detach)
         return True
 
     def _wake_timed(self) -> None:
@@ -231,23 +244,45 @@ class QueueObjects:
         waking). One is enough for one message, unless some wait for one mtype: the
         one woken might not want it, so then every waiter looks."""
         words = self.words
-        missing = words[TW][0] - words[WAKE][0]
+        missing = words[TIMED_WAITERS][0] - words[TIMED_WAKEUPS][0]
         if missing > 0:
-            wake = self.sems[WAKE]
-            for _ in range(missing if self._tws_word[0] else 1):
+            wake = self.sems[TIMED_WAKEUPS]
+            for _ in range(missing if self._typed_waiters_word[0] else 1):
                 wake.post()
+
+    def nudge_getters(self, n: int) -> None:
+        """Send *n* nudges (``wire``): each wakes one getter asleep in ``msgrcv``. A
+        full queue takes none, and needs none: a getter of any type is not asleep then."""
+        for _ in range(n):
+            if not self.try_send(_NUDGE, _NUDGE_MTYPE, self.main_qid):  # (no futex wake-up)
+                return
+
+    def take_back_nudges(self) -> None:
+        """Receive every nudge still in the main queue (nobody needed it)."""
+        raw = ctypes.create_string_buffer(8 + 8)
+        while True:
+            n = L.msgrcv(self.main_qid, raw, 8, _NUDGE_MTYPE, L.IPC_NOWAIT | L.MSG_NOERROR)
+            if n < 0:
+                err = L.get_errno()
+                if err == _E.ENOMSG:
+                    return
+                if err != _EINTR:
+                    self.fail("msgrcv", err)
 
     # -- looking at the main queue ----------------------------------------------------
 
-    def _stat_main(self) -> L.msqid_ds:
+    def _stat_main(self) -> L.msqid_ds:  # (the name tests/test_pool_wakeups.py uses)
+        return self.stat_main()
+
+    def stat_main(self) -> L.msqid_ds:
         ds = L.msqid_ds()
         if L.msgctl(self.main_qid, L.IPC_STAT, L.byref(ds)) == -1:
-            self._fail("msgctl(IPC_STAT)", L.get_errno())
+            self.fail("msgctl(IPC_STAT)", L.get_errno())
         return ds
 
     def queue_state(self) -> tuple:
         """``(messages in the main queue, pid of the last process that took one)``."""
-        ds = self._stat_main()
+        ds = self.stat_main()
         return ds.msg_qnum, ds.msg_lrpid
 
     def queued_messages(self) -> Iterator[memoryview]:
@@ -259,7 +294,7 @@ class QueueObjects:
         raw = (ctypes.c_char * (8 + self.msgmax))()
         view = memoryview(raw).cast("B")
         flags = L.IPC_NOWAIT | L.MSG_COPY
-        index = self._stat_main().msg_qnum - 1
+        index = self.stat_main().msg_qnum - 1
         while index >= 0:
             n = L.msgrcv(self.main_qid, raw, self.msgmax, index, flags)
             if n < 0:
@@ -269,26 +304,26 @@ class QueueObjects:
                 if err in (_E.ENOSYS, _E.EINVAL, _E.EPERM):
                     raise NoCopy
                 if err != _E.ENOMSG:  # (gone meanwhile: taken)
-                    self._fail("msgrcv(MSG_COPY)", err)
+                    self.fail("msgrcv(MSG_COPY)", err)
             else:
                 yield view[8:8 + n]
             index -= 1
 
     # -- the semaphore-set locks -------------------------------------------------------
 
-    def _lock(self, num: int) -> None:
+    def lock(self, num: int) -> None:
         op = L.sembuf(num, -1, L.SEM_UNDO)
         while L.semop(self.semid, L.byref(op), 1) == -1:
             err = L.get_errno()
             if err != _E.EINTR:
-                self._fail("semop", err)
+                self.fail("semop", err)
 
-    def _unlock(self, num: int) -> None:
+    def unlock(self, num: int) -> None:
         op = L.sembuf(num, 1, L.SEM_UNDO)
         if L.semop(self.semid, L.byref(op), 1) == -1:
             err = L.get_errno()
             if err not in (_E.EIDRM, _E.EINVAL):
-                self._fail("semop", err)
+                self.fail("semop", err)
 
     # -- sleeping on a counter ---------------------------------------------------------
 
@@ -306,14 +341,14 @@ class QueueObjects:
         """One slice of ``wait``: True (taken), False (*deadline* passed) or None (*every*
         seconds passed and the queue still exists: the caller may look around)."""
         step = time.monotonic() + every
-        if self._sleep_on(sem, step if deadline is None or deadline > step else deadline):
+        if self.sleep_on(sem, step if deadline is None or deadline > step else deadline):
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
-        self._stat_main()
+        self.stat_main()
         return None
 
-    def _sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
+    def sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool:
         """``sem.acquire(deadline)``, counted: while a thread sleeps on a counter in the
         control segment, a ``detach()`` by another thread leaves the mapping in place
         (unmapped when the channel is garbage), and the sleeper then raises."""
@@ -325,7 +360,7 @@ class QueueObjects:
             with self._sleepers_lock:
                 self._sleepers -= 1
             if self._detached:
-                raise ValueError(f"{self._what()} was closed in this process while a thread "
+                raise ValueError(f"{self.what()} was closed in this process while a thread "
                                  "waited in it")
 
     # -- lifetime ---------------------------------------------------------------------
@@ -342,12 +377,12 @@ class QueueObjects:
         L.msgctl(self.stream_qid, L.IPC_RMID, None)
         L.semctl(self.semid, 0, L.IPC_RMID, 0)
 
-    def _fail(self, call: str, err: int) -> NoReturn:
+    def fail(self, call: str, err: int) -> NoReturn:
         if err in (_E.EIDRM, _E.EINVAL):
             if not self._detached:
                 self._view[_REMOVED_OFF] = 1  # (for the calls that make no system call)
-            raise removed(call, self._what(), "was removed while in use")
-        raise_errno(err, call, self._what())
+            raise removed(call, self.what(), "was removed while in use")
+        raise_errno(err, call, self.what())
 
 
 def _permission_error(call: str, name: str, key: int) -> PermissionError:

@@ -24,6 +24,17 @@ messages, such a slot waits until the queue is empty):
   for ``STRANDED_AFTER`` seconds. A consumer stalled right there that long (or while
   another consumer takes a message and dies) loses its object.
 
+A zero-copy receiver's objects are views of the segment: it is *lent* to that
+process (state LENT, the reader field its pid) and goes back to the pool once the last
+view is gone, as a weakref callback notes: at once if the state lock is free (the
+thread the callback interrupts may hold it) and the cyclic collector is not running
+(the ``__del__`` methods of its garbage may still read the views), else when the
+collection ends or at the process's next call on the table. Never pooled while a view
+of it can exist: a lender that forked while holding it (the child has the views too)
+removes it instead, so does a lender whose queue handle is gone, and a dead lender's
+slot is reclaimed by removing its segment (its fork children may map it; the kernel
+frees it at their last detach).
+
 Each segment starts with a header (magic, owning control segment, writer, time) that
 lets a cleaner recognise orphans.
 """
@@ -31,18 +42,22 @@ lets a cleaner recognise orphans.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
+import random
 import struct
 import time
-from typing import Callable, ContextManager, Dict, Optional, Protocol, Set, Tuple
+import weakref
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Set, Tuple
 
 from .._ipc import libc as L
 from .._ipc.mapping import map_segment
 from .._ipc.procs import alive as _alive, ipc_table
 from . import wire as _wire
 from .journal import Journal
-from .layout import (FILLING, FREE, PARCEL_ENTRY, PARCEL_SLOTS, PARCEL_TABLE_OFF, POOLED,
-                     READING, SENT)
+from .layout import (FILLING, FREE, LENT, PARCEL_ENTRY, PARCEL_SLOTS, PARCEL_TABLE_OFF,
+                     POOLED, READING, SENT)
+from .objects import attach_view
 
 __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 
@@ -50,13 +65,25 @@ __all__ = ["ParcelTable", "PARCEL_MIN", "MAGIC", "HEADER"]
 # (MPSYSV_PARCEL_MIN overrides it, for measuring the crossover).
 PARCEL_MIN = int(os.environ.get("MPSYSV_PARCEL_MIN", 16 * 1024))
 TABLE_OFF, NSLOTS, _ENTRY = PARCEL_TABLE_OFF, PARCEL_SLOTS, PARCEL_ENTRY
+_TABLE = struct.Struct("<" + PARCEL_ENTRY.format.lstrip("<") * NSLOTS)  # every slot at once
+_WIDTH = len(_ENTRY.unpack(bytes(_ENTRY.size)))  # fields per slot in _TABLE's tuple
 POOL_LIMIT = 256 << 20  # bytes of idle segments a queue keeps for reuse
 _POOL_ALWAYS = 1 << 20  # segments up to this size are always kept (48 slots bound them)
 MAGIC = b"MPSYSVP1"
 # magic, owner control segment id, writer pid, created, nonce (as in the message), length
 HEADER = struct.Struct("<8siidQQ")
 _HDR_SIZE = 64
+_nonce = random.getrandbits  # (the random module reseeds in fork children)
 STRANDED_AFTER = 1.0  # seconds a sent parcel's message may be out of the queue unread
+# Segments one process may hold lent at once; past it a zero-copy parcel leaves the table
+# (removed at once, freed at its last detach), so a receiver that keeps its arrays
+# cannot take every slot.
+LEND_MAX = 16
+LENDERS_EVERY = 0.25  # seconds between liveness checks of the lenders of LENT slots
+# Out-of-band buffers from this size on arrive as views on a zero-copy queue; smaller ones
+# are pickled in-band (queues.py), a copy being cheaper there than lending a segment
+# (bench/array_crossover.py, README).
+ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 320 * 1024))
 
 
 def _size_class(n: int) -> int:
@@ -72,6 +99,8 @@ class ParcelHost(Protocol):
 
     def state_locked(self) -> ContextManager: ...  # the queue's state lock
 
+    state_lock: Any  # its mutex: ``free()`` says whether anybody holds it
+
     def journal_entry(self) -> Optional[int]: ...  # under it: this process's entry
 
     def queue_state(self) -> Tuple[int, int]: ...  # (messages queued, last taker's pid)
@@ -85,6 +114,7 @@ class ParcelTable:
     Segments are pooled: a taken parcel's segment goes back to the table (state
     POOLED) for the next object of its size class, and every process keeps its
     mappings, because a fresh segment costs a page fault per page on both sides.
+    A lent segment stays mapped (in ``_maps``) until it is back in the pool or gone.
     """
 
     def __init__(self, view: memoryview, owner_id: int, mode: int, journal: Journal,
@@ -98,9 +128,15 @@ class ParcelTable:
         # segment id -> (view, address): this process's mappings (_ipc.mapping), each
         # detached when its view (and every slice of it) is gone
         self._maps: Dict[int, Tuple[memoryview, int]] = {}
-        # (slot, segment id) -> when this process first saw it stranded
-        self._stranded: Dict[Tuple[int, int], float] = {}
+        # (slot, segment id, nonce) -> when this process first saw that parcel stranded
+        self._stranded: Dict[Tuple[int, int, int], float] = {}
         self.zero_copy = True  # out-of-band buffers received as views of their segment
+        self._lent: Dict[int, Tuple[int, int]] = {}  # segment id -> (slot, size): views live
+        self._shared: Set[int] = set()  # lent segments a fork child maps as well
+        self._returned: List[int] = []  # lent segments whose last view is gone
+        self._attached = True
+        self._lenders_at = 0.0  # when to check the lenders of LENT slots next
+        _tables.add(self)
 
     def _entry(self, slot: int):
         return _ENTRY.unpack_from(self._view, TABLE_OFF + slot * _ENTRY.size)
@@ -159,10 +195,9 @@ class ParcelTable:
             L.shmctl(segid, L.IPC_RMID, None)
             self._set(slot, 0, 0, FREE)
             return None
-        nonce = int.from_bytes(os.urandom(8), "little")
-        HEADER.pack_into((ctypes.c_char * _HDR_SIZE).from_address(address), 0, MAGIC,
-                         self._owner, me, time.time(), nonce, n)
-        parts = getattr(payload, "parts", None)  # a pickle in pieces (queues._Pieces)
+        nonce = _nonce(64)
+        HEADER.pack_into(self._maps[segid][0], 0, MAGIC, self._owner, me, time.time(), nonce, n)
+        parts = getattr(payload, "parts", None)  # a pickle in pieces (pickler.Pieces)
         if buffers is not None:
             ctypes.memmove(address + _HDR_SIZE, layout, len(layout))
             ctypes.memmove(address + pickle_off, payload.pickle, len(payload.pickle))
@@ -182,9 +217,6 @@ class ParcelTable:
         # dies before (or while) its message goes out; only the slot's owner writes it
         # until a reader takes it, so no later update can race with that reader.
         self._set(slot, segid, me, SENT, 0, size)
-        if buffers is not None:
-            # Its reader may keep the segment (zero-copy): this process lets go of it.
-            self._unmap(segid)
         return _wire.encode_parcel(slot, segid, n, nonce)
 
     def handed(self, message) -> None:
@@ -193,43 +225,60 @@ class ParcelTable:
 
     def _claim(self, me: int, size: int):
         """``(slot, segment id or -1)`` under the lock: a pooled segment of the size
-        class, else a free slot; slots of dead writers and readers are reclaimed."""
-        free = pooled = None
-        pooled_bytes = 0
-        stranded = self._find_stranded()
-        for slot in range(NSLOTS):
-            segid, writer, state, reader, ssize = self._entry(slot)
+        class, else a free slot; slots of dead writers, readers and lenders are
+        reclaimed, and this process's mappings of segments no longer listed dropped."""
+        if self._returned:
+            self._give_back(me)
+        flat = _TABLE.unpack_from(self._view, TABLE_OFF)
+        now = time.monotonic()
+        lenders = now >= self._lenders_at
+        if lenders:
+            self._lenders_at = now + LENDERS_EVERY
+        states = flat[2::_WIDTH]
+        free = states.index(FREE) if FREE in states else None
+        pooled = None
+        stranded = self._find_stranded(flat, states)
+        listed = set()
+        for slot in [i for i, state in enumerate(states) if state != FREE]:
+            segid, writer, state, reader, ssize = flat[slot * _WIDTH:slot * _WIDTH + _WIDTH]
             if (state == FILLING and not _alive(writer)) or (
-                    state == READING and not _alive(reader)) or slot in stranded:
+                    state == READING and not _alive(reader)) or (
+                    state == LENT and lenders and reader != me and not _alive(reader)) or (
+                    slot in stranded):
                 if segid >= 0:
                     L.shmctl(segid, L.IPC_RMID, None)
                 elif state == FILLING:  # its writer died before it noted the segment's id
                     _remove_unnoted_segment(writer, ssize)
                 self._set(slot, 0, 0, FREE)
-                state = FREE
-            if state == FREE:
                 if free is None:
                     free = slot
-            elif state == POOLED:
-                pooled_bytes += ssize
-                if pooled is None and ssize == size:
-                    pooled = slot
+                continue
+            listed.add(segid)
+            if state == POOLED and pooled is None and ssize == size:
+                pooled = slot
+        for segid in [s for s in self._maps if s not in listed and s not in self._lent]:
+            self._unmap(segid)
         if pooled is not None:
-            segid = self._entry(pooled)[0]
+            segid = flat[pooled * _WIDTH]
             self._set(pooled, segid, me, FILLING, 0, size)
             return pooled, segid
         if free is not None:
             self._set(free, -1, me, FILLING, 0, size)
         return free, -1
 
-    def _find_stranded(self) -> set:
+    def _find_stranded(self, flat: tuple, states: tuple) -> set:
         """Under the lock: the sent parcels whose message is gone for good (see the
-        module's docstring)."""
-        sent = [(slot, e[0], e[1]) for slot, e in
-                ((s, self._entry(s)) for s in range(NSLOTS)) if e[2] == SENT]
+        module's docstring); *flat* is the table as read, *states* its slots' states."""
+        sent = [] if SENT not in states else [
+            (slot, flat[slot * _WIDTH], flat[slot * _WIDTH + 1])
+            for slot, state in enumerate(states) if state == SENT]
         if not sent:
             self._stranded.clear()
             return set()
+        # Read before the queue: a message a writer's feeder thread sends while the
+        # queue is copied comes after the copies' first index and is missed, but its
+        # parcel was still noted unsent here.
+        unsent = {slot: self._journal.parcel_unsent(writer, slot) for slot, _, writer in sent}
         qnum, last = self._host.queue_state()
         now = time.monotonic()
         if qnum:
@@ -250,22 +299,39 @@ class ParcelTable:
         last_dead = None
         found = set()
         for slot, segid, writer in sent:
-            unsent = self._journal.parcel_unsent(writer, slot)
-            if unsent is not False and _alive(writer):
+            if unsent[slot] is not False and _alive(writer):
                 continue  # its message may still be in its writer's buffer
-            if unsent:
+            if unsent[slot]:
                 found.add(slot)  # its writer died before the message went out
                 continue
-            # The message went out and was taken: by a live consumer about to mark it?
+            # The message went out and was taken (nobody took any yet: in flight, then):
+            # by a live consumer about to mark it?
+            if not last:
+                continue
             if last_dead is None:
                 last_dead = not _alive(last)
-            first = self._stranded[(slot, segid)] = seen.get((slot, segid), now)
-            if last_dead or now - first >= STRANDED_AFTER:
+            if last_dead:
+                found.add(slot)
+                continue
+            # Timed per parcel, not per slot: a pooled segment carries one parcel after
+            # another in the same slot, each briefly taken and not yet marked.
+            key = (slot, segid, self._nonce_of(segid, flat[slot * _WIDTH + 4]))
+            first = self._stranded[key] = seen.get(key, now)
+            if now - first >= STRANDED_AFTER:
                 found.add(slot)
         return found
 
+    def _nonce_of(self, segid: int, size: int) -> int:
+        """The nonce in parcel segment *segid*'s header (0 if it cannot be mapped)."""
+        try:
+            self._map(segid, size)
+        except _wire.WireError:
+            return 0
+        return HEADER.unpack_from(self._maps[segid][0])[4]
+
     def unwrap(self, message, loads: Callable):
-        """Decode the parcel *message* names and give its segment back to the pool.
+        """Decode the parcel *message* names and give its segment back to the pool (or
+        lend it: zero-copy, see ``_lend``).
 
         Raises ``WireError`` for a parcel that is gone (its writer was killed before it
         was complete and the slot reclaimed) or not ours.
@@ -283,13 +349,18 @@ class ParcelTable:
         mine = (segid, writer, READING, me, size)
         if self._entry(slot) != mine:
             raise _wire.WireError(f"parcel in segment {segid} was reclaimed")
+        if self._returned:
+            with self._host.state_locked():
+                self._give_back(me)
         keep = False
         try:
             self._map(segid, size)
             view = self._maps[segid][0][:_HDR_SIZE + n]
             try:
                 if view[_HDR_SIZE] == _wire.OUT_OF_BAND:
-                    if self.zero_copy:
+                    if self.zero_copy and n >= ZERO_COPY_MIN:
+                        if len(self._lent) < LEND_MAX:
+                            return self._lend(slot, mine, view, loads)
                         return self._unwrap_kept(slot, mine, view, loads)
                     result = _loads_copied(view, loads)
                 else:
@@ -303,7 +374,10 @@ class ParcelTable:
             keep = size <= _POOL_ALWAYS or self._pooled_bytes() + size <= POOL_LIMIT
             return result
         finally:
-            if self._entry(slot) != mine:
+            entry = self._entry(slot)
+            if entry[2] == LENT or not self._attached:
+                pass  # lent: it comes back through _give_back
+            elif entry != mine:
                 # Reclaimed meanwhile (we looked stranded): the slot is not ours any more.
                 self._unmap(segid)
             elif keep:
@@ -313,30 +387,100 @@ class ParcelTable:
                 L.shmctl(segid, L.IPC_RMID, None)
                 self._set(slot, 0, 0, FREE)
 
+    def _lend(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
+        """Zero-copy: the buffers *loads* gets are views of this process's mapping of
+        the segment, through an owner of their own whose end (a weakref callback, once
+        the last object using them is gone) queues the segment for ``_give_back``; it
+        stays LENT to this process until then."""
+        segid, writer, _, me, size = mine
+        owner = (ctypes.c_char * size).from_buffer(self._maps[segid][0])  # holds the mmap
+        self._lent[segid] = (slot, size)
+        self._set(slot, segid, writer, LENT, me, size)
+        weakref.finalize(owner, self._views_gone, segid, me).atexit = False
+        return _loads_views(memoryview(owner).cast("B"), view, loads)
+
+    def _views_gone(self, segid: int, lender: int) -> None:
+        """Weakref callback: no view of lent segment *segid* is left in this process.
+        Given back now unless the state lock is busy (perhaps held by the very thread
+        this callback interrupts) or the cyclic collector is running (its garbage's
+        ``__del__`` methods may still read the views): then at the collection's end,
+        or at this process's next call on the table. (In a fork child that inherited
+        the views nothing is to do: its lender removes the segment instead.)"""
+        if os.getpid() != lender:
+            return
+        if not self._attached:
+            self._free_detached(segid)
+        else:
+            self._returned.append(segid)
+            if not _collecting:
+                self.give_back_now()
+
+    def give_back_now(self) -> None:
+        """Give the segments whose views are gone back, if the state lock is free."""
+        if self._attached and self._host.state_lock.free():
+            try:
+                with self._host.state_locked():
+                    self._give_back(os.getpid())
+            except OSError:
+                pass  # removed from outside: the next call on the queue says so
+
+    def _give_back(self, me: int) -> None:
+        """Under the state lock: the lent segments whose views are gone go back to the
+        pool, or away (shared with a fork child, over the pool's size, reclaimed)."""
+        while self._returned:
+            segid = self._returned.pop()
+            slot, size = self._lent.pop(segid)
+            shared = segid in self._shared
+            self._shared.discard(segid)
+            entry = self._entry(slot)
+            if entry[0] != segid or entry[2] != LENT or entry[3] != me:
+                self._unmap(segid)  # reclaimed or removed (the kernel frees it now)
+            elif not shared and (size <= _POOL_ALWAYS
+                                 or self._pooled_bytes() + size <= POOL_LIMIT):
+                self._set(slot, segid, 0, POOLED, 0, size)
+            else:
+                self._unmap(segid)
+                L.shmctl(segid, L.IPC_RMID, None)
+                self._set(slot, 0, 0, FREE)
+
+    def _free_detached(self, segid: int) -> None:
+        """A lent segment whose views are gone after this process let go of the queue:
+        removed, and its slot freed through a mapping of the control segment of its own
+        (the lender alone writes a LENT slot, so no lock is needed)."""
+        slot, size = self._lent.pop(segid)
+        self._shared.discard(segid)
+        self._unmap(segid)
+        try:
+            address, view = attach_view(self._owner)
+        except OSError:
+            return  # the queue is gone, and its parcels with it
+        try:
+            offset = TABLE_OFF + slot * _ENTRY.size
+            now = _ENTRY.unpack_from(view, offset)
+            if now[0] == segid and now[2] == LENT and now[3] == os.getpid():
+                L.shmctl(segid, L.IPC_RMID, None)
+                _ENTRY.pack_into(view, offset, 0, 0, FREE, 0, 0)
+        finally:
+            view.release()
+            L.shmdt(address)
+
     def _unwrap_kept(self, slot: int, mine: tuple, view: memoryview, loads: Callable):
-        """Zero-copy: the segment leaves the table and becomes this process's; the
-        buffers *loads* gets are slices of its mapping (``_ipc.mapping``), detached when
-        the last of them is gone (removed now, the kernel frees it at that detach)."""
+        """Zero-copy past ``LEND_MAX``: the segment leaves the table and becomes this
+        process's; the buffers *loads* gets are slices of its mapping (``_ipc.mapping``),
+        detached when the last of them is gone (removed now, the kernel frees it at that
+        detach)."""
         segid = mine[0]
         whole, _ = self._maps.pop(segid)  # the mapping now belongs to the buffers
         L.shmctl(segid, L.IPC_RMID, None)
         if self._entry(slot) == mine:
             self._set(slot, 0, 0, FREE)
-        (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
-        buffers = [whole[off:off + length] for off, length in pieces]
-        del whole
-        body = view[pickle_off:pickle_off + pickle_len]
-        try:
-            return loads(body, buffers=buffers)
-        finally:
-            body.release()
+        return _loads_views(whole, view, loads)
 
     def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
         """Before touching the slot: the segment must be this queue's parcel that the
         message names (same nonce and length), else ``WireError`` and nothing changes."""
-        address = self._map(segid, size)
-        magic, owner, _, _, nonce_now, n_now = HEADER.unpack(
-            ctypes.string_at(address, HEADER.size))
+        self._map(segid, size)
+        magic, owner, _, _, nonce_now, n_now = HEADER.unpack_from(self._maps[segid][0])
         if magic != MAGIC or owner != self._owner:
             raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
         if (nonce_now, n_now) != (nonce, n):
@@ -344,7 +488,8 @@ class ParcelTable:
                                   "(foreign, or its parcel was already taken)")
 
     def _pooled_bytes(self) -> int:
-        return sum(e[4] for e in (self._entry(s) for s in range(NSLOTS)) if e[2] == POOLED)
+        flat = _TABLE.unpack_from(self._view, TABLE_OFF)
+        return sum(flat[i + 4] for i in range(0, len(flat), _WIDTH) if flat[i + 2] == POOLED)
 
     def remove_all(self) -> None:
         """Remove every parcel and pooled segment (the queue itself is going away)."""
@@ -352,9 +497,68 @@ class ParcelTable:
         self.detach_all()
 
     def detach_all(self) -> None:
-        """Drop this process's parcel mappings (at release; pooled segments stay)."""
+        """Drop this process's parcel mappings (at release; pooled segments stay); a
+        lent segment's mapping stays until its views are gone, then it is removed."""
+        self._attached = False
+        for segid in self._returned:
+            self._free_detached(segid)
+        self._returned.clear()
         for segid in list(self._maps):
-            self._unmap(segid)
+            if segid not in self._lent:
+                self._unmap(segid)
+
+    def after_fork_parent(self) -> None:
+        """A child now has this process's views of the lent segments as well."""
+        self._shared.update(self._lent)
+
+    def after_fork_child(self) -> None:
+        """In a fork child: the lent segments are the parent's to give back; their
+        inherited mappings stay until the inherited views are gone."""
+        for segid in self._lent:
+            self._maps.pop(segid, None)
+        self._lent.clear()
+        self._shared.clear()
+        self._returned.clear()
+
+
+_tables: "weakref.WeakSet[ParcelTable]" = weakref.WeakSet()
+_collecting = False  # the cyclic collector is running (see ParcelTable._views_gone)
+
+
+def _gc_phase(phase: str, _info: dict) -> None:
+    global _collecting
+    _collecting = phase == "start"
+    if not _collecting:
+        for table in list(_tables):
+            if table._returned:
+                table.give_back_now()
+
+
+gc.callbacks.append(_gc_phase)
+
+
+def _forked(parent: bool) -> None:
+    for table in list(_tables):
+        if parent:
+            table.after_fork_parent()
+        else:
+            table.after_fork_child()
+
+
+os.register_at_fork(after_in_parent=lambda: _forked(True), after_in_child=lambda: _forked(False))
+
+
+def _loads_views(whole: memoryview, view: memoryview, loads: Callable):
+    """The object an out-of-band parcel in *view* holds, its buffers slices of *whole*
+    (the segment, its mapping's owner behind it)."""
+    (pickle_off, pickle_len), pieces = _wire.parse_out_of_band(view, _HDR_SIZE, len(view))
+    buffers = [whole[off:off + length] for off, length in pieces]
+    del whole
+    body = view[pickle_off:pickle_off + pickle_len]
+    try:
+        return loads(body, buffers=buffers)
+    finally:
+        body.release()
 
 
 def _loads_copied(view: memoryview, loads: Callable):

@@ -16,15 +16,16 @@ import os
 import threading
 import time
 import warnings
-from typing import Optional
+from typing import Iterator, List, NoReturn, Optional, Protocol, Tuple
 
 from .._ipc import libc as L
+from .._ipc.futex import PosixSemaphore
 from .._ipc.procs import alive as _alive
 from . import wire as _wire
 from .journal import Journal
-from .objects import NoCopy, QueueObjects
-from .layout import (_MARK, _MARK_OFF, _READER, _STATE, AVAIL, DONE, SEM_STREAM, SPACE,
-                      ST_ABANDONED, ST_HEAD, ST_IDLE)
+from .objects import NoCopy
+from .layout import (_MARK, _MARK_OFF, _READER, _STATE, SEM_STREAM, STREAM_DONE, STREAM_FRAMES,
+                     STREAM_SPACE, ST_ABANDONED, ST_HEAD, ST_IDLE)
 
 __all__ = ["Streams"]
 
@@ -34,16 +35,40 @@ _E = errno
 _getpid = os.getpid
 
 
+class StreamsHost(Protocol):
+    """What ``Streams`` needs from its queue's kernel objects (``objects.QueueObjects``)."""
+
+    maxsize: int
+    msgmax: int
+    stream_qid: int
+    sems: List[PosixSemaphore]
+
+    def try_send(self, payload, mtype: int, qid: Optional[int] = None,
+                 flags: int = ...) -> bool: ...  # (None: the main queue)
+
+    def lock(self, num: int) -> None: ...  # a SEM_UNDO lock of the semaphore set
+
+    def unlock(self, num: int) -> None: ...
+
+    def sleep_on(self, sem: PosixSemaphore, deadline: Optional[float]) -> bool: ...
+
+    def queue_state(self) -> Tuple[int, int]: ...  # (messages queued, last taker's pid)
+
+    def queued_messages(self) -> Iterator[memoryview]: ...  # MSG_COPY, or NoCopy
+
+    def fail(self, call: str, err: int) -> NoReturn: ...
+
+    def what(self) -> str: ...  # the queue as error messages name it
+
+
 class Streams:
     """The objects of one queue that travel as streams, both sides."""
 
-    def __init__(self, objects: QueueObjects, journal: Journal):
-        self._q = objects
+    def __init__(self, host: StreamsHost, view: memoryview, journal: Journal):
+        self._q = host
         self.journal = journal
-        self.msgmax = objects.msgmax
-        self.stream_qid = objects.stream_qid
-        self.sems = objects.sems
-        self._view = objects._view
+        self.sems = host.sems
+        self._view = view  # the control segment (the host's mapping of it)
         self._counter = 0
         self._counter_lock = threading.Lock()
         self._headless_since: Optional[float] = None
@@ -63,34 +88,32 @@ class Streams:
             self._counter += 1
             counter = self._counter
         sid = _wire.stream_id_for(_getpid(), counter)
-        head, frames = _wire.split(payload, sid, self.msgmax)
-        self._q._lock(SEM_STREAM)
+        head, frames = _wire.split(payload, sid, self._q.msgmax)
+        self._q.lock(SEM_STREAM)
         try:
             self._repair_stream()
             self._purge_others(sid)
-            for i in (SPACE, AVAIL, DONE):
+            for i in (STREAM_SPACE, STREAM_FRAMES, STREAM_DONE):
                 while self.sems[i].try_acquire():
                     pass
             self._set_mark(_getpid(), sid, ST_HEAD)
             self._headless_since = None
-            self._q._send_msg(self._q.main_qid, head, mtype, 0)
+            self._q.try_send(head, mtype, None, 0)  # (it wakes a getter waiting on the futex)
             if counted and self._q.maxsize > 0:
                 self.journal.sent(0, 1)
-            if self._q._tw_word[0]:
-                self._q._wake_timed()
             for frame in frames:
                 if not self._send_frame(frame, sid):
                     return
-                self.sems[AVAIL].post()
+                self.sems[STREAM_FRAMES].post()
             self._await_reader(sid)
         finally:
             self._set_mark(0, 0, ST_IDLE)
-            self._q._unlock(SEM_STREAM)
+            self._q.unlock(SEM_STREAM)
 
     def _send_frame(self, frame: bytes, sid: int) -> bool:
         """Send one frame; False when the reader died and the stream was dropped."""
-        while not self._q._send_msg(self.stream_qid, frame, sid, L.IPC_NOWAIT):
-            if not self._q._sleep_on(self.sems[SPACE], time.monotonic() + _SLICE):
+        while not self._q.try_send(frame, sid, self._q.stream_qid):
+            if not self._q.sleep_on(self.sems[STREAM_SPACE], time.monotonic() + _SLICE):
                 if self._reader_gone(sid):
                     return False
                 self._purge_others(sid)
@@ -98,7 +121,7 @@ class Streams:
 
     def _await_reader(self, sid: int) -> None:
         """Wait until the reader has taken the last frame (or died)."""
-        while not self._q._sleep_on(self.sems[DONE], time.monotonic() + _SLICE):
+        while not self._q.sleep_on(self.sems[STREAM_DONE], time.monotonic() + _SLICE):
             if self._reader_gone(sid):
                 return
 
@@ -137,8 +160,8 @@ class Streams:
         return now - self._headless_since >= _UNCLAIMED
 
     def _purge(self, sid: int) -> None:
-        raw = (ctypes.c_char * (8 + self.msgmax))()
-        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT | L.MSG_NOERROR) >= 0:
+        raw = (ctypes.c_char * (8 + self._q.msgmax))()
+        while L.msgrcv(self._q.stream_qid, raw, self._q.msgmax, sid, L.IPC_NOWAIT | L.MSG_NOERROR) >= 0:
             pass
 
     def _purge_others(self, sid: int) -> None:
@@ -146,9 +169,9 @@ class Streams:
         anything else (a foreign program's messages, a dead stream's leftovers) so it
         cannot take the room the stream needs. Readers of a dead stream notice its
         writer is gone and drop their object."""
-        raw = (ctypes.c_char * (8 + self.msgmax))()
+        raw = (ctypes.c_char * (8 + self._q.msgmax))()
         flags = L.IPC_NOWAIT | L.MSG_NOERROR | L.MSG_EXCEPT
-        while L.msgrcv(self.stream_qid, raw, self.msgmax, sid, flags) >= 0:
+        while L.msgrcv(self._q.stream_qid, raw, self._q.msgmax, sid, flags) >= 0:
             pass
 
     def _repair_stream(self) -> None:
@@ -163,28 +186,28 @@ class Streams:
         try:
             assembly = _wire.Reassembly(head)
         except _wire.WireError as exc:
-            warnings.warn(f"{self._q._what()}: dropped a foreign message ({exc})", RuntimeWarning,
+            warnings.warn(f"{self._q.what()}: dropped a foreign message ({exc})", RuntimeWarning,
                           stacklevel=4)
             return None
         sid = assembly.stream_id
         if self._mark()[2] == sid:
             _READER.pack_into(self._view, _MARK_OFF + 4, _getpid())
-        raw = (ctypes.c_char * (8 + self.msgmax))()
+        raw = (ctypes.c_char * (8 + self._q.msgmax))()
         view = memoryview(raw).cast("B")
-        avail, space = self.sems[AVAIL], self.sems[SPACE]
+        avail, space = self.sems[STREAM_FRAMES], self.sems[STREAM_SPACE]
         while not assembly.complete:
-            # The frame itself decides; AVAIL is only a doorbell (a token may belong to
+            # The frame itself decides; STREAM_FRAMES is only a doorbell (a token may belong to
             # another stream), so a missed or stolen token costs at most one slice.
-            n = L.msgrcv(self.stream_qid, raw, self.msgmax, sid, L.IPC_NOWAIT)
+            n = L.msgrcv(self._q.stream_qid, raw, self._q.msgmax, sid, L.IPC_NOWAIT)
             if n < 0:
                 err = L.get_errno()
                 if err == _E.EINTR:
                     continue
                 if err != _E.ENOMSG:
-                    self._q._fail("msgrcv", err)
-                if not self._q._sleep_on(avail, time.monotonic() + _SLICE) and \
+                    self._q.fail("msgrcv", err)
+                if not self._q.sleep_on(avail, time.monotonic() + _SLICE) and \
                         self._writer_gone(sid):
-                    warnings.warn(f"{self._q._what()}: dropped an object whose writer (pid "
+                    warnings.warn(f"{self._q.what()}: dropped an object whose writer (pid "
                                   f"{_wire.writer_pid(sid)}) died while sending it",
                                   RuntimeWarning, stacklevel=4)
                     return None
@@ -193,11 +216,11 @@ class Streams:
                 assembly.add(view[8:8 + n])
             except _wire.WireError as exc:
                 self._purge(sid)
-                warnings.warn(f"{self._q._what()}: dropped an incomplete object ({exc})",
+                warnings.warn(f"{self._q.what()}: dropped an incomplete object ({exc})",
                               RuntimeWarning, stacklevel=4)
                 return None
             space.post()
-        self.sems[DONE].post()
+        self.sems[STREAM_DONE].post()
         return assembly.payload()
 
     def _writer_gone(self, sid: int) -> bool:

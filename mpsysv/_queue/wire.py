@@ -8,9 +8,14 @@ frames in the stream queue whose ``mtype`` is that stream id.
 
     head:   b"H" | stream_id u64 | total_length u64 | nframes u32 | first chunk
     frame:  b"F" | stream_id u64 | seq u32 | chunk            (seq 1..nframes-1)
-    abort:  b"A" | stream_id u64                             (the writer died)
     parcel: b"P" | table slot u32 | segment id i32 | length u64 | nonce u64
     batch:  b"B" | pickle of a list of objects                 (put_many)
+    nudge:  b"N", typed NUDGE_MTYPE                            (no object: see below)
+
+A *nudge* carries no object: a repair of a bounded or joinable queue sends one per
+getter asleep in ``msgrcv`` so that it wakes, leaves its journal window and lets the
+repair read the counts (``counts``); the repair takes back the nudges nobody took.
+Its type is above every user type, so only getters of any type (``mtype=0``) take it.
 
 A *parcel* is the large-object path: the pickle waits in a SysV segment of its own
 (listed in the queue's parcel table) and one small message names it. Its body (after
@@ -28,28 +33,30 @@ import struct
 from typing import Iterator, List, Optional, Tuple
 
 __all__ = [
-    "PICKLE_MARK", "HEAD", "FRAME", "ABORT", "HEAD_SIZE", "FRAME_HEADER", "WireError",
+    "PICKLE_MARK", "HEAD", "FRAME", "NUDGE", "NUDGE_MTYPE", "HEAD_SIZE", "FRAME_HEADER",
+    "WireError",
     "is_single", "stream_id_for", "writer_pid", "split", "parse_head", "parse_frame",
-    "encode_abort", "encode_parcel", "parse_parcel", "Reassembly", "PARCEL", "BATCH",
+    "encode_parcel", "parse_parcel", "Reassembly", "PARCEL", "BATCH",
     "encode_batch", "batch_pickle", "OUT_OF_BAND", "layout_out_of_band",
     "parse_out_of_band",
 ]
 
 PICKLE_MARK = 0x80
-HEAD, FRAME, ABORT, PARCEL, BATCH = b"H"[0], b"F"[0], b"A"[0], b"P"[0], b"B"[0]
+HEAD, FRAME, PARCEL, BATCH, NUDGE = b"H"[0], b"F"[0], b"P"[0], b"B"[0], b"N"[0]
 _PARCEL = struct.Struct("<BIiQQ")
 _HEAD = struct.Struct("<BQQI")
 _FRAME = struct.Struct("<BQI")
-_ABORT = struct.Struct("<BQ")
 OUT_OF_BAND = b"O"[0]
 _OOB = struct.Struct("<B3xIQQ")
 _OOB_BUFFER = struct.Struct("<QQ")
 _PAGE = 4096
 HEAD_SIZE = _HEAD.size
 FRAME_HEADER = _FRAME.size
-# Stream ids are message types far above every user type: bit 62 set, then the
-# writer's pid and a per-writer counter. User mtypes stay below 2**40.
+# Stream ids are the types of continuation frames (in the stream queue): bit 62 set, then
+# the writer's pid and a per-writer counter. User mtypes (main queue) are 1..2**62-1
+# (``layout.MTYPE_MAX``); a nudge's type, 2**62, is above them all.
 _STREAM_BASE = 1 << 62
+NUDGE_MTYPE = 1 << 62
 _PID_SHIFT = 32
 
 
@@ -108,8 +115,6 @@ def parse_head(msg) -> Tuple[int, int, int, memoryview]:
 
 def parse_frame(msg, stream_id: int, seq: int) -> memoryview:
     """The chunk of continuation frame *seq* of *stream_id*, or ``WireError``."""
-    if len(msg) >= _ABORT.size and msg[0] == ABORT:
-        raise WireError(f"stream {stream_id:#x} was aborted by its writer's death")
     if len(msg) < FRAME_HEADER or msg[0] != FRAME:
         raise WireError("not a continuation frame")
     _, sid, got = _FRAME.unpack_from(msg)
@@ -117,10 +122,6 @@ def parse_frame(msg, stream_id: int, seq: int) -> memoryview:
         raise WireError(f"frame {got} of stream {sid:#x} where frame {seq} of {stream_id:#x} "
                         "was expected")
     return memoryview(msg)[FRAME_HEADER:]
-
-
-def encode_abort(stream_id: int) -> bytes:
-    return _ABORT.pack(ABORT, stream_id)
 
 
 def encode_parcel(slot: int, segment_id: int, length: int, nonce: int) -> bytes:
