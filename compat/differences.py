@@ -82,20 +82,19 @@ DIFFERENCES = {
         "counts open files to check cleanup (UltraDict 0.0.6's `test_cleanup`) sees 0"),
     "not-a-posix-name": Difference(
         "SharedMemoryCase.test_posix_shm_unlink_of_the_private_name",
-        "`_name` is a POSIX shared memory name: `_posixshmem.shm_unlink(shm._name)` (what "
-        "`resource_tracker._CLEANUP_FUNCS['shared_memory']` is) removes the segment",
+        "`_name` is a POSIX shared memory name: `_posixshmem.shm_unlink(shm._name)` "
+        "removes the segment",
         "`_name` has the stdlib's form (`'/' + name`) but names a System V segment: "
         "`shm_unlink` finds no such file and raises `FileNotFoundError`",
-        "cannot be honoured: the segment is not in `/dev/shm`; `unlink()` and "
-        "`resource_tracker.unregister` under `patch()` are the ways to reach it"),
+        "cannot be honoured: the segment is not in `/dev/shm`; `unlink()`, and under "
+        "`patch()` `resource_tracker.unregister` and "
+        "`resource_tracker._CLEANUP_FUNCS['shared_memory']`, are the ways to reach it"),
 }
 
 # CPython's own tests (regrtest ids, as `python -m test -v` prints them) that fail on
 # mpsysv because of a row above.
 CPYTHON_TESTS = {
     "test_misc.TestStartMethod.test_mixed_startmethod": "mixed-start-methods",
-    "test_misc.TestResourceTracker.test_resource_tracker (rtype='shared_memory')":
-        "not-a-posix-name",
 }
 
 KNOWN_BUGS: dict = {}

@@ -5,7 +5,8 @@
 ``multiprocessing.shared_memory``; ``resource_tracker.register``/``unregister`` of a
 "shared_memory" name reach mpsysv's tracker when the name is an mpsysv segment's (code
 that untracks a segment it attached, the common workaround for the stdlib's tracker,
-keeps working). Fork children inherit the switch; spawn and
+keeps working), and so does ``resource_tracker._CLEANUP_FUNCS['shared_memory']``
+(the stdlib's ``shm_unlink``: it unlinks an mpsysv segment of that name). Fork children inherit the switch; spawn and
 forkserver children turn it on before they import the main module. ``unpatch()``
 puts back the very objects it replaced. Names a module imported before ``patch()``
 (``from multiprocessing import Queue``) keep what they were bound to.
@@ -61,6 +62,10 @@ def patch() -> None:
                                                           resource_tracker.unregister)
             replace(resource_tracker, "register", register)
             replace(resource_tracker, "unregister", unregister)
+            cleanups: Dict[str, Any] = getattr(resource_tracker, "_CLEANUP_FUNCS")
+            if "shared_memory" in cleanups:
+                saved.append((cleanups, "shared_memory", cleanups["shared_memory"]))
+                cleanups["shared_memory"] = _routing_cleanup(cleanups["shared_memory"])
             replace(spawn, "get_preparation_data",
                     _with_patch_marker(spawn.get_preparation_data))
         except BaseException:
@@ -94,7 +99,9 @@ def patched() -> Iterator[None]:
 
 def _restore(saved: List[Tuple[object, str, object]]) -> None:
     for namespace, name, original in reversed(saved):
-        if original is _MISSING:
+        if isinstance(namespace, dict):
+            namespace[name] = original
+        elif original is _MISSING:
             delattr(namespace, name)
         else:
             setattr(namespace, name, original)
@@ -128,6 +135,18 @@ def _routing_tracker_calls(register: _TrackerCall, unregister: _TrackerCall
         unregister(name, rtype)
 
     return register_, unregister_
+
+
+def _routing_cleanup(cleanup: Callable[[str], None]) -> Callable[[str], None]:
+    """``resource_tracker._CLEANUP_FUNCS['shared_memory']`` that unlinks an mpsysv
+    segment of that name, and hands any other name to the stdlib's function."""
+    from .shared import unlink_by_name
+
+    @functools.wraps(cleanup)
+    def cleanup_(name: str) -> None:
+        if not unlink_by_name(name):
+            cleanup(name)
+    return cleanup_
 
 
 class _PatchMarker:

@@ -24,7 +24,7 @@ def _originals():
             context.BaseContext.__dict__["Queue"], context.BaseContext.__dict__["SimpleQueue"],
             context.BaseContext.__dict__["JoinableQueue"], stdlib_shared.SharedMemory,
             stdlib_shared.ShareableList, spawn.get_preparation_data, resource_tracker.register,
-            resource_tracker.unregister]
+            resource_tracker.unregister, resource_tracker._CLEANUP_FUNCS.get("shared_memory")]
 
 
 def _report_backends(out):

@@ -18,7 +18,7 @@ import unittest
 from unittest import mock
 
 import mpsysv
-from mpsysv._shm import tracker as _tracker
+from mpsysv._shm import trailer as _trailer
 from mpsysv._ipc.names import name_key, random_name
 from mpsysv.primitives import Segment
 from mpsysv.shared import ForeignSegmentError, SharedMemory
@@ -207,6 +207,35 @@ class NamesAndSizesTest(SegmentTestCase):
         self.assertEqual(a.key, name_key("shm", a.name))
         self.assertEqual(a.stat().mode & 0o777, 0o600)
 
+    def test_a_names_key_is_the_blake2b_of_kind_and_name_as_documented(self):
+        import hashlib
+        for kind, name, index in (("shm", "a", 0), ("queue", "q-1", 2), ("shm", "x" * 200, 0)):
+            digest = hashlib.blake2b(f"mpsysv\0{kind}\0{name}\0{index}".encode(),
+                                     digest_size=4).digest()
+            key = int.from_bytes(digest, "little") & 0x7FFFFFFF
+            if key >> 24 == 0x4D:
+                key ^= 1 << 24
+            self.assertEqual(name_key(kind, name, index), key or 1)
+
+    def test_pickles_name_the_public_module(self):
+        from mpsysv.shared import ShareableList, SharedMemoryManager
+        a = self.make(create=True, size=16)
+        sl = ShareableList([1, "x"])
+        self.addCleanup(sl.shm.unlink)
+        self.addCleanup(sl.shm.close)
+        with SharedMemoryManager() as manager:
+            for obj, path in ((a, b"mpsysv.shared"), (sl, b"mpsysv.shared"),
+                              (manager, b"mpsysv.shared")):
+                for protocol in (0, pickle.HIGHEST_PROTOCOL):
+                    data = pickle.dumps(obj, protocol)
+                    self.assertIn(path, data)
+                    self.assertNotIn(b"_shared_memory", data)
+                    self.assertNotIn(b"_shareable_list", data)
+                    self.assertNotIn(b"_shared_manager", data)
+            raw = SharedMemory.from_id(a.id)
+            self.addCleanup(raw.close)
+            self.assertNotIn(b"_shared_memory", pickle.dumps(raw))
+
     def test_repr_and_pickle_reattach_by_name(self):
         a = self.make(create=True, size=32)
         self.assertEqual(repr(a), f"SharedMemory({a.name!r}, size=32)")
@@ -266,7 +295,7 @@ class ForeignSegmentTest(SegmentTestCase):
 
     def test_trailer_of_an_unknown_format_version_is_refused(self):
         name = random_name("future_")
-        identity = _tracker.pack_identity(name, 16, 0, 1, 0, (1, 1), (0, 0))
+        identity = _trailer.pack_identity(name, 16, 0, 1, 0, (1, 1), (0, 0))
         future = identity[:8] + (99).to_bytes(2, "little") + identity[10:]
         segment = self.raw_segment_at(name_key("shm", name), size=16 + len(future))
         attachment = segment.attach()
@@ -502,7 +531,7 @@ class ExtrasTest(SegmentTestCase):
         a = self.make(create=True, size=100)
         b = self.make(a.name)
         st = a.stat()
-        self.assertEqual(st.shm_segsz, 100 + _tracker.TRAILER_SIZE)
+        self.assertEqual(st.shm_segsz, 100 + _trailer.TRAILER_SIZE)
         self.assertEqual(st.shm_nattch, 2)
         self.assertEqual((st.shm_cpid, st.shm_lpid), (os.getpid(), os.getpid()))
         self.assertGreaterEqual(st.shm_atime, int(before))
@@ -548,8 +577,8 @@ class ExtrasTest(SegmentTestCase):
         a = self.make(create=True, size=10)
         raw = SharedMemory.from_id(a.id)
         self.addCleanup(raw.close)
-        self.assertEqual(raw.size, 10 + _tracker.TRAILER_SIZE)
-        self.assertEqual(bytes(raw.buf[10:18]), _tracker.MAGIC)
+        self.assertEqual(raw.size, 10 + _trailer.TRAILER_SIZE)
+        self.assertEqual(bytes(raw.buf[10:18]), _trailer.MAGIC)
 
     def test_one_gibibyte_segment_touching_a_few_pages(self):
         size = 1 << 30

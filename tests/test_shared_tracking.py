@@ -256,6 +256,79 @@ class TrackedProgramTest(unittest.TestCase):
         self.assertFalse(segment_exists(shm.key))
         self.assertIn(shm.name, result.stderr)
 
+    def test_resource_trackers_cleanup_function_unlinks_a_patched_segment(self):
+        result = run_python("""
+            import mpsysv
+            mpsysv.patch()
+            from multiprocessing import resource_tracker, shared_memory
+            shm = shared_memory.SharedMemory(create=True, size=8)
+            resource_tracker._CLEANUP_FUNCS["shared_memory"](shm._name)
+            for name in (shm._name, "/never_made_here"):
+                try:
+                    resource_tracker._CLEANUP_FUNCS["shared_memory"](name)
+                except FileNotFoundError as exc:
+                    print(exc.errno)
+            mpsysv.unpatch()
+            print(resource_tracker._CLEANUP_FUNCS["shared_memory"].__module__)
+            """)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["2", "2", "_posixshmem"])
+        self.assertEqual(result.stderr, "")  # unlinked: the tracker forgot it
+
+    def test_a_segment_someone_else_unlinked_is_reported_as_the_stdlib_reports_it(self):
+        # CPython's test_resource_tracker (shared_memory): a program announces two
+        # segments, another process unlinks one, the program is terminated; its tracker
+        # removes the other and names both, the first with the error of its removal.
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+            import sys, time
+            from mpsysv.shared import SharedMemory
+            first, second = SharedMemory(create=True, size=10), SharedMemory(create=True, size=10)
+            print(first._name, second._name, flush=True)
+            time.sleep(60)
+            """)], env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            first, second = proc.stdout.readline().split()
+            SharedMemory(first).unlink()
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=TIMEOUT)
+        finally:
+            proc.kill()
+        self.assertTrue(wait_until(lambda: not segment_exists(name_key("shm", second[1:]))))
+        self.assertIn("resource_tracker: There appear to be 2 leaked shared_memory objects",
+                      stderr)
+        self.assertIn(f"resource_tracker: {first!r}: [Errno 2] No such file or directory",
+                      stderr)
+
+    def test_the_stdlibs_shared_memory_manager_under_patch_leaves_no_warning(self):
+        # CPython's test_shared_memory_SharedMemoryManager_reuses_resource_tracker: the
+        # manager's server process (a fork child) starts a tracker, creates and unlinks.
+        result = run_python("""
+            import mpsysv
+            mpsysv.patch()
+            from multiprocessing.managers import SharedMemoryManager
+            smm = SharedMemoryManager()
+            smm.start()
+            sl = smm.ShareableList(range(10))
+            smm.shutdown()
+            """)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
+    def test_a_fork_child_with_its_own_tracker_withdraws_what_it_unlinked(self):
+        result = run_python("""
+            import os
+            from mpsysv.shared import SharedMemory
+            pid = os.fork()
+            if pid == 0:
+                for _ in range(3):
+                    shm = SharedMemory(create=True, size=8)
+                    shm.close()
+                    shm.unlink()
+                os._exit(0)
+            os.waitpid(pid, 0)
+            """)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+
     def test_subprocess_gets_its_own_tracker(self):
         result = run_python("""
             import subprocess, sys
@@ -361,3 +434,35 @@ class InProcessForkTest(SegmentTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ProtocolLineTest(unittest.TestCase):
+    """Each tracker protocol line is parsed once, into a ``Line``."""
+
+    def test_every_kind_of_line_parses_into_its_fields(self):
+        announced = _tracker.announcement(0x1234, 77, 10 ** 18, "seg")
+        self.assertEqual(_tracker.parse_line(announced.rstrip(b"\n")),
+                         _tracker.Line("N", 0x1234, "seg", 77, 10 ** 18, 0))
+        withdrawn = announced.replace(b"N", b"F", 1).rstrip(b"\n")
+        self.assertEqual(_tracker.parse_line(withdrawn),
+                         _tracker.Line("F", 0x1234, "seg", 77, 10 ** 18, 0))
+        self.assertEqual(_tracker.parse_line(b"F seg"), _tracker.Line("F", 0, "seg", 0, 0, 0))
+        self.assertEqual(_tracker.parse_line(b"R 5 4660 77"),
+                         _tracker.Line("R", 4660, "", 77, 0, 5))
+        self.assertEqual(_tracker.parse_line(b"U 5"), _tracker.Line("U", 0, "", 0, 0, 5))
+
+    def test_malformed_lines_parse_to_none(self):
+        for line in (b"", b"N 1 2 3", b"N x 2 3 seg", b"F", b"R 1 2", b"U x", b"Z 1",
+                     b"N 1 2 3 \xff"):
+            self.assertIsNone(_tracker.parse_line(line), line)
+
+    def test_a_withdrawn_announcement_leaves_the_names_other_announcements(self):
+        from mpsysv._shm.tracker_process import Registry
+        registry = Registry()
+        first = _tracker.announcement(1, 10, 100, "seg")
+        second = _tracker.announcement(1, 10, 200, "seg")
+        registry.record([first.rstrip(b"\n"), second.rstrip(b"\n"),
+                         first.replace(b"N", b"F", 1).rstrip(b"\n")])
+        self.assertEqual([line.ctime_ns for line in registry.named["seg"]], [200])
+        registry.record([b"F seg"])
+        self.assertEqual(len(registry), 0)

@@ -25,7 +25,7 @@ from .._ipc.procs import SegmentMappings, alive, ipc_table
 from .._ipc.futex import PosixSemaphore
 from .._queue import layout as _layout
 from .._queue import parcels as _parcels
-from .._shm import tracker as _tracker
+from .._shm import trailer as _trailer
 
 __all__ = ["IpcObject", "Scan", "scan", "collect_garbage", "remove", "group_of", "process_alive"]
 
@@ -37,7 +37,7 @@ SHM, SHAREABLE_LIST = "shm", "shareable-list"
 FOREIGN = "foreign"
 _SUB_ROLES = {1: QUEUE_MAIN, 2: QUEUE_STREAM, 3: QUEUE_SEMS}
 _SUB_KIND = {1: "msg", 2: "msg", 3: "sem"}
-_SHM_ROLES = {_tracker.PURPOSE_SHARED_MEMORY: SHM, _tracker.PURPOSE_SHAREABLE_LIST: SHAREABLE_LIST}
+_SHM_ROLES = {_trailer.PURPOSE_SHARED_MEMORY: SHM, _trailer.PURPOSE_SHAREABLE_LIST: SHAREABLE_LIST}
 SHM_DEST = 0o1000
 # A control segment's header can be read only while no holder is deciding whether it
 # is the last one (that decision counts attachments): under the queue's holders lock.
@@ -201,15 +201,15 @@ def _parse_queue_header(raw: bytes, counters: List[int]) -> Dict[str, Any]:
     return info
 
 
-def _read_trailer(seg: IpcObject, reader: Reader) -> Optional[_tracker.Identity]:
+def _read_trailer(seg: IpcObject, reader: Reader) -> Optional[_trailer.Identity]:
     size = seg.fields["size"]
-    if size < _tracker.TRAILER_SIZE:
+    if size < _trailer.TRAILER_SIZE:
         return None
-    raw = reader.read(seg.id, seg.key, size - _tracker.TRAILER_SIZE, _tracker.TRAILER_SIZE)
+    raw = reader.read(seg.id, seg.key, size - _trailer.TRAILER_SIZE, _trailer.TRAILER_SIZE)
     if raw is None:
         return None
-    identity = _tracker.parse_identity(raw)
-    if identity is None or identity.size + _tracker.TRAILER_SIZE != size:
+    identity = _trailer.parse_identity(raw)
+    if identity is None or identity.size + _trailer.TRAILER_SIZE != size:
         return None
     return identity
 
@@ -372,7 +372,7 @@ def _may_be_garbage_segment(seg: IpcObject) -> bool:
     """A cheap filter: unattached, not being removed, created by a process that is gone."""
     f = seg.fields
     return (f["nattch"] == 0 and not seg.mode & SHM_DEST and f["cpid"] != 0
-            and f["size"] >= _tracker.TRAILER_SIZE and not process_alive(f["cpid"]))
+            and f["size"] >= _trailer.TRAILER_SIZE and not process_alive(f["cpid"]))
 
 
 def _may_be_orphan_parcel(seg: IpcObject) -> bool:
@@ -422,7 +422,7 @@ def _classify_segment(seg: IpcObject, inspect: bool, reader: Reader) -> None:
     seg.name = identity.name
     seg.creator_pid = identity.creator_pid
     seg.created = identity.ctime_ns / 1e9
-    tracked = bool(identity.flags & _tracker.FLAG_TRACKED)
+    tracked = bool(identity.flags & _trailer.FLAG_TRACKED)
     same_ns = f["cpid"] == identity.creator_pid
     creator_alive = process_alive(identity.creator_pid, start_ticks=identity.creator_start)
     tracker_alive = bool(identity.tracker_pid) and process_alive(
@@ -430,7 +430,7 @@ def _classify_segment(seg: IpcObject, inspect: bool, reader: Reader) -> None:
     seg.creator_alive = creator_alive if same_ns else None
     seg.view = {"name": identity.name, "size": identity.size, "format_version": identity.version,
                 "purpose": seg.role, "tracked": tracked,
-                "hugetlb": bool(identity.flags & _tracker.FLAG_HUGETLB),
+                "hugetlb": bool(identity.flags & _trailer.FLAG_HUGETLB),
                 "creator_pid": identity.creator_pid, "creator_start_ticks": identity.creator_start,
                 "created_ns": identity.ctime_ns, "tracker_pid": identity.tracker_pid,
                 "tracker_start_ticks": identity.tracker_start, "tracker_alive": tracker_alive}

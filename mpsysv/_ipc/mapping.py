@@ -31,54 +31,58 @@ __all__ = ["map_segment"]
 
 _RESERVE = mmap.MAP_PRIVATE | L.MAP_NORESERVE  # address space only: no memory charged
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_REMAP = L.SHM_REMAP
 _HUGE_PAGE = 0  # read from /proc/meminfo the first time a segment needs it
+_new_mmap, _shmat, _addressof, _c_char_at = (mmap.mmap, L.shmat, ctypes.addressof,
+                                              ctypes.c_char.from_buffer)
 
 
 def map_segment(shmid: int, size: int, readonly: bool = False,
-                what: str = "") -> Tuple[memoryview, int]:
+                name: str = "") -> Tuple[memoryview, int]:
     """Map segment *shmid* (*size*: its ``shm_segsz``) and return ``(view, address)``:
     *view* covers the segment's *size* bytes (read-only with *readonly*), its ``obj`` is
     the owning ``mmap``. Drop every view (and the owner) and the segment is detached.
 
-    A failed ``shmat`` raises ``errors.raise_errno``'s exception, naming *what*
-    (``PermissionError``, ``RemovedError``...).
+    A failed ``shmat`` raises ``errors.raise_errno``'s exception (``PermissionError``,
+    ``RemovedError``...) naming the segment by id, and by *name* when given.
     """
-    owner = mmap.mmap(-1, size, flags=_RESERVE,
-                      prot=mmap.PROT_READ if readonly else _PROT_RW)
     if readonly:
+        owner = _new_mmap(-1, size, _RESERVE, mmap.PROT_READ)
         address = L.buffer_address(owner)
         flags = L.SHM_REMAP | L.SHM_RDONLY
-    else:  # a quarter of buffer_address's cost
-        address = ctypes.addressof(ctypes.c_char.from_buffer(owner))
-        flags = L.SHM_REMAP
-    if L.shmat(shmid, address, flags) == address:
+    else:
+        owner = _new_mmap(-1, size, _RESERVE, _PROT_RW)
+        address = _addressof(_c_char_at(owner))  # a quarter of buffer_address's cost
+        flags = _REMAP
+    if _shmat(shmid, address, flags) == address:
         return memoryview(owner), address
     err = L.get_errno()
     owner.close()
     if err == errno.EINVAL:
         # A huge-page segment maps only at an address aligned to its page size.
-        return _map_aligned(shmid, size, flags, readonly, what)
-    _fail(err, shmid, what)
+        return _map_aligned(shmid, size, flags, readonly, name)
+    _fail(err, shmid, name)
 
 
-def _fail(err: int, shmid: int, what: str) -> NoReturn:
-    raise_errno(err, "shmat", what or f"shared memory segment id={shmid}",
+def _fail(err: int, shmid: int, name: str) -> NoReturn:
+    raise_errno(err, "shmat", f"shared memory {name!r} (id={shmid})" if name
+                else f"shared memory segment id={shmid}",
                 "invalid identifier" if err == errno.EINVAL else "")
 
 
-def _map_aligned(shmid: int, size: int, flags: int, readonly: bool, what: str):
+def _map_aligned(shmid: int, size: int, flags: int, readonly: bool, name: str):
     global _HUGE_PAGE
     if not _HUGE_PAGE:
         _HUGE_PAGE = _huge_page_size()
     huge = _HUGE_PAGE
     span = -(-size // huge) * huge + huge
-    owner = mmap.mmap(-1, span, flags=_RESERVE, prot=mmap.PROT_READ if readonly else _PROT_RW)
+    owner = mmap.mmap(-1, span, _RESERVE, mmap.PROT_READ if readonly else _PROT_RW)
     start = L.buffer_address(owner)
     address = -(-start // huge) * huge
     if L.shmat(shmid, address, flags) != address:
         err = L.get_errno()
         owner.close()
-        _fail(err, shmid, what)
+        _fail(err, shmid, name)
     offset = address - start
     return memoryview(owner)[offset:offset + size], address
 

@@ -35,13 +35,24 @@ def check_name(name) -> str:
     return bare
 
 
+# kind -> a 4-byte BLAKE2b fed with "mpsysv\0KIND\0": copying it costs a third of
+# setting up a new one, and hashes the same bytes.
+_prefixed: dict = {}
+
+
 def name_key(kind: str, name: str, index: int = 0) -> int:
-    """The 32-bit key of object *index* of the *kind* ("queue", "shm", ...) named *name*.
+    """The 32-bit key of object *index* of the *kind* ("queue", "shm", ...) named *name*:
+    from the 4-byte BLAKE2b of ``"mpsysv\0KIND\0NAME\0INDEX"``.
 
     Never 0 (IPC_PRIVATE) and always positive, so it reads the same in every tool.
     """
-    digest = hashlib.blake2b(f"mpsysv\0{kind}\0{name}\0{index}".encode(), digest_size=4).digest()
-    key = int.from_bytes(digest, "little") & 0x7FFFFFFF
+    prefixed = _prefixed.get(kind)
+    if prefixed is None:
+        prefixed = _prefixed[kind] = hashlib.blake2b(f"mpsysv\0{kind}\0".encode(),
+                                                     digest_size=4)
+    hasher = prefixed.copy()
+    hasher.update(f"{name}\0{index}".encode())
+    key = int.from_bytes(hasher.digest(), "little") & 0x7FFFFFFF
     if key >> 24 == SUB_KEY_TAG:
         key ^= 1 << 24
     return key or 1

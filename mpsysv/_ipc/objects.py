@@ -16,8 +16,9 @@ from typing import Iterable, NoReturn, Optional, Sequence, Tuple
 from . import libc as L
 from .errors import raise_errno, segment_size_hint
 from .mapping import map_segment
+from .procs import ipc_table
 
-__all__ = ["MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok"]
+__all__ = ["MessageQueue", "SemaphoreSet", "Segment", "Attachment", "ftok", "create_segment"]
 
 
 
@@ -422,6 +423,48 @@ class SemaphoreSet(_Object):
         self._ctl(0, L.IPC_RMID, 0, "IPC_RMID")
 
 
+def create_segment(key: int, size: int, flags: int, overhead: int = 0) -> int:
+    """The one way mpsysv makes a segment: ``shmget(key, size + overhead, flags)``, with
+    ``IPC_CREAT`` in *flags*; *overhead* is what mpsysv adds to the user's *size* (the
+    trailer of a named segment). Returns the id, or -1 when ``IPC_EXCL`` found the key
+    taken (``EEXIST``: the caller knows what that means); any other failure raises,
+    naming the kernel limit that refused it."""
+    ident = L.shmget(key, size + overhead, flags)
+    if ident == -1:
+        err = L.get_errno()
+        if err != errno.EEXIST or not flags & L.IPC_EXCL:
+            _raise_create_error(err, key, size, overhead, bool(flags & L.SHM_HUGETLB))
+    return ident
+
+
+def _raise_create_error(err: int, key: int, size: int, overhead: int,
+                        hugetlb: bool) -> NoReturn:
+    lim = L.limits()
+    total = size + overhead
+    hint = ""
+    if err == errno.EINVAL:
+        hint = (segment_size_hint(err, size, overhead)
+                or f"size {size} is larger than the existing segment's")
+    elif err == errno.ENOSPC:
+        rows = ipc_table("shm")
+        page = os.sysconf("SC_PAGE_SIZE")
+        used = sum(-(-row["size"] // page) for row in rows)
+        if len(rows) >= lim["shmmni"]:
+            hint = (f"shmmni={lim['shmmni']} segments exist already "
+                    "(/proc/sys/kernel/shmmni; `ipcs -m` lists them)")
+        else:
+            hint = (f"shmall={lim['shmall']} pages would be exceeded: {used} pages in use, "
+                    f"{-(-total // page)} more asked (/proc/sys/kernel/shmall)")
+    elif err == errno.ENOMEM:
+        hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise vm.nr_hugepages)"
+                if hugetlb else segment_size_hint(err, size, overhead))
+    elif err == errno.EPERM and hugetlb:
+        hint = "huge pages need CAP_IPC_LOCK or membership of vm.hugetlb_shm_group"
+    what = f"segment of {size} bytes" if key == L.IPC_PRIVATE else \
+        f"segment of {size} bytes, key={key & 0xFFFFFFFF:#010x}"
+    raise_errno(err, "shmget", what, hint)
+
+
 class Attachment:
     """One mapping of a segment into this process: ``buf`` is a memoryview over it.
 
@@ -477,27 +520,23 @@ class Segment(_Object):
         if not isinstance(size, int) or size < 0 or (create and size == 0):
             raise ValueError(f"'size' must be a positive int, not {size!r}")
         flags = _flags(create, exclusive, mode) | (L.SHM_HUGETLB if hugetlb else 0)
-        ident = L.shmget(k, size, flags)
-        if ident == -1:
-            err = L.get_errno()
-            hint = ""
-            if err == errno.EINVAL:
-                hint = (segment_size_hint(err, size) or
-                        f"size {size} is larger than the existing segment's")
-            elif err == errno.ENOSPC:
-                lim = L.limits()
-                hint = (f"shmmni={lim['shmmni']} segments or shmall={lim['shmall']} pages "
-                        "would be exceeded")
-            elif err == errno.ENOMEM:
-                hint = ("no free huge pages (HugePages_Free in /proc/meminfo; raise "
-                        "vm.nr_hugepages)" if hugetlb else segment_size_hint(err, size))
-            raise_errno(err, "shmget", f"segment key={k & 0xffffffff:#010x}", hint)
+        if create:
+            ident = create_segment(k, size, flags)
+            if ident == -1:
+                raise_errno(errno.EEXIST, "shmget", f"segment key={k & 0xffffffff:#010x}")
+        else:
+            ident = L.shmget(k, size, flags)
+            if ident == -1:
+                err = L.get_errno()
+                raise_errno(err, "shmget", f"segment key={k & 0xffffffff:#010x}",
+                            f"size {size} is larger than the existing segment's"
+                            if err == errno.EINVAL else "")
         super().__init__(ident, k)
         self.size = size if create else self.stat().shm_segsz
 
     def attach(self, readonly: bool = False) -> Attachment:
         """Map the segment (read-only with ``SHM_RDONLY``) and return the mapping."""
-        view, address = map_segment(self.id, self.size, readonly, self._what())
+        view, address = map_segment(self.id, self.size, readonly)
         return Attachment(view, address, self.size, readonly)
 
     def stat(self) -> SegmentStat:
