@@ -23,7 +23,7 @@ from typing import Any, Optional, Protocol
 from ._gc import collect as _gc
 from ._queue.channel import Channel
 from ._queue.feeder import Feeder
-from ._queue.layout import TW, WAKE
+from ._queue.layout import TIMED_WAITERS, TIMED_WAKEUPS
 from ._queue.pickler import Pickler
 
 __all__ = ["Reader", "Writer", "ReadLock", "ConnectionParts", "abandon"]
@@ -116,7 +116,7 @@ class _Watch:
             waiting = self.users > 1
             thread = self.thread
         if waiting:
-            self.chan.sems[WAKE].post()
+            self.chan.sems[TIMED_WAKEUPS].post()
         if thread is not None and thread is not threading.current_thread():
             # A wake-up can be taken by another process's waiter: nudge until it is out.
             deadline = monotonic() + _SLICE + 1.0
@@ -132,7 +132,7 @@ class _Watch:
         with self.cond:
             if self.users == 0:
                 return  # released: the mapping is gone
-            self.chan.sems[WAKE].post()
+            self.chan.sems[TIMED_WAKEUPS].post()
 
     def _handle_closed(self) -> bool:
         queue = self.queue()
@@ -163,12 +163,12 @@ class _Watch:
             return True
         if deadline is not None and monotonic() >= deadline:
             return False
-        tw, wake = chan.sems[TW], chan.sems[WAKE]
+        tw, wake = chan.sems[TIMED_WAITERS], chan.sems[TIMED_WAKEUPS]
         woken = found = False
         tw.post()
         try:
             while not self.closing and not self._handle_closed():
-                # Registered before looking: a message sent after this look posts WAKE.
+                # Registered before looking: a message sent after this look posts TIMED_WAKEUPS.
                 if chan.qsize():
                     found = True
                     return True
@@ -256,8 +256,8 @@ class _Watch:
         after the next wake-up sees it (looks and pipe changes happen under ``cond``).
         """
         cond, chan = self.cond, self.chan
-        tw, wake = chan.sems[TW], chan.sems[WAKE]
-        tw_word = chan.words[TW]
+        tw, wake = chan.sems[TIMED_WAITERS], chan.sems[TIMED_WAKEUPS]
+        tw_word = chan.words[TIMED_WAITERS]
         armed = park = False
         try:
             while True:

@@ -16,7 +16,7 @@ import mpsysv
 from mpsysv import _connection
 from mpsysv._ipc import libc as L
 from mpsysv._queue import channel
-from mpsysv._queue.layout import RW, TW
+from mpsysv._queue.layout import ROOM_WAITERS, TIMED_WAITERS
 
 from .helpers import wait_until
 
@@ -42,7 +42,7 @@ class _LongSlices(unittest.TestCase):
     def fill(q) -> int:
         """Lower *q*'s kernel queue to QBYTES bytes and fill it: how many objects."""
         chan = q._chan
-        ds = chan._stat_main()
+        ds = chan.stat_main()
         ds.msg_qbytes = QBYTES
         assert L.msgctl(chan.main_qid, L.IPC_SET, L.byref(ds)) == 0, L.get_errno()
         n = 0
@@ -87,7 +87,7 @@ class RoomWakeupTest(_LongSlices):
         q = self.new_queue()
         n = self.fill(q)
         q.put(("put", 0))
-        self.assertTrue(wait_until(lambda: q._chan.words[RW][0] == 1),
+        self.assertTrue(wait_until(lambda: q._chan.words[ROOM_WAITERS][0] == 1),
                         "the feeder thread never waited for room")
         got = [q.get(timeout=PROMPT) for _ in range(n + 1)]
         self.assertEqual(got[-1], ("put", 0))
@@ -96,7 +96,7 @@ class RoomWakeupTest(_LongSlices):
         q = self.new_queue()
         n = self.fill(q)
         q.put(("put", 0))
-        self.assertTrue(wait_until(lambda: q._chan.words[RW][0] == 1),
+        self.assertTrue(wait_until(lambda: q._chan.words[ROOM_WAITERS][0] == 1),
                         "the feeder thread never waited for room")
         got = []
         getter = self.thread(lambda: got.extend(q.get() for _ in range(n + 1)))
@@ -113,7 +113,7 @@ class GetterWakeupTest(_LongSlices):
             reader.fileno()  # re-arms the watcher: the queue is empty
             got = []
             getter = self.thread(lambda out: out.append(q.get(timeout=LONG_SLICE)), got)
-            self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 2),
+            self.assertTrue(wait_until(lambda: q._chan.words[TIMED_WAITERS][0] == 2),
                             "the getter and the watcher never both waited")
             q.put(i)
             getter.join(PROMPT)
@@ -134,7 +134,7 @@ class WatchedReaderTest(_LongSlices):
         reader = q._reader
         self.assertEqual(self.wait(reader, 0), [])
         for i in range(30):
-            self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 1),
+            self.assertTrue(wait_until(lambda: q._chan.words[TIMED_WAITERS][0] == 1),
                             f"round {i}: the watcher is not armed")
             timer = threading.Timer(0.002, q.put, (i,))
             timer.start()
@@ -150,11 +150,11 @@ class WatchedReaderTest(_LongSlices):
         q.put(1)
         self.assertEqual(self.wait(reader, PROMPT), [reader])
         q.put(2)  # comes while the pipe is still readable: nobody polls, the watcher parks
-        self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 0),
+        self.assertTrue(wait_until(lambda: q._chan.words[TIMED_WAITERS][0] == 0),
                         "the watcher still costs the writers a wake-up per message")
         self.assertEqual([q.get(), q.get()], [1, 2])
         self.assertEqual(self.wait(reader, 0), [])  # drains the pipe, unparks the watcher
-        self.assertTrue(wait_until(lambda: q._chan.words[TW][0] == 1), "never re-armed")
+        self.assertTrue(wait_until(lambda: q._chan.words[TIMED_WAITERS][0] == 1), "never re-armed")
         timer = threading.Timer(0.002, q.put, (3,))
         timer.start()
         self.assertEqual(self.wait(reader, PROMPT), [reader])

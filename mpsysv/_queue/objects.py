@@ -271,9 +271,6 @@ class QueueObjects:
 
     # -- looking at the main queue ----------------------------------------------------
 
-    def _stat_main(self) -> L.msqid_ds:  # (the name tests/test_pool_wakeups.py uses)
-        return self.stat_main()
-
     def stat_main(self) -> L.msqid_ds:
         ds = L.msqid_ds()
         if L.msgctl(self.main_qid, L.IPC_STAT, L.byref(ds)) == -1:

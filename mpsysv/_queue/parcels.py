@@ -396,7 +396,8 @@ class ParcelTable:
         owner = (ctypes.c_char * size).from_buffer(self._maps[segid][0])  # holds the mmap
         self._lent[segid] = (slot, size)
         self._set(slot, segid, writer, LENT, me, size)
-        weakref.finalize(owner, self._views_gone, segid, me).atexit = False
+        done = weakref.finalize(owner, self._views_gone, segid, me)
+        done.atexit = False  # type: ignore[misc]  # (3.9's stubs list no atexit slot)
         return _loads_views(memoryview(owner).cast("B"), view, loads)
 
     def _views_gone(self, segid: int, lender: int) -> None:
