@@ -86,6 +86,10 @@ LENDERS_EVERY = 0.25  # seconds between liveness checks of the lenders of LENT s
 ZERO_COPY_MIN = int(os.environ.get("MPSYSV_ZERO_COPY_MIN", 320 * 1024))
 
 
+_IN_FLIGHT = frozenset((FILLING, READING))  # states whose holder's death frees the slot
+_IN_FLIGHT_LENT = _IN_FLIGHT | {LENT}
+
+
 def _size_class(n: int) -> int:
     """Segment sizes come in classes (a quarter of a power of two apart), so a freed
     segment fits the next similar object while wasting at most a quarter."""
@@ -136,6 +140,7 @@ class ParcelTable:
         self._returned: List[int] = []  # lent segments whose last view is gone
         self._attached = True
         self._lenders_at = 0.0  # when to check the lenders of LENT slots next
+        self._pid = os.getpid()  # (set again in a fork child: after_fork_child)
         _tables.add(self)
 
     def _entry(self, slot: int):
@@ -166,7 +171,7 @@ class ParcelTable:
         """Copy *payload* (a buffer, or pieces with ``parts`` and ``len()``) into a
         parcel; the message that names it, or None (no free slot, or the kernel refused
         a segment) so the caller streams instead."""
-        me = os.getpid()
+        me = self._pid
         buffers = getattr(payload, "buffers", None)  # out-of-band (pickler.OutOfBand)
         if buffers is not None:
             layout, pickle_off, offsets, end = _wire.layout_out_of_band(
@@ -236,32 +241,41 @@ class ParcelTable:
             self._lenders_at = now + LENDERS_EVERY
         states = flat[2::_WIDTH]
         free = states.index(FREE) if FREE in states else None
-        pooled = None
         stranded = self._find_stranded(flat, states)
-        listed = set()
-        for slot in [i for i, state in enumerate(states) if state != FREE]:
-            segid, writer, state, reader, ssize = flat[slot * _WIDTH:slot * _WIDTH + _WIDTH]
-            if (state == FILLING and not _alive(writer)) or (
-                    state == READING and not _alive(reader)) or (
-                    state == LENT and lenders and reader != me and not _alive(reader)) or (
-                    slot in stranded):
-                if segid >= 0:
-                    L.shmctl(segid, L.IPC_RMID, None)
-                elif state == FILLING:  # its writer died before it noted the segment's id
-                    _remove_unnoted_segment(writer, ssize)
-                self._set(slot, 0, 0, FREE)
-                if free is None:
-                    free = slot
-                continue
-            listed.add(segid)
-            if state == POOLED and pooled is None and ssize == size:
-                pooled = slot
+        # Only slots in flight (and the stranded, and LENT ones when their lenders are
+        # due) can need reclaiming: the table is looked at slot by slot only if it has any.
+        if (FILLING in states or READING in states or stranded
+                or (lenders and LENT in states)):
+            check = _IN_FLIGHT_LENT if lenders else _IN_FLIGHT
+            seen = flat  # (each decision on the table as read, as _find_stranded's)
+            for slot in [i for i, state in enumerate(states) if state in check or i in stranded]:
+                segid, writer, state, reader, ssize = seen[slot * _WIDTH:slot * _WIDTH + _WIDTH]
+                if (state == FILLING and writer != me and not _alive(writer)) or (
+                        state == READING and not _alive(reader)) or (
+                        state == LENT and reader != me and not _alive(reader)) or (
+                        slot in stranded):
+                    if segid >= 0:
+                        L.shmctl(segid, L.IPC_RMID, None)
+                    elif state == FILLING:  # its writer died before it noted the segment's id
+                        _remove_unnoted_segment(writer, ssize)
+                    self._set(slot, 0, 0, FREE)
+                    if free is None:
+                        free = slot
+                    # (the table changed: read it again)
+                    flat = _TABLE.unpack_from(self._view, TABLE_OFF)
+            states = flat[2::_WIDTH]
+        listed = flat[0::_WIDTH]  # (a FREE slot's 0 is no segment id)
         for segid in [s for s in self._maps if s not in listed and s not in self._lent]:
             self._unmap(segid)
-        if pooled is not None:
-            segid = flat[pooled * _WIDTH]
-            self._set(pooled, segid, me, FILLING, 0, size)
-            return pooled, segid
+        # The first pooled segment of the size class.
+        sizes = flat[4::_WIDTH]
+        pooled = -1
+        while POOLED in states[pooled + 1:]:
+            pooled = states.index(POOLED, pooled + 1)
+            if sizes[pooled] == size:
+                segid = flat[pooled * _WIDTH]
+                self._set(pooled, segid, me, FILLING, 0, size)
+                return pooled, segid
         if free is not None:
             self._set(free, -1, me, FILLING, 0, size)
         return free, -1
@@ -343,10 +357,10 @@ class ParcelTable:
         if segid_now != segid or state not in (FILLING, SENT) or n + _HDR_SIZE > size:
             raise _wire.WireError(f"parcel in segment {segid} is gone "
                                   f"(slot {slot}: {(segid_now, writer, state, size)}, n={n})")
-        self._check_header(segid, size, nonce, n)
-        me = os.getpid()
-        self._set(slot, segid, writer, READING, me, size)
+        whole = self._check_header(segid, size, nonce, n)
+        me = self._pid
         mine = (segid, writer, READING, me, size)
+        _ENTRY.pack_into(self._view, TABLE_OFF + slot * _ENTRY.size, *mine)
         if self._entry(slot) != mine:
             raise _wire.WireError(f"parcel in segment {segid} was reclaimed")
         if self._returned:
@@ -354,8 +368,7 @@ class ParcelTable:
                 self._give_back(me)
         keep = False
         try:
-            self._map(segid, size)
-            view = self._maps[segid][0][:_HDR_SIZE + n]
+            view = whole[:_HDR_SIZE + n]
             try:
                 if view[_HDR_SIZE] == _wire.OUT_OF_BAND:
                     if self.zero_copy and n >= ZERO_COPY_MIN:
@@ -477,16 +490,22 @@ class ParcelTable:
             self._set(slot, 0, 0, FREE)
         return _loads_views(whole, view, loads)
 
-    def _check_header(self, segid: int, size: int, nonce: int, n: int) -> None:
+    def _check_header(self, segid: int, size: int, nonce: int, n: int) -> memoryview:
         """Before touching the slot: the segment must be this queue's parcel that the
-        message names (same nonce and length), else ``WireError`` and nothing changes."""
-        self._map(segid, size)
-        magic, owner, _, _, nonce_now, n_now = HEADER.unpack_from(self._maps[segid][0])
+        message names (same nonce and length), else ``WireError`` and nothing changes.
+        Returns this process's view of the whole segment."""
+        hit = self._maps.get(segid)
+        if hit is None or len(hit[0]) != size:
+            self._map(segid, size)
+            hit = self._maps[segid]
+        whole = hit[0]
+        magic, owner, _, _, nonce_now, n_now = HEADER.unpack_from(whole)
         if magic != MAGIC or owner != self._owner:
             raise _wire.WireError(f"segment {segid} is not a parcel of this queue")
         if (nonce_now, n_now) != (nonce, n):
             raise _wire.WireError(f"parcel message for segment {segid} does not match it "
                                   "(foreign, or its parcel was already taken)")
+        return whole
 
     def _pooled_bytes(self) -> int:
         flat = _TABLE.unpack_from(self._view, TABLE_OFF)
@@ -515,6 +534,7 @@ class ParcelTable:
     def after_fork_child(self) -> None:
         """In a fork child: the lent segments are the parent's to give back; their
         inherited mappings stay until the inherited views are gone."""
+        self._pid = os.getpid()
         for segid in self._lent:
             self._maps.pop(segid, None)
         self._lent.clear()
